@@ -1,0 +1,301 @@
+"""Athos REST and the ``call.scored`` webhook, from the load generator's side.
+
+* :class:`AthosApi`: mint session tokens, read calls (``GET /v1/calls[/:id]``).
+* :class:`ScoreBoard`: where ``ended`` calls wait for their score, matched by callId, whichever way
+  the score arrives first.
+* :class:`WebhookReceiver`: a gevent WSGI server inside the Locust process that verifies signature
+  and timestamp, rejects bad deliveries with 4xx, de-duplicates by event id (delivery is at least
+  once) and hands ``call.scored`` to the board.
+* :class:`ScorePoller`: the fallback when no webhook can reach the tool: polls ``GET /v1/calls``.
+
+Message shapes come from :mod:`athos_load.protocol`; this module only moves them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import requests
+from gevent.pywsgi import WSGIServer
+
+from .protocol import (
+    PATH_CALLS,
+    PATH_SESSIONS,
+    SIGNATURE_HEADER,
+    CallRecord,
+    CallStatus,
+    ErrorCode,
+    MintRequest,
+    MintResponse,
+    RemoteProtocolError,
+    ScoredEvent,
+    SignatureError,
+    parse_call,
+    parse_call_list,
+    parse_error_body,
+    verify_webhook,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A REST call failed; ``code`` is the platform's error code (or a client-side one)."""
+
+    def __init__(self, code: ErrorCode | str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class AthosApi:
+    """The platform's REST API. One per Locust user is fine; the HTTP connection is kept alive."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._http = requests.Session()
+        self._http.headers["Authorization"] = f"Bearer {api_key}"
+
+    def mint_token(self, drill_key: str, webhook_url: str | None = None) -> MintResponse:
+        body = MintRequest(drill_key, webhook_url).serialize()
+        response = self._request("POST", PATH_SESSIONS, data=body, headers={"Content-Type": "application/json"})
+        return MintResponse.parse(response.content)
+
+    def get_call(self, call_id: str) -> CallRecord:
+        return parse_call(self._request("GET", f"{PATH_CALLS}/{call_id}").content)
+
+    def list_calls(
+        self, *, status: CallStatus | None = None, after: str | None = None, limit: int = 100
+    ) -> tuple[list[CallRecord], str | None]:
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = status.value
+        if after is not None:
+            params["after"] = after
+        return parse_call_list(self._request("GET", PATH_CALLS, params=params).content)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self._http.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+        except requests.Timeout as exc:
+            raise ApiError(ErrorCode.CONNECT_TIMEOUT, f"{method} {path}: {exc}") from None
+        except requests.RequestException as exc:
+            raise ApiError(ErrorCode.CONNECT_FAILED, f"{method} {path}: {exc}") from None
+        if response.status_code >= 400:
+            err = parse_error_body(response.content)
+            raise ApiError(err.code, err.message, response.status_code)
+        return response
+
+
+# -- scores ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    call_id: str
+    score: float
+    at: float  # time.monotonic() when the tool learned of it
+    via: str  # "webhook" | "poll"
+
+
+class ScoreBoard:
+    """Calls that ended wait here for their score, by callId.
+
+    A score may arrive before anyone waits for it (a fast scorer, a webhook racing the ``ended``
+    event): it is kept, bounded in number, so nothing is lost and memory stays flat.
+    """
+
+    def __init__(self, max_unclaimed: int = 10_000) -> None:
+        self._waiting: dict[str, gevent.event.AsyncResult] = {}
+        self._unclaimed: OrderedDict[str, Score] = OrderedDict()
+        self._max_unclaimed = max_unclaimed
+        self.listeners: list[Callable[[Score], None]] = []
+
+    def expect(self, call_id: str) -> gevent.event.AsyncResult:
+        """The result that will hold the call's :class:`Score`; call before waiting."""
+        result = self._waiting.get(call_id)
+        if result is None:
+            result = self._waiting[call_id] = gevent.event.AsyncResult()
+            early = self._unclaimed.pop(call_id, None)
+            if early is not None:
+                result.set(early)
+        return result
+
+    def wait(self, call_id: str, timeout: float) -> Score | None:
+        """Block until the call is scored or ``timeout`` passes; forgets the call either way."""
+        try:
+            return self.expect(call_id).get(timeout=timeout)
+        except gevent.Timeout:
+            return None
+        finally:
+            self._waiting.pop(call_id, None)
+
+    @property
+    def waiting(self) -> Iterable[str]:
+        return tuple(self._waiting)
+
+    def deliver(self, score: Score) -> None:
+        for listener in self.listeners:
+            listener(score)
+        result = self._waiting.get(score.call_id)
+        if result is not None:
+            if not result.ready():
+                result.set(score)
+            return
+        self._unclaimed[score.call_id] = score
+        while len(self._unclaimed) > self._max_unclaimed:
+            self._unclaimed.popitem(last=False)
+
+
+class WebhookReceiver:
+    """Receives ``call.scored`` on ``POST <path>`` and hands it to a :class:`ScoreBoard`.
+
+    ``counts`` tallies every delivery by outcome: ``accepted``, ``duplicate`` (a redelivered event
+    id: answered 200 so the sender stops retrying, handed on once), and the rejections
+    ``missing``, ``malformed``, ``bad_signature``, ``stale`` (401) and ``bad_body`` (400).
+    """
+
+    def __init__(
+        self,
+        board: ScoreBoard,
+        secret: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str = "/webhooks/athos",
+        tolerance: float = 300.0,
+        public_url: str | None = None,
+        max_seen: int = 100_000,
+    ) -> None:
+        self.board = board
+        self.secret = secret
+        self.path = path
+        self.tolerance = tolerance
+        self.counts: Counter[str] = Counter()
+        self._seen: OrderedDict[str, None] = OrderedDict()  # event ids, oldest first, bounded
+        self._max_seen = max_seen
+        self._public_url = public_url
+        self._server = WSGIServer((host, port), self._app, log=None, error_log=logger)
+
+    @property
+    def url(self) -> str:
+        """Where the platform should POST: the public URL if one was given, else the bound address."""
+        if self._public_url:
+            return self._public_url
+        host, port = self._server.address[:2]
+        return f"http://{host}:{port}{self.path}"
+
+    def start(self) -> WebhookReceiver:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop(timeout=1)
+
+    def handle(self, body: bytes, signature: str | None, now: float) -> tuple[int, str]:
+        """Judge one delivery; returns the HTTP status and outcome. Public so tests can drive it."""
+        try:
+            verify_webhook(self.secret, signature, body, now, self.tolerance)
+        except SignatureError as exc:
+            self.counts[exc.reason] += 1
+            return 401, exc.reason
+        try:
+            event = ScoredEvent.parse(body)
+        except RemoteProtocolError:
+            self.counts["bad_body"] += 1
+            return 400, "bad_body"
+        if event.id in self._seen:
+            self.counts["duplicate"] += 1
+            return 200, "duplicate"
+        self._seen[event.id] = None
+        while len(self._seen) > self._max_seen:
+            self._seen.popitem(last=False)
+        self.counts["accepted"] += 1
+        self.board.deliver(Score(event.call_id, event.score, time.monotonic(), "webhook"))
+        return 200, "accepted"
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") != self.path:
+            return _respond(start_response, 404, "not_found")
+        if environ.get("REQUEST_METHOD") != "POST":
+            return _respond(start_response, 405, "method_not_allowed")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > 1_000_000:
+            self.counts["bad_body"] += 1
+            return _respond(start_response, 413, "too_large")
+        body = environ["wsgi.input"].read(length)
+        signature = environ.get("HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_"))
+        status, outcome = self.handle(body, signature, time.time())
+        return _respond(start_response, status, outcome)
+
+
+def _respond(start_response: Callable[..., Any], status: int, outcome: str) -> list[bytes]:
+    reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed"}
+    body = f'{{"outcome":"{outcome}"}}'.encode()
+    start_response(
+        f"{status} {reasons.get(status, 'Error')}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+class ScorePoller:
+    """Polls ``GET /v1/calls?status=scored`` and delivers scores of calls the board waits for.
+
+    The fallback when the platform cannot reach a webhook on the load generator. One per process.
+    """
+
+    def __init__(self, api: AthosApi, board: ScoreBoard, *, interval: float = 1.0) -> None:
+        self.api = api
+        self.board = board
+        self.interval = interval
+        self.errors = 0
+        self._cursor: str | None = None
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> ScorePoller:
+        self._greenlet = gevent.spawn(self._run)
+        return self
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def poll_once(self) -> int:
+        """One pass over every page of newly scored calls; returns how many were delivered."""
+        delivered = 0
+        while True:
+            calls, cursor = self.api.list_calls(status=CallStatus.SCORED, after=self._cursor, limit=500)
+            now = time.monotonic()
+            for call in calls:
+                if call.score is not None:
+                    self.board.deliver(Score(call.id, call.score, now, "poll"))
+                    delivered += 1
+            if cursor is not None:
+                self._cursor = cursor
+            if len(calls) < 500:
+                return delivered
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.poll_once()
+            except ApiError as exc:
+                self.errors += 1
+                logger.warning("polling %s failed: %s", PATH_CALLS, exc)
+            gevent.sleep(self.interval)

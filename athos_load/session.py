@@ -1,0 +1,350 @@
+"""A headless twin of the Athos frontend SDK's roleplay session, for gevent and websocket-client.
+
+::
+
+    session = RoleplaySession.create(token=token, drill_key="ma-full-sale", url=ws_url)
+    off = session.on("ready", lambda event: print(event.payload["persona"]["name"]))
+    session.connect()                        # blocks until ready; raises SessionError if refused
+    session.play(frames).wait()              # real-time audio through the process's one pacer
+    session.hangup()                         # blocks until ended
+
+The eight SDK events arrive as :class:`SessionEvent` (name, seed payload, monotonic time ``at``).
+Each session runs one reader greenlet around :class:`~athos_load.protocol.ClientProtocol`: feed it
+what arrives, emit its events, send what it returns. A transient drop is recovered here
+(reconnecting → resume with backoff → reconnected); when recovery fails the protocol emits
+``error`` then ``ended``. Every read has a timeout and every wait a deadline, so no session can
+hang forever. This module knows nothing of Locust.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import websocket
+
+from .pacer import AudioPacer, AudioStream, default_pacer
+from .protocol import (
+    RESUMABLE_CLOSE_CODES,
+    SDK_EVENTS,
+    AudioFormat,
+    CallState,
+    ClientProtocol,
+    ErrorCode,
+    Event,
+)
+
+logger = logging.getLogger(__name__)
+DEFAULT_AUDIO = AudioFormat()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """What a listener receives: the SDK event name, its payload as in the seed, and when."""
+
+    name: str
+    payload: dict[str, Any] | None
+    at: float  # time.monotonic() when the session saw it
+
+
+Listener = Callable[[SessionEvent], Any]
+
+
+class SessionError(Exception):
+    """connect() or another blocking call failed; ``code`` is an :class:`ErrorCode` or a platform code."""
+
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """How a session recovers from a transient drop: exponential backoff with jitter, bounded."""
+
+    max_attempts: int = 5
+    initial_delay: float = 0.1
+    max_delay: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.max_delay, self.initial_delay * 2**attempt)
+        return base * random.uniform(0.5, 1.0)
+
+
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One client TLS context per process.
+
+    websocket-client builds a fresh SSLContext (and loads the CA store) on every connect unless it
+    is handed one: tens of milliseconds of CPU per session that stall every other greenlet.
+    """
+    return ssl.create_default_context()
+
+
+class RoleplaySession:
+    """One synthetic rep's call. Create with :meth:`create`; not reusable after it ends."""
+
+    def __init__(
+        self,
+        *,
+        token: str,
+        drill_key: str,
+        url: str,
+        audio: AudioFormat = DEFAULT_AUDIO,
+        pacer: AudioPacer | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 1.0,
+        idle_timeout: float = 120.0,
+        hangup_timeout: float = 10.0,
+        reconnect: ReconnectPolicy | None = None,
+    ) -> None:
+        self.url = url
+        self.audio = audio
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout  # no frame from the server this long: treat as a drop
+        self.hangup_timeout = hangup_timeout
+        self.reconnect = reconnect or ReconnectPolicy()
+        self.reconnects = 0
+        self.audio_frames_received = 0
+        self._protocol = ClientProtocol(token=token, drill_key=drill_key, audio=audio)
+        self._pacer = pacer or default_pacer()
+        self._ssl_context = ssl_context
+        self._listeners: dict[str, list[Listener]] = {name: [] for name in SDK_EVENTS}
+        self._ws: websocket.WebSocket | None = None
+        self._reader: gevent.Greenlet | None = None
+        self._ready = gevent.event.Event()  # set on ready, or when connect can no longer succeed
+        self._ended = gevent.event.Event()  # set when the call is over (ended, or failed)
+        self._streams: list[AudioStream] = []
+
+    @classmethod
+    def create(cls, *, token: str, drill_key: str, url: str, **options: Any) -> RoleplaySession:
+        """Like the SDK's ``AthosRoleplay.create({token, drillKey})``; ``url`` is the realtime endpoint."""
+        return cls(token=token, drill_key=drill_key, url=url, **options)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> CallState:
+        return self._protocol.state
+
+    @property
+    def call_id(self) -> str | None:
+        return self._protocol.call_id
+
+    @property
+    def persona_name(self) -> str | None:
+        return self._protocol.persona_name
+
+    @property
+    def end_reason(self) -> str | None:
+        return self._protocol.end_reason
+
+    @property
+    def last_error(self) -> SessionError | None:
+        err = self._protocol.error
+        return None if err is None else SessionError(err.code, err.message)
+
+    # -- listeners -------------------------------------------------------------------------------
+
+    def on(self, name: str, callback: Listener) -> Callable[[], None]:
+        """Subscribe to an SDK event; returns the function that unsubscribes."""
+        if name not in self._listeners:
+            raise ValueError(f"unknown event {name!r}; the SDK's events are {', '.join(SDK_EVENTS)}")
+        self._listeners[name].append(callback)
+        return lambda: self.off(name, callback)
+
+    def off(self, name: str, callback: Listener) -> None:
+        """Unsubscribe; unsubscribing twice or an unknown callback is a no-op, as in the SDK."""
+        listeners = self._listeners.get(name)
+        if listeners and callback in listeners:
+            listeners.remove(callback)
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Join the call and block until ``ready``. Raises :class:`SessionError` with the code otherwise."""
+        deadline = time.monotonic() + (self.connect_timeout if timeout is None else timeout)
+        self._protocol.connect(time.monotonic())
+        self._flush_events()
+        try:
+            self._ws = self._open(deadline)
+        except (OSError, websocket.WebSocketException) as exc:
+            self._fail(ErrorCode.CONNECT_FAILED, f"{type(exc).__name__}: {exc}")
+            raise SessionError(ErrorCode.CONNECT_FAILED, str(exc)) from None
+        self._send_text()
+        self._reader = gevent.spawn(self._read_loop)
+        if not self._ready.wait(max(0.0, deadline - time.monotonic())):
+            self._fail(ErrorCode.CONNECT_TIMEOUT, "no ready before the connect deadline")
+        if self._protocol.state is not CallState.READY and self._protocol.state is not CallState.RECONNECTING:
+            err = self.last_error or SessionError(ErrorCode.CONNECT_FAILED, f"state {self.state.value}")
+            self.close()
+            raise err
+
+    def play(self, frames: Sequence[bytes], start: float | None = None) -> AudioStream:
+        """Stream wire-format frames in real time (frames due during a drop are lost, as on a phone)."""
+        stream = self._pacer.play(self, frames, self.audio.frame_seconds, start)
+        self._streams.append(stream)
+        return stream
+
+    def hangup(self, timeout: float | None = None) -> None:
+        """Hang up and block until ``ended`` (if the server stays silent, end locally at the deadline)."""
+        if self._protocol.finished:
+            return
+        if self._protocol.state in (CallState.READY, CallState.RECONNECTING):
+            self._protocol.hangup(time.monotonic())
+            self._send_text()
+            self._flush_events()
+        if not self.wait_ended(self.hangup_timeout if timeout is None else timeout):
+            self._close_socket()
+            self._protocol.connection_lost(time.monotonic(), resumable=False)
+            self._flush_events()
+        self.close()
+
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        return self._ended.wait(timeout)
+
+    def close(self) -> None:
+        """Release the socket and the reader. Does not emit events; use hangup() to end a call."""
+        for stream in self._streams:
+            stream.cancel()
+        self._streams.clear()
+        self._close_socket()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill(block=False)
+        self._ready.set()
+        self._ended.set()
+
+    # -- FrameSink, for the pacer ----------------------------------------------------------------
+
+    def can_send_audio(self) -> bool:
+        return self._protocol.can_send_audio and self._ws is not None
+
+    def send_audio_frame(self, frame: bytes) -> bool:
+        ws = self._ws
+        if ws is None:
+            return False
+        try:
+            ws.send_bytes(frame)
+            return True
+        except (OSError, websocket.WebSocketException):
+            # The reader sees the same broken socket and starts recovery; this frame is lost.
+            return False
+
+    # -- I/O -------------------------------------------------------------------------------------
+
+    def _open(self, deadline: float) -> websocket.WebSocket:
+        timeout = max(0.1, deadline - time.monotonic())
+        sslopt = None
+        if self.url.startswith("wss:"):
+            sslopt = {"context": self._ssl_context or shared_ssl_context()}
+        ws = websocket.create_connection(
+            self.url, timeout=timeout, sslopt=sslopt, enable_multithread=True, skip_utf8_validation=True
+        )
+        ws.settimeout(self.read_timeout)
+        return ws
+
+    def _send_text(self) -> None:
+        ws = self._ws
+        for text in self._protocol.data_to_send():
+            if ws is None:
+                return
+            try:
+                ws.send(text)
+            except (OSError, websocket.WebSocketException):
+                return  # the reader will see the socket fail and handle it
+
+    def _read_loop(self) -> None:
+        last_heard = time.monotonic()
+        while not self._protocol.finished:
+            ws = self._ws
+            if ws is None:
+                break
+            try:
+                opcode, data = ws.recv_data()
+            except websocket.WebSocketTimeoutException:
+                now = time.monotonic()
+                if now - last_heard > self.idle_timeout and self._protocol.state is CallState.READY:
+                    self._lost(resumable=True)
+                continue
+            except (OSError, websocket.WebSocketException):
+                self._lost(resumable=True)  # no close frame: an abnormal close (1006)
+                continue
+            now = time.monotonic()
+            last_heard = now
+            if opcode == websocket.ABNF.OPCODE_BINARY:
+                self.audio_frames_received += 1
+            elif opcode == websocket.ABNF.OPCODE_TEXT:
+                self._protocol.receive_text(data, now)
+                self._flush_events()
+                self._send_text()
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                self._lost(resumable=code in RESUMABLE_CLOSE_CODES)
+        self._close_socket()
+        self._ended.set()
+        self._ready.set()
+
+    def _lost(self, resumable: bool) -> None:
+        """The socket is gone: tell the protocol, then try to resume if the call allows it."""
+        self._close_socket()
+        self._protocol.connection_lost(time.monotonic(), resumable=resumable)
+        self._flush_events()
+        if self._protocol.state is not CallState.RECONNECTING:
+            return
+        for attempt in range(self.reconnect.max_attempts):
+            gevent.sleep(self.reconnect.delay(attempt))
+            if self._protocol.state is not CallState.RECONNECTING:
+                return  # hung up meanwhile
+            try:
+                self._ws = self._open(time.monotonic() + self.connect_timeout)
+            except (OSError, websocket.WebSocketException):
+                continue
+            self.reconnects += 1
+            self._protocol.resume(time.monotonic())
+            self._send_text()
+            return  # the reader goes on: reconnected or error arrives as a text frame
+        self._fail(ErrorCode.RECONNECT_FAILED, f"no connection after {self.reconnect.max_attempts} attempts")
+
+    def _fail(self, code: ErrorCode, message: str) -> None:
+        self._protocol.fail(time.monotonic(), code, message)
+        self._flush_events()
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.shutdown()  # no close handshake: the call's end is the protocol's business
+            except (OSError, websocket.WebSocketException):
+                pass
+
+    def _flush_events(self) -> None:
+        for event in self._protocol.events_received():
+            self._emit(event)
+
+    def _emit(self, event: Event) -> None:
+        record = SessionEvent(event.name, event.payload(), time.monotonic())
+        if event.name == "ready":
+            self._ready.set()
+        for callback in tuple(self._listeners[event.name]):
+            try:
+                callback(record)
+            except Exception:
+                # A listener's bug must not kill the call; it is logged with its traceback.
+                logger.exception("listener for %r raised", event.name)
+        if self._protocol.finished:
+            self._ready.set()
+            if event.name == "ended" or self._protocol.state is CallState.FAILED:
+                self._ended.set()

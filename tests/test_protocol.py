@@ -1,0 +1,258 @@
+"""The sans-I/O protocol, without a network: messages, the lifecycle table, webhook signatures."""
+
+import json
+
+import pytest
+
+from athos_load.protocol import (
+    SDK_EVENTS,
+    TRANSITIONS,
+    AudioFormat,
+    CallRecord,
+    CallState,
+    CallStatus,
+    ClientProtocol,
+    Ended,
+    Error,
+    ErrorCode,
+    Hangup,
+    Join,
+    LocalProtocolError,
+    MintRequest,
+    MintResponse,
+    PersonaSpeaking,
+    Ready,
+    Reconnected,
+    RemoteProtocolError,
+    Resume,
+    ScoredEvent,
+    Segment,
+    SignatureError,
+    UserSpeaking,
+    error_body,
+    parse_call,
+    parse_client_message,
+    parse_error_body,
+    parse_server_message,
+    sign_webhook,
+    verify_webhook,
+)
+
+READY = Ready("Dana", "athos_call_1", "rt_1").serialize()
+
+
+def names(proto: ClientProtocol) -> list[str]:
+    return [e.name for e in proto.events_received()]
+
+
+def joined() -> ClientProtocol:
+    proto = ClientProtocol(token="tok", drill_key="ma-full-sale")
+    proto.connect(0.0)
+    proto.receive_text(READY, 0.5)
+    proto.events_received()
+    proto.data_to_send()
+    return proto
+
+
+# -- messages --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    [Join("t", "ma-full-sale", AudioFormat(sample_rate=48000, frame_ms=10)), Resume("rt", "athos_call_x"), Hangup()],
+)
+def test_client_messages_round_trip(message):
+    assert parse_client_message(message.serialize()) == message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Ready("Dana", "athos_call_1", "rt"),
+        PersonaSpeaking(True),
+        UserSpeaking(False),
+        Reconnected("athos_call_1"),
+        Ended("athos_call_1", 12.345, "persona"),
+        Error(ErrorCode.TOKEN_EXPIRED, "expired"),
+    ],
+)
+def test_server_messages_round_trip(message):
+    assert parse_server_message(message.serialize()) == message
+
+
+def test_event_payloads_are_the_seeds():
+    assert Ready("Dana", "c", "r").payload() == {"persona": {"name": "Dana"}}
+    assert PersonaSpeaking(True).payload() == {"speaking": True}
+    assert UserSpeaking(False).payload() == {"speaking": False}
+    assert Ended("athos_call_1", 3.5).payload() == {"callId": "athos_call_1", "durationSec": 3.5}
+    assert Error(ErrorCode.UNKNOWN_CALL, "gone").payload() == {"code": "unknown_call", "message": "gone"}
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"type":"join","drillKey":"d"}', "token"),
+        ('{"type":"join","token":1,"drillKey":"d"}', "token"),
+        ('{"type":"join","token":"t","drillKey":"d","audio":{"encoding":"pcm16le"}}', "audio.sampleRate"),
+        ('{"type":"resume","callId":"c"}', "resumeToken"),
+        ('{"type":"dance"}', "type"),
+        ("[1]", "object"),
+        ("not json", "JSON"),
+    ],
+)
+def test_bad_client_messages_name_the_field(text, field):
+    with pytest.raises(RemoteProtocolError, match=field):
+        parse_client_message(text)
+
+
+def test_bool_is_not_a_number():
+    with pytest.raises(RemoteProtocolError, match="durationSec"):
+        parse_server_message('{"type":"ended","callId":"c","durationSec":true}')
+
+
+def test_unknown_error_code_is_kept_as_a_string():
+    err = parse_server_message('{"type":"error","code":"new_code","message":"m"}')
+    assert err.code == "new_code" and err.payload()["code"] == "new_code"
+
+
+def test_audio_format_checks_each_field():
+    AudioFormat().check()
+    assert AudioFormat().frame_bytes == 640
+    for bad, field in [
+        (AudioFormat(encoding="opus"), "encoding"),
+        (AudioFormat(sample_rate=11025), "sampleRate"),
+        (AudioFormat(channels=2), "channels"),
+        (AudioFormat(frame_ms=7), "frameMs"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            bad.check()
+
+
+def test_rest_bodies_round_trip():
+    assert MintRequest.parse(MintRequest("d", "http://x/h").serialize()) == MintRequest("d", "http://x/h")
+    mint = MintResponse("tok", 1_800_000_000.123)
+    assert MintResponse.parse(mint.serialize()) == mint
+    record = CallRecord(
+        "athos_call_1",
+        CallStatus.SCORED,
+        "d",
+        12.0,
+        77.5,
+        1_800_000_000.0,
+        1_800_000_002.5,
+        (Segment("rep", 0.5, 1.5, "hi"), Segment("persona", 2.0, 3.0, "hello")),
+    )
+    assert parse_call(json.dumps(record.to_wire())) == record
+    err = parse_error_body(error_body(ErrorCode.RATE_LIMITED, "slow down"))
+    assert err == Error(ErrorCode.RATE_LIMITED, "slow down")
+    assert parse_error_body(b"<html>").code == ErrorCode.REMOTE_PROTOCOL
+
+
+# -- the lifecycle ----------------------------------------------------------------------------------
+
+
+def test_full_call_lifecycle():
+    proto = ClientProtocol(token="tok", drill_key="ma-full-sale")
+    proto.connect(0.0)
+    assert names(proto) == ["connecting"]
+    assert json.loads(proto.data_to_send()[0])["type"] == "join"
+    assert not proto.can_send_audio
+    proto.receive_text(READY, 0.2)
+    assert names(proto) == ["ready"] and proto.can_send_audio and proto.call_id == "athos_call_1"
+    for message in (UserSpeaking(True), UserSpeaking(False), PersonaSpeaking(True), PersonaSpeaking(False)):
+        proto.receive_text(message.serialize(), 1.0)
+    assert names(proto) == ["userSpeaking"] * 2 + ["personaSpeaking"] * 2
+    proto.hangup(5.0)
+    assert proto.data_to_send() == [Hangup().serialize()]
+    proto.receive_text(Ended("athos_call_1", 4.8).serialize(), 5.1)
+    assert names(proto) == ["ended"] and proto.finished
+
+
+def test_drop_resume_and_reconnected():
+    proto = joined()
+    proto.connection_lost(1.0, resumable=True)
+    assert names(proto) == ["reconnecting"] and not proto.can_send_audio
+    proto.connection_lost(1.1, resumable=True)  # a failed reconnect attempt: no second event
+    assert names(proto) == []
+    proto.resume(1.2)
+    assert parse_client_message(proto.data_to_send()[0]) == Resume("rt_1", "athos_call_1")
+    proto.receive_text(Reconnected("athos_call_1").serialize(), 1.3)
+    assert names(proto) == ["reconnected"] and proto.can_send_audio
+
+
+def test_refused_resume_is_error_then_ended():
+    proto = joined()
+    proto.connection_lost(1.0)
+    proto.resume(1.1)
+    proto.receive_text(Error(ErrorCode.UNKNOWN_CALL, "no such call").serialize(), 2.5)
+    events = proto.events_received()
+    assert [e.name for e in events] == ["reconnecting", "error", "ended"]
+    assert events[1].code == ErrorCode.UNKNOWN_CALL
+    assert events[2].call_id == "athos_call_1" and events[2].duration_sec == pytest.approx(2.0)
+
+
+def test_join_refused_fails_without_ended():
+    proto = ClientProtocol(token="tok", drill_key="d")
+    proto.connect(0.0)
+    proto.receive_text(Error(ErrorCode.TOKEN_REDEEMED, "used").serialize(), 0.1)
+    assert names(proto) == ["connecting", "error"] and proto.state is CallState.FAILED
+
+
+def test_client_gives_up_reconnecting():
+    proto = joined()
+    proto.connection_lost(1.0)
+    proto.fail(9.0, ErrorCode.RECONNECT_FAILED, "no route")
+    assert names(proto) == ["reconnecting", "error", "ended"] and proto.end_reason == "error"
+
+
+def test_garbage_from_server_fails_the_call_without_raising():
+    proto = joined()
+    proto.receive_text(b"\xff\xfe", 1.0)
+    events = proto.events_received()
+    assert [e.name for e in events] == ["error", "ended"] and events[0].code == ErrorCode.REMOTE_PROTOCOL
+
+
+def test_out_of_place_server_message_is_a_remote_error():
+    proto = ClientProtocol(token="t", drill_key="d")
+    proto.connect(0.0)
+    proto.receive_text(PersonaSpeaking(True).serialize(), 0.1)  # before ready
+    assert [e.name for e in proto.events_received()] == ["connecting", "error"]
+    assert proto.error.code == ErrorCode.REMOTE_PROTOCOL and "connecting" in proto.error.message
+
+
+def test_commands_in_the_wrong_state_raise_local_errors():
+    proto = ClientProtocol(token="t", drill_key="d")
+    with pytest.raises(LocalProtocolError, match="hangup.*idle"):
+        proto.hangup(0.0)
+    proto.connect(0.0)
+    with pytest.raises(LocalProtocolError, match="connect.*connecting"):
+        proto.connect(0.0)
+
+
+def test_transition_table_only_uses_known_names():
+    allowed = set(SDK_EVENTS) | {"connect", "resume", "hangup", "lost"}
+    assert {what for _, what in TRANSITIONS} <= allowed
+    # every state but the terminal ones has a way out
+    sources = {state for state, _ in TRANSITIONS}
+    assert sources == set(CallState) - {CallState.ENDED, CallState.FAILED}
+
+
+# -- webhook signatures ------------------------------------------------------------------------------
+
+
+def test_webhook_signature_verifies_and_rejects():
+    body = ScoredEvent("evt_1", "athos_call_1", 81.0, 1_800_000_000.0).serialize().encode()
+    header = sign_webhook("whsec", 1_800_000_000, body)
+    assert verify_webhook("whsec", header, body, now=1_800_000_010) == 1_800_000_000
+    cases = [
+        ("other-secret", header, body, 1_800_000_010, "bad_signature"),
+        ("whsec", header, body + b" ", 1_800_000_010, "bad_signature"),
+        ("whsec", header, body, 1_800_000_000 + 301, "stale"),
+        ("whsec", None, body, 1_800_000_010, "missing"),
+        ("whsec", "v1=abc", body, 1_800_000_010, "malformed"),
+    ]
+    for secret, hdr, data, now, reason in cases:
+        with pytest.raises(SignatureError) as info:
+            verify_webhook(secret, hdr, data, now=now)
+        assert info.value.reason == reason
+    assert ScoredEvent.parse(body).call_id == "athos_call_1"
