@@ -5,122 +5,182 @@ thousand 20 ms streams that is 50 000 timer wake-ups a second. The pacer keeps o
 times instead, wakes once per due instant, and sends every frame due then in one pass. Due times
 are absolute (``start + i * period``), so a late wake-up never shifts the frames after it: lag is
 measured against the schedule and reported, not absorbed.
+
+A :class:`Microphone` is one session's outgoing audio: clips (:class:`Utterance`) play one after
+another on the frame grid, and a continuous microphone sends silence between them, as a real
+client's does (the platform's voice activity detection needs the silence to hear a turn end).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import gevent
 import gevent.event
 
-logger = logging.getLogger(__name__)
-
 
 class FrameSink(Protocol):
-    """Where a stream's frames go: a session, or anything with these two methods."""
+    """Where a microphone's frames go: a session, or anything with these two methods."""
 
     def can_send_audio(self) -> bool: ...
 
     def send_audio_frame(self, frame: bytes) -> bool: ...
 
 
-class AudioStream:
-    """One clip being played into one session. ``wait()`` blocks until its last frame is due."""
+class Utterance:
+    """One clip on a microphone. ``start``/``end`` are its due times on the monotonic clock."""
 
-    __slots__ = ("sink", "frames", "start", "period", "index", "sent", "skipped", "_done", "cancelled")
+    __slots__ = ("frames", "start", "end", "sent", "skipped", "_index", "_done")
 
-    def __init__(self, sink: FrameSink, frames: Sequence[bytes], start: float, period: float) -> None:
-        self.sink = sink
+    def __init__(self, frames: Sequence[bytes], start: float, period: float) -> None:
         self.frames = frames
         self.start = start
-        self.period = period
-        self.index = 0
+        self.end = start + len(frames) * period  # when its audio has fully left
         self.sent = 0
         self.skipped = 0  # frames due while the call could not take audio (a drop): lost, as on a phone
-        self.cancelled = False
+        self._index = 0
         self._done = gevent.event.Event()
+        if not frames:
+            self._done.set()
 
     @property
     def done(self) -> bool:
         return self._done.is_set()
 
-    @property
-    def end(self) -> float:
-        """When the last frame's audio ends, on the monotonic clock."""
-        return self.start + len(self.frames) * self.period
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._done.set()
-
     def wait(self, timeout: float | None = None) -> bool:
+        """Block until the last frame has been sent (or the microphone closed)."""
         return self._done.wait(timeout)
 
 
+class Microphone:
+    """A session's outgoing audio stream, paced by an :class:`AudioPacer`."""
+
+    __slots__ = ("sink", "period", "silence", "next_due", "closed", "_queue", "_pacer")
+
+    def __init__(self, pacer: AudioPacer, sink: FrameSink, period: float, silence: bytes | None, start: float) -> None:
+        self._pacer = pacer
+        self.sink = sink
+        self.period = period
+        self.silence = silence  # None: a one-shot stream that finishes when its clips do
+        self.next_due = start
+        self.closed = False
+        self._queue: deque[Utterance] = deque()
+
+    def say(self, frames: Sequence[bytes]) -> Utterance:
+        """Queue a clip; it starts on the next free frame slot after what is already queued."""
+        if self.closed:
+            raise RuntimeError("microphone is closed")
+        start = self._queue[-1].end if self._queue else max(self.next_due, time.monotonic())
+        utterance = Utterance(frames, self._snap(start), self.period)
+        if frames:
+            self._queue.append(utterance)
+            self._pacer._schedule(self)
+        return utterance
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue)
+
+    def close(self) -> None:
+        self.closed = True
+        for utterance in self._queue:
+            utterance._done.set()
+        self._queue.clear()
+
+    def _snap(self, t: float) -> float:
+        """``t`` moved forward onto this microphone's frame grid."""
+        if t <= self.next_due:
+            return self.next_due
+        steps = math.ceil((t - self.next_due) / self.period - 1e-6)  # float noise is not a frame
+        return self.next_due + steps * self.period
+
+    def _tick(self, due: float, now: float, on_lag: Callable[[float], None] | None) -> bool:
+        """Send the frame due at ``due``; returns whether the microphone stays scheduled."""
+        if self.closed:
+            return False
+        queue = self._queue
+        utterance = queue[0] if queue and queue[0].start <= due + 1e-9 else None
+        if utterance is not None:
+            frame = utterance.frames[utterance._index]
+        elif self.silence is not None:
+            frame = self.silence
+        else:  # one-shot and nothing due now (cannot happen: clips are contiguous)
+            return bool(queue)
+        sent = self.sink.can_send_audio() and self.sink.send_audio_frame(frame)
+        if sent and on_lag is not None:
+            on_lag(now - due)
+        if utterance is not None:
+            if sent:
+                utterance.sent += 1
+            else:
+                utterance.skipped += 1
+            utterance._index += 1
+            if utterance._index == len(utterance.frames):
+                queue.popleft()._done.set()
+        self.next_due = due + self.period
+        return self.silence is not None or bool(queue)
+
+
 class AudioPacer:
-    """Sends due frames of all streams from one greenlet.
+    """Sends due frames of every microphone from one greenlet.
 
     ``on_lag(seconds)`` is called for every frame sent with how late it left versus its due time.
     """
 
     def __init__(self, on_lag: Callable[[float], None] | None = None) -> None:
         self.on_lag = on_lag
-        self._heap: list[tuple[float, int, AudioStream]] = []
+        self._heap: list[tuple[float, int, Microphone]] = []
+        self._scheduled: set[int] = set()  # ids of microphones in the heap, so none is in it twice
         self._seq = itertools.count()
         self._wakeup = gevent.event.Event()
         self._greenlet: gevent.Greenlet | None = None
 
-    def play(self, sink: FrameSink, frames: Sequence[bytes], period: float, start: float | None = None) -> AudioStream:
-        """Schedule ``frames`` into ``sink``, one every ``period`` seconds from ``start`` (default now)."""
-        stream = AudioStream(sink, frames, time.monotonic() if start is None else start, period)
-        if not frames:
-            stream._done.set()
-            return stream
-        heapq.heappush(self._heap, (stream.start, next(self._seq), stream))
-        if self._greenlet is None or self._greenlet.dead:
-            self._greenlet = gevent.spawn(self._run)
-        self._wakeup.set()
-        return stream
+    def microphone(
+        self, sink: FrameSink, period: float, silence: bytes | None, start: float | None = None
+    ) -> Microphone:
+        """A new stream into ``sink``. With ``silence`` it sends that frame whenever no clip plays."""
+        mic = Microphone(self, sink, period, silence, time.monotonic() if start is None else start)
+        if silence is not None:
+            self._schedule(mic)
+        return mic
+
+    def play(self, sink: FrameSink, frames: Sequence[bytes], period: float, start: float | None = None) -> Utterance:
+        """Play one clip into ``sink`` and stop."""
+        return self.microphone(sink, period, None, start).say(frames)
 
     @property
     def active_streams(self) -> int:
         return len(self._heap)
 
+    def _schedule(self, mic: Microphone) -> None:
+        if id(mic) in self._scheduled:
+            return
+        self._scheduled.add(id(mic))
+        due = max(mic.next_due, mic._queue[0].start) if mic._queue else mic.next_due
+        heapq.heappush(self._heap, (due, next(self._seq), mic))
+        if self._greenlet is None or self._greenlet.dead:
+            self._greenlet = gevent.spawn(self._run)
+        self._wakeup.set()
+
     def _run(self) -> None:
-        heap = self._heap
+        heap, on_lag = self._heap, self.on_lag
         while heap:
             now = time.monotonic()
             while heap and heap[0][0] <= now:
-                due, _, stream = heapq.heappop(heap)
-                if stream.cancelled:
-                    continue
-                self._send(stream, due, now)
+                due, _, mic = heapq.heappop(heap)
+                if mic._tick(due, now, on_lag):
+                    heapq.heappush(heap, (mic.next_due, next(self._seq), mic))
+                else:
+                    self._scheduled.discard(id(mic))
             if heap:
                 self._wakeup.clear()
                 self._wakeup.wait(heap[0][0] - time.monotonic())
-
-    def _send(self, stream: AudioStream, due: float, now: float) -> None:
-        sink = stream.sink
-        if sink.can_send_audio():
-            if sink.send_audio_frame(stream.frames[stream.index]):
-                stream.sent += 1
-                if self.on_lag is not None:
-                    self.on_lag(now - due)
-            else:
-                stream.skipped += 1
-        else:
-            stream.skipped += 1
-        stream.index += 1
-        if stream.index < len(stream.frames):
-            heapq.heappush(self._heap, (stream.start + stream.index * stream.period, next(self._seq), stream))
-        else:
-            stream._done.set()
 
 
 _default: AudioPacer | None = None

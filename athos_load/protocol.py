@@ -92,6 +92,7 @@ class ErrorCode(enum.StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"
     RECONNECT_FAILED = "reconnect_failed"
     REMOTE_PROTOCOL = "remote_protocol"
+    NO_REPLY = "no_reply"
 
 
 SERVER_ERROR_CODES = frozenset(

@@ -31,7 +31,7 @@ import gevent
 import gevent.event
 import websocket
 
-from .pacer import AudioPacer, AudioStream, default_pacer
+from .pacer import AudioPacer, Microphone, Utterance, default_pacer
 from .protocol import (
     RESUMABLE_CLOSE_CODES,
     SDK_EVENTS,
@@ -125,7 +125,8 @@ class RoleplaySession:
         self._reader: gevent.Greenlet | None = None
         self._ready = gevent.event.Event()  # set on ready, or when connect can no longer succeed
         self._ended = gevent.event.Event()  # set when the call is over (ended, or failed)
-        self._streams: list[AudioStream] = []
+        self._mics: list[Microphone] = []
+        self._microphone: Microphone | None = None
 
     @classmethod
     def create(cls, *, token: str, drill_key: str, url: str, **options: Any) -> RoleplaySession:
@@ -191,15 +192,30 @@ class RoleplaySession:
             self.close()
             raise err
 
-    def play(self, frames: Sequence[bytes], start: float | None = None) -> AudioStream:
-        """Stream wire-format frames in real time (frames due during a drop are lost, as on a phone)."""
-        stream = self._pacer.play(self, frames, self.audio.frame_seconds, start)
-        self._streams.append(stream)
-        return stream
+    def play(self, frames: Sequence[bytes], start: float | None = None) -> Utterance:
+        """Stream one clip of wire-format frames in real time, then nothing.
+
+        Frames due during a drop are lost, as on a phone. For a whole call use :meth:`say`.
+        """
+        mic = self._pacer.microphone(self, self.audio.frame_seconds, None, start)
+        self._mics.append(mic)
+        return mic.say(frames)
+
+    def say(self, frames: Sequence[bytes]) -> Utterance:
+        """Queue a clip on the session's continuous microphone, which sends silence between clips
+        from the first call on, as a real client streams its microphone for the whole call."""
+        if self._microphone is None:
+            silence = bytes(self.audio.frame_bytes)
+            self._microphone = self._pacer.microphone(self, self.audio.frame_seconds, silence)
+            self._mics.append(self._microphone)
+        return self._microphone.say(frames)
 
     def hangup(self, timeout: float | None = None) -> None:
         """Hang up and block until ``ended`` (if the server stays silent, end locally at the deadline)."""
         if self._protocol.finished:
+            return
+        if self._protocol.state in (CallState.IDLE, CallState.CONNECTING):
+            self.close()  # no call to end yet
             return
         if self._protocol.state in (CallState.READY, CallState.RECONNECTING):
             self._protocol.hangup(time.monotonic())
@@ -216,9 +232,9 @@ class RoleplaySession:
 
     def close(self) -> None:
         """Release the socket and the reader. Does not emit events; use hangup() to end a call."""
-        for stream in self._streams:
-            stream.cancel()
-        self._streams.clear()
+        for mic in self._mics:
+            mic.close()
+        self._mics.clear()
         self._close_socket()
         reader, self._reader = self._reader, None
         if reader is not None and reader is not gevent.getcurrent():

@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from athos_load.pacer import AudioPacer
 
 
@@ -45,12 +47,13 @@ def test_frames_due_while_the_call_cannot_take_audio_are_skipped():
     assert stream.skipped == 3 and stream.sent == 0 and sink.sent == []
 
 
-def test_cancel_stops_a_stream_and_releases_waiters():
+def test_close_stops_a_microphone_and_releases_waiters():
     pacer = AudioPacer()
     sink = RecordingSink()
-    stream = pacer.play(sink, [b"x"] * 100, 0.02)
+    mic = pacer.microphone(sink, 0.02, None)
+    stream = mic.say([b"x"] * 100)
     time.sleep(0.1)
-    stream.cancel()
+    mic.close()
     assert stream.wait(timeout=1)
     count = len(sink.sent)
     time.sleep(0.1)
@@ -59,3 +62,24 @@ def test_cancel_stops_a_stream_and_releases_waiters():
 
 def test_empty_clip_is_done_at_once():
     assert AudioPacer().play(RecordingSink(), [], 0.02).done
+
+
+def test_continuous_microphone_sends_silence_between_clips_on_the_grid():
+    pacer = AudioPacer()
+    sink = RecordingSink()
+    start = time.monotonic() + 0.02
+    mic = pacer.microphone(sink, 0.02, b"0", start)
+    time.sleep(0.1)
+    first = mic.say([b"a"] * 5)
+    second = mic.say([b"b"] * 3)  # queued right behind the first, no gap
+    assert second.start == pytest.approx(first.end)
+    assert second.wait(timeout=5)
+    time.sleep(0.1)
+    mic.close()
+    sent = b"".join(f for _, f in sink.sent)
+    assert sent.strip(b"0") == b"aaaaabbb"  # silence before and after, the clips contiguous
+    # every frame sits on the microphone's grid, so the clips start exactly on a frame boundary
+    offset = (first.start - start) / 0.02
+    assert offset == pytest.approx(round(offset), abs=1e-6)
+    assert sent.index(b"a") == round(offset)
+    assert len(sink.sent) == pytest.approx((time.monotonic() - start) / 0.02, abs=6)

@@ -1,0 +1,116 @@
+"""A bounded-memory histogram with ~1% relative error on every percentile, mergeable by addition.
+
+Buckets grow geometrically by ``gamma = (1 + a) / (1 - a)``: a value ``x`` lands in bucket
+``ceil(log_gamma(x))`` and is read back as the bucket's midpoint ``2 g^i / (g + 1)``, which is
+within ``a`` (relative) of every value in the bucket (the DDSketch construction). A fixed numpy
+array of counts spans 10 µs to a day, so a soak of days holds exactly as much memory as a run of
+minutes, and two histograms merge exactly by adding their arrays (workers → master).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+RELATIVE_ACCURACY = 0.01
+MIN_VALUE = 1e-5  # seconds; smaller values (and zero) are counted in the lowest bucket
+MAX_VALUE = 86_400.0  # a day; larger values are counted in the highest bucket
+
+
+class LogHistogram:
+    """Counts of non-negative values (seconds) in log-spaced buckets, plus exact count/sum/min/max."""
+
+    __slots__ = ("counts", "count", "sum", "min", "max")
+
+    _gamma = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
+    _log_gamma = math.log(_gamma)
+    _offset = math.ceil(math.log(MIN_VALUE) / _log_gamma)
+    size = math.ceil(math.log(MAX_VALUE) / _log_gamma) - _offset + 1
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.size, dtype=np.int64)
+        self.count = 0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def record(self, value: float) -> None:
+        index = math.ceil(math.log(value) / self._log_gamma) - self._offset if value > MIN_VALUE else 0
+        self.counts[min(index, self.size - 1)] += 1
+        self.count += 1
+        self.sum += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+
+    def record_many(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        if values.size == 0:
+            return
+        clipped = np.maximum(values, MIN_VALUE)
+        index = np.ceil(np.log(clipped) / self._log_gamma).astype(np.int64) - self._offset
+        np.add.at(self.counts, np.clip(index, 0, self.size - 1), 1)
+        self.count += int(values.size)
+        self.sum += float(values.sum())
+        self.min = min(self.min, float(values.min()))
+        self.max = max(self.max, float(values.max()))
+
+    def merge(self, other: LogHistogram) -> None:
+        self.counts += other.counts
+        self.count += other.count
+        self.sum += other.sum
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile (0–100), numpy's linear definition, within ~1%; None when empty."""
+        if self.count == 0:
+            return None
+        rank = q / 100.0 * (self.count - 1)
+        cumulative = np.cumsum(self.counts)
+        lo = int(np.searchsorted(cumulative, math.floor(rank), side="right"))
+        hi = int(np.searchsorted(cumulative, math.ceil(rank), side="right"))
+        frac = rank - math.floor(rank)
+        value = (1 - frac) * self._value(lo) + frac * self._value(hi)
+        return min(max(value, self.min), self.max)
+
+    def _value(self, index: int) -> float:
+        return 2 * self._gamma ** (index + self._offset) / (self._gamma + 1)
+
+    def summary(self) -> dict[str, float | int | None]:
+        """count, min, p50, p95, p99, max in seconds: the JSON summary's shape for one timing."""
+        empty = self.count == 0
+        return {
+            "count": self.count,
+            "min": None if empty else self.min,
+            "p50": self.percentile(50),
+            "p95": self.percentile(95),
+            "p99": self.percentile(99),
+            "max": None if empty else self.max,
+        }
+
+    # -- transport (worker reports are msgpack'd: plain types only, sparse) -------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        nonzero = np.flatnonzero(self.counts)
+        return {
+            "i": nonzero.tolist(),
+            "c": self.counts[nonzero].tolist(),
+            "n": self.count,
+            "s": self.sum,
+            "lo": self.min if self.count else None,
+            "hi": self.max if self.count else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LogHistogram:
+        hist = cls()
+        hist.counts[np.asarray(data["i"], dtype=np.int64)] = np.asarray(data["c"], dtype=np.int64)
+        hist.count = int(data["n"])
+        hist.sum = float(data["s"])
+        if hist.count:
+            hist.min, hist.max = float(data["lo"]), float(data["hi"])
+        return hist

@@ -1,0 +1,329 @@
+"""Drills as data: one YAML file per scenario, validated and loaded with its audio at start-up.
+
+A scenario is what one synthetic rep says in one call, turn by turn::
+
+    name: ma-full-sale            # unique; the scenario metric label
+    drill: ma-full-sale           # the drill key the session token is minted for
+    weight: 3                     # relative weight when several scenarios run together (default 1)
+    description: M&A advisory full sales call
+    think_time: [0.3, 1.2]        # seconds, uniform, after the persona finishes before the rep speaks
+    turns:
+      - audio: audio/ma-full-sale/01-opening.wav   # relative to this file
+      - audio: audio/ma-full-sale/02-discovery.wav
+        pause_before: 1.5         # extra silence before this turn (default 0)
+      - audio: audio/ma-full-sale/03-objection.wav
+        barge_in: 0.8             # start 0.8 s after the persona starts speaking, talking over it
+      - silence: 2.0              # the rep stays silent this long
+    hangup: after_last_reply      # after_last_reply | immediately | persona_closes
+    max_call_seconds: 180         # hard cap on the call
+    reply_timeout: 15             # how long the rep waits for the persona to answer a turn
+
+How a call plays it: the first turn starts once the call is ready; each later turn waits up to
+``reply_timeout`` for the persona to answer the previous one, then ``think_time``, then
+``pause_before``. A ``barge_in`` turn instead waits for the persona to start speaking and cuts in
+that many seconds later. A ``silence`` turn streams silent frames (an open microphone, no speech).
+``think_time`` may also be a single number. Defaults: weight 1, think_time [0.3, 1.2], hangup
+after_last_reply, max_call_seconds 300, reply_timeout 15.
+
+Checking is two passes: :data:`SCHEMA` (JSON Schema, via ``jsonschema``) for shape and types, then
+the checks a schema cannot express (files exist and hold speech, barge_in placement, ranges). Every
+failure is a :class:`ScenarioError` whose message reads ``FILE: FIELD: PROBLEM``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from athos_load.audio import AudioError, Clip, load_clip, silence
+from athos_load.protocol import AudioFormat
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used. The message names the file, the field and the problem."""
+
+
+class HangupPolicy(enum.StrEnum):
+    AFTER_LAST_REPLY = "after_last_reply"  # hang up once the persona has answered the last turn
+    IMMEDIATELY = "immediately"  # hang up as soon as the last turn's audio has been sent
+    PERSONA_CLOSES = "persona_closes"  # wait for the persona to end the call (max_call_seconds caps it)
+
+
+# Defaults of the optional fields (a slots dataclass keeps no class-level defaults to read back).
+DEFAULT_WEIGHT = 1.0
+DEFAULT_THINK_TIME = (0.3, 1.2)
+DEFAULT_MAX_CALL_SECONDS = 300.0
+DEFAULT_REPLY_TIMEOUT = 15.0
+
+_SECONDS = {"type": "number", "minimum": 0}
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "athos-load scenario",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "drill", "turns"],
+    "properties": {
+        # a metric label value: short and tidy keeps dashboards and Prometheus sane
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,63}$"},
+        "drill": {"type": "string", "minLength": 1},
+        "weight": _POSITIVE,
+        "description": {"type": "string"},
+        # a single number means a fixed think time
+        "think_time": {"type": ["number", "array"], "minimum": 0, "items": _SECONDS, "minItems": 2, "maxItems": 2},
+        "turns": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/turn"}},
+        "hangup": {"enum": [p.value for p in HangupPolicy]},
+        "max_call_seconds": _POSITIVE,
+        "reply_timeout": _POSITIVE,
+    },
+    "$defs": {
+        "turn": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "audio": {"type": "string", "minLength": 1},
+                "silence": _POSITIVE,
+                "pause_before": _SECONDS,
+                "barge_in": _SECONDS,
+            },
+        }
+    },
+}
+_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+_MAX_REPORTED = 10  # schema problems listed in one error; the rest are counted
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One thing the rep does: say a clip, or stay silent for a while.
+
+    ``clip`` is never None: a ``silence`` turn is a clip of silent frames (no speech, so
+    ``clip.speech_end`` is None), streamed like any other so the microphone stays open.
+    """
+
+    clip: Clip
+    source: str  # the audio path as written in the YAML, or "silence"
+    pause_before: float = 0.0
+    barge_in: float | None = None  # seconds after the persona starts speaking; None = wait for it to finish
+
+    @property
+    def silent(self) -> bool:
+        return not self.clip.speech
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    drill: str
+    turns: tuple[Turn, ...]
+    weight: float = DEFAULT_WEIGHT
+    description: str = ""
+    think_time: tuple[float, float] = DEFAULT_THINK_TIME
+    hangup: HangupPolicy = HangupPolicy.AFTER_LAST_REPLY
+    max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS
+    reply_timeout: float = DEFAULT_REPLY_TIMEOUT
+    path: Path | None = None  # the YAML file it came from
+
+    def think(self, rng: random.Random) -> float:
+        """A think time drawn from ``think_time``."""
+        return rng.uniform(*self.think_time)
+
+
+def pick(scenarios: Sequence[Scenario], rng: random.Random) -> Scenario:
+    """One scenario, chosen by weight."""
+    if not scenarios:
+        raise ValueError("no scenarios to pick from")
+    return rng.choices(scenarios, weights=[s.weight for s in scenarios])[0]
+
+
+def load_scenarios(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], fmt: AudioFormat
+) -> list[Scenario]:
+    """Load scenarios from a file, a directory (every ``*.yaml``/``*.yml`` in it) or a list of either.
+
+    Audio is loaded and framed in ``fmt`` now, once. Names must be unique across all the files.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: dict[Path, Path] = {}  # resolved -> as given: a file named twice loads once
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
+            if not found:
+                raise ScenarioError(f"{p}: no *.yaml scenario files in this directory")
+        else:
+            found = [p]
+        for f in found:
+            files.setdefault(f.resolve(), f)
+    if not files:
+        raise ScenarioError("no scenario files given")
+    scenarios: list[Scenario] = []
+    seen: dict[str, Path] = {}
+    for file in files.values():
+        scenario = load_scenario(file, fmt)
+        if scenario.name in seen:
+            raise ScenarioError(f"{file}: name: {scenario.name!r} is already used by {seen[scenario.name]}")
+        seen[scenario.name] = file
+        scenarios.append(scenario)
+    return scenarios
+
+
+def load_scenario(path: str | os.PathLike[str], fmt: AudioFormat) -> Scenario:
+    """Load and check one scenario file; audio paths are relative to the file."""
+    file = Path(path)
+    doc = _read_yaml(file)
+    problems = sorted(_VALIDATOR.iter_errors(doc), key=lambda e: [(isinstance(p, str), p) for p in e.absolute_path])
+    if problems:
+        lines = [f"{file}: {_describe(e)}" for e in problems[:_MAX_REPORTED]]
+        if len(problems) > _MAX_REPORTED:
+            lines.append(f"{file}: ... and {len(problems) - _MAX_REPORTED} more problems")
+        raise ScenarioError("\n".join(lines))
+
+    def fail(field: str, problem: str) -> ScenarioError:
+        return ScenarioError(f"{file}: {field}: {problem}")
+
+    think = doc.get("think_time", DEFAULT_THINK_TIME)
+    think = (float(think), float(think)) if isinstance(think, (int, float)) else (float(think[0]), float(think[1]))
+    if think[0] > think[1]:
+        raise fail("think_time", f"min {think[0]} is greater than max {think[1]}")
+
+    turns: list[Turn] = []
+    for i, raw in enumerate(doc["turns"]):
+        where = f"turns[{i}]"
+        if ("audio" in raw) == ("silence" in raw):
+            raise fail(where, "needs exactly one of audio or silence")
+        barge_in = raw.get("barge_in")
+        if barge_in is not None:
+            if i == 0:
+                raise fail(f"{where}.barge_in", "not allowed on the first turn: the persona has not answered yet")
+            if "silence" in raw:
+                raise fail(f"{where}.barge_in", "a silent turn cannot talk over the persona")
+            if raw.get("pause_before"):
+                raise fail(f"{where}.barge_in", "cannot be combined with pause_before")
+        if "silence" in raw:
+            clip, source = silence(raw["silence"], fmt), "silence"
+        else:
+            source = raw["audio"]
+            try:
+                clip = load_clip(file.parent / source, fmt)
+            except AudioError as exc:
+                raise fail(f"{where}.audio", f"{exc.problem}: {source}") from None
+            if not clip.speech:
+                raise fail(f"{where}.audio", f"no speech found in {source} (use `silence:` for a silent turn)")
+        pause = float(raw.get("pause_before", 0.0))
+        turns.append(Turn(clip, source, pause, None if barge_in is None else float(barge_in)))
+
+    max_call = float(doc.get("max_call_seconds", DEFAULT_MAX_CALL_SECONDS))
+    own_audio = sum(t.clip.duration + t.pause_before for t in turns)
+    if own_audio > max_call:
+        raise fail("max_call_seconds", f"{max_call:g} s is shorter than the rep's own audio ({own_audio:.1f} s)")
+
+    return Scenario(
+        name=doc["name"],
+        drill=doc["drill"],
+        turns=tuple(turns),
+        weight=float(doc.get("weight", DEFAULT_WEIGHT)),
+        description=doc.get("description", ""),
+        think_time=think,
+        hangup=HangupPolicy(doc.get("hangup", HangupPolicy.AFTER_LAST_REPLY)),
+        max_call_seconds=max_call,
+        reply_timeout=float(doc.get("reply_timeout", DEFAULT_REPLY_TIMEOUT)),
+        path=file,
+    )
+
+
+# -- YAML and error wording ------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: YAML keeps the last one silently, dropping turns."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{file}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{file}: cannot read: {exc}") from None
+    try:
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioError(f"{file}: {where}: invalid YAML: {problem}") from None
+    if doc is None:
+        raise ScenarioError(f"{file}: (document): the file is empty")
+    if not isinstance(doc, dict):
+        raise ScenarioError(f"{file}: (document): expected a mapping of fields, got {type(doc).__name__}")
+    return doc
+
+
+def _field(path: Iterable[str | int]) -> str:
+    """``["turns", 2, "audio"]`` → ``turns[2].audio``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_YAML_TYPES = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+    list: "list",
+    dict: "mapping",
+}
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One schema problem as ``FIELD: PROBLEM``, worded for a person editing YAML."""
+    path = list(error.absolute_path)
+    kind, value = error.validator, error.instance
+    if kind == "additionalProperties":
+        allowed = ", ".join(error.schema.get("properties", {}))
+        extra = sorted(set(value) - set(error.schema.get("properties", {})), key=str)
+        return "; ".join(f"{_field([*path, k])}: unknown field (allowed: {allowed})" for k in extra)
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in value]
+        return "; ".join(f"{_field([*path, k])}: required field missing" for k in missing)
+    field = _field(path) or "(document)"
+    if kind == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"{field}: expected {expected}, got {_YAML_TYPES.get(type(value), type(value).__name__)} {value!r}"
+    if kind == "enum":
+        return f"{field}: must be one of {', '.join(map(str, error.validator_value))}; got {value!r}"
+    if kind == "exclusiveMinimum":
+        return f"{field}: must be greater than {error.validator_value}; got {value!r}"
+    if kind == "minimum":
+        return f"{field}: must be at least {error.validator_value}; got {value!r}"
+    if kind in ("minItems", "maxItems") and path == ["think_time"]:
+        return f"think_time: expected a number or [min, max]; got {value!r}"
+    if kind == "minItems":
+        n = error.validator_value
+        return f"{field}: needs at least {n} {'item' if n == 1 else 'items'}"
+    if kind == "pattern" and path == ["name"]:
+        return f"name: {value!r} must be lower-case letters, digits, '-', '_' or '.', at most 64 characters"
+    return f"{field}: {error.message}"

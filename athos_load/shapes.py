@@ -1,0 +1,198 @@
+"""Load shapes, chosen by name with ``--athos-shape`` and ``--athos-shape-params key=value,...``.
+
+=========  ==================================================================================
+ramp       Locust's own: ``-u`` users at ``-r`` per second, for ``-t`` (the default)
+steps      ``start`` users, then ``+step`` every ``step_seconds``, ``steps`` times, then stop
+spike      ``base`` users; at ``at`` seconds jump to ``peak`` for ``hold`` seconds; back to
+           ``base`` for ``recover`` seconds, then stop
+soak       ramp to ``-u`` over ``ramp_seconds``, hold for ``hold_seconds`` (or until ``-t``)
+capacity   like steps, but after each step evaluate ``gate`` (e.g. ``connect_ready.p95<1.0``)
+           on that step's recordings; stop at the first step that breaks it and report the last
+           good level
+=========  ==================================================================================
+
+The shape reads ``-u``/``-r`` where they make sense (``use_common_options``), so one locustfile
+serves every shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from locust import LoadTestShape
+
+from .histogram import LogHistogram
+from .metrics import Timing
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, dict[str, float]] = {
+    "ramp": {},
+    "steps": {"start": 10, "step": 10, "step_seconds": 60, "steps": 5},
+    "spike": {"base": 10, "peak": 100, "at": 60, "hold": 30, "recover": 60},
+    "soak": {"ramp_seconds": 300, "hold_seconds": 0},
+    "capacity": {"start": 10, "step": 10, "step_seconds": 60, "steps": 20, "min_samples": 20},
+}
+GATE = re.compile(r"^(\w+)\.(p50|p95|p99|max)\s*(<=|<)\s*([0-9.]+)$")
+
+
+def parse_params(shape: str, text: str) -> dict[str, Any]:
+    """``key=value,...`` over the shape's defaults; unknown keys and bad numbers are errors."""
+    params: dict[str, Any] = dict(DEFAULTS[shape])
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--athos-shape-params: {item!r} is not key=value")
+        if key == "gate" and shape == "capacity":
+            params["gate"] = Gate.parse(value)
+            continue
+        if key not in params:
+            known = ", ".join(sorted(params)) or "none"
+            raise ValueError(f"--athos-shape-params: {key!r} is not a parameter of {shape} (known: {known})")
+        try:
+            params[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--athos-shape-params: {key}={value!r} is not a number") from None
+    if shape == "capacity" and "gate" not in params:
+        raise ValueError("--athos-shape capacity needs gate=TIMING.STAT<SECONDS, e.g. gate=connect_ready.p95<1.0")
+    return params
+
+
+@dataclass(frozen=True)
+class Gate:
+    """``timing.stat < seconds`` on one window of recordings."""
+
+    timing: Timing
+    stat: str
+    op: str
+    limit: float
+
+    @classmethod
+    def parse(cls, text: str) -> Gate:
+        match = GATE.match(text.strip())
+        if not match:
+            raise ValueError(f"gate {text!r}: expected TIMING.STAT<SECONDS, e.g. connect_ready.p95<1.0")
+        name, stat, op, limit = match.groups()
+        try:
+            timing = Timing(name)
+        except ValueError:
+            raise ValueError(f"gate {text!r}: unknown timing {name!r} ({', '.join(Timing)})") from None
+        return cls(timing, stat, op, float(limit))
+
+    def value(self, window: LogHistogram) -> float | None:
+        return window.max if self.stat == "max" and window.count else window.percentile(float(self.stat[1:]))
+
+    def holds(self, value: float) -> bool:
+        return (operator.lt if self.op == "<" else operator.le)(value, self.limit)
+
+    def __str__(self) -> str:
+        return f"{self.timing.value}.{self.stat}{self.op}{self.limit:g}"
+
+
+class AthosShape(LoadTestShape):
+    """The one shape class the locustfile exports; ``--athos-shape`` picks its behaviour."""
+
+    use_common_options = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._params: dict[str, Any] | None = None
+        self._capacity: CapacitySearch | None = None
+
+    def _setup(self) -> tuple[str, dict[str, Any]]:
+        opts = self.runner.environment.parsed_options
+        shape = opts.athos_shape or "ramp"
+        if self._params is None:
+            self._params = parse_params(shape, opts.athos_shape_params)
+        return shape, self._params
+
+    def tick(self) -> tuple[int, float] | None:
+        shape, p = self._setup()
+        opts = self.runner.environment.parsed_options
+        users, rate = int(opts.num_users or 1), float(opts.spawn_rate or 1)
+        t = self.get_run_time()
+        if shape == "ramp":
+            return users, rate
+        if shape == "steps":
+            index = int(t // p["step_seconds"])
+            if index >= p["steps"]:
+                return None
+            return int(p["start"] + index * p["step"]), rate
+        if shape == "spike":
+            if t < p["at"]:
+                return int(p["base"]), rate
+            if t < p["at"] + p["hold"]:
+                return int(p["peak"]), max(rate, p["peak"])  # a spike arrives at once
+            if t < p["at"] + p["hold"] + p["recover"]:
+                return int(p["base"]), max(rate, p["peak"])
+            return None
+        if shape == "soak":
+            if p["hold_seconds"] and t > p["ramp_seconds"] + p["hold_seconds"]:
+                return None
+            ramp = users / p["ramp_seconds"] if p["ramp_seconds"] else rate
+            return users, max(ramp, 0.01)
+        if self._capacity is None:
+            from .runtime import Runtime
+
+            assert Runtime.current is not None
+            self._capacity = CapacitySearch(p, Runtime.current.metrics.timings)
+        return self._capacity.tick(t, rate)
+
+
+class CapacitySearch:
+    """Steps concurrency up; after each step judges the gate on that step's window only."""
+
+    def __init__(self, params: dict[str, Any], timings: dict[Timing, LogHistogram]) -> None:
+        self.p = params
+        self.gate: Gate = params["gate"]
+        self.timings = timings
+        self.index = 0
+        self.last_good: int | None = None
+        self.result: dict[str, Any] | None = None
+        self._snapshot = self._copy()
+
+    def users(self, index: int) -> int:
+        return int(self.p["start"] + index * self.p["step"])
+
+    def _copy(self) -> LogHistogram:
+        snapshot = LogHistogram()
+        snapshot.merge(self.timings[self.gate.timing])
+        return snapshot
+
+    def _window(self) -> LogHistogram:
+        """This step's recordings: the running histogram minus the snapshot at the step's start."""
+        now = self.timings[self.gate.timing]
+        window = LogHistogram()
+        window.counts = now.counts - self._snapshot.counts
+        window.count = now.count - self._snapshot.count
+        window.min, window.max = now.min, now.max  # bounds only; percentiles come from the counts
+        return window
+
+    def tick(self, t: float, rate: float) -> tuple[int, float] | None:
+        if self.result is not None:
+            return None
+        index = int(t // self.p["step_seconds"])
+        if index > self.index:  # a step just finished: judge it
+            window = self._window()
+            value = self.gate.value(window)
+            users = self.users(self.index)
+            if window.count >= self.p["min_samples"] and value is not None and self.gate.holds(value):
+                self.last_good = users
+                logger.info("capacity: %d users hold %s (%.3fs)", users, self.gate, value)
+            else:
+                shown = "no data" if value is None else f"{value:.3f}s"
+                self.result = {"gate": str(self.gate), "last_good_users": self.last_good, "broke_at": users}
+                logger.warning("capacity: %d users break %s (%s, %d samples)", users, self.gate, shown, window.count)
+                print(f"athos-load capacity: last good level {self.last_good} users; {users} broke {self.gate}")
+                return None
+            self.index = index
+            self._snapshot = self._copy()
+            if self.index >= self.p["steps"]:
+                self.result = {"gate": str(self.gate), "last_good_users": self.last_good, "broke_at": None}
+                print(f"athos-load capacity: every step held {self.gate}; last good level {self.last_good} users")
+                return None
+        return self.users(self.index), rate

@@ -1,0 +1,323 @@
+"""Call state on the platform side, and the book of calls that the REST endpoints read.
+
+A :class:`Call` holds what one call is (ids, audio format, connection, transcript, status) and the
+persona's part of the conversation; the decisions that span calls (joins, drops, ending, scoring)
+are made by :class:`athos_load.sim.platform.Platform`, which every call points back to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import enum
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from athos_load.protocol import AudioFormat, CallRecord, CallStatus, PersonaSpeaking, Segment, UserSpeaking
+
+from .link import Link, persona_wire_frames
+from .vad import EnergyVad
+
+if TYPE_CHECKING:
+    from .platform import Platform
+
+
+class Phase(enum.Enum):
+    LIVE = "live"  # a client is connected
+    DETACHED = "detached"  # the connection dropped; resumable until the resume window closes
+    ENDED = "ended"
+
+
+class Turn(enum.Enum):
+    """The persona's side of the turn-taking."""
+
+    LISTENING = "listening"  # waiting for the rep to say something
+    THINKING = "thinking"  # the rep stopped; an answer is scheduled
+    SPEAKING = "speaking"  # streaming audio through the pacer
+
+
+PERSONA_LINES = (
+    "Thanks for calling. What is this about?",
+    "We already work with a vendor for that, honestly.",
+    "How is that different from what we have today?",
+    "What would something like this cost us per seat?",
+    "I'd need to bring our finance lead into this conversation.",
+    "Can you send me a case study from a company our size?",
+    "Timing is tricky for us; budgets are set for the year.",
+    "Okay, that's interesting. Tell me more about the rollout.",
+)
+
+
+class Call:
+    """One call, from ``ready`` until it is scored (then kept for queries until evicted)."""
+
+    __slots__ = (
+        "platform", "id", "resume_token", "drill_key", "persona_name", "audio", "webhook_url", "token_tag",
+        "ready_at", "ready_wall", "phase", "link", "vad", "turn", "status", "seq", "transcript",
+        "rep_talk", "persona_talk", "persona_turns", "rep_stopped_at", "dropped_at", "dropped_once",
+        "end_reason", "ended_at", "ended_wall", "duration_sec", "score", "scored_wall", "timers",
+        "told_user", "told_persona", "pacer_slot",
+        "_frames", "_frame_s", "_sp_start", "_sp_sent", "_sp_total", "_sp_line", "_sp_greeting",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        platform: Platform,
+        *,
+        call_id: str,
+        resume_token: str,
+        drill_key: str,
+        persona_name: str,
+        audio: AudioFormat,
+        webhook_url: str | None,
+        token_tag: str,
+        vad: EnergyVad,
+        link: Link,
+    ) -> None:
+        self.platform = platform
+        self.id = call_id
+        self.resume_token = resume_token
+        self.drill_key = drill_key
+        self.persona_name = persona_name
+        self.audio = audio
+        self.webhook_url = webhook_url
+        self.token_tag = token_tag  # a token prefix, to join minted/join lines with this call in the truth log
+        self.ready_at = time.monotonic()
+        self.ready_wall = time.time()
+        self.phase = Phase.LIVE
+        self.link: Link | None = link
+        self.vad = vad
+        self.turn = Turn.LISTENING
+        self.status = CallStatus.IN_PROGRESS
+        self.seq = 0
+        self.transcript: list[Segment] = []
+        self.rep_talk = 0.0
+        self.persona_talk = 0.0
+        self.persona_turns = 0  # answers finished (the greeting is not one)
+        self.rep_stopped_at: float | None = None
+        self.dropped_at: float | None = None
+        self.dropped_once = False
+        self.end_reason: str | None = None
+        self.ended_at: float | None = None
+        self.ended_wall: float | None = None
+        self.duration_sec: float | None = None
+        self.score: float | None = None
+        self.scored_wall: float | None = None
+        # named one-shot timers (loop.call_later handles): response, max_duration, drop, resume_window
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        # what the client last heard: every speaking=true it got is followed by a false, even when
+        # the turn ended while it was disconnected (then the false comes right after reconnected)
+        self.told_user = False
+        self.told_persona = False
+        self.pacer_slot = -1
+        self._frames = persona_wire_frames(audio)
+        self._frame_s = audio.frame_seconds
+        self._sp_start = 0.0
+        self._sp_sent = 0
+        self._sp_total = 0
+        self._sp_line = ""
+        self._sp_greeting = False
+
+    # -- timers ------------------------------------------------------------------------------------
+
+    def set_timer(self, name: str, delay: float, callback: object) -> None:
+        self.cancel_timer(name)
+        self.timers[name] = asyncio.get_running_loop().call_later(delay, callback)  # type: ignore[arg-type]
+
+    def cancel_timer(self, name: str) -> None:
+        handle = self.timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def cancel_timers(self) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+
+    # -- speaking events ---------------------------------------------------------------------------
+
+    def tell_user(self, speaking: bool) -> None:
+        if self.link is not None and self.told_user != speaking:
+            self.link.send_text(UserSpeaking(speaking).serialize())
+            self.told_user = speaking
+
+    def tell_persona(self, speaking: bool) -> None:
+        if self.link is not None and self.told_persona != speaking:
+            self.link.send_text(PersonaSpeaking(speaking).serialize())
+            self.told_persona = speaking
+
+    def catch_up(self) -> None:
+        """After a resume: close the speaking states that ended while the client was away."""
+        if not self.vad.speaking:
+            self.tell_user(False)
+        if self.turn is not Turn.SPEAKING:
+            self.tell_persona(False)
+
+    # -- the persona speaking ----------------------------------------------------------------------
+
+    def start_speaking(self, now: float, seconds: float, line: str, greeting: bool) -> None:
+        """Announce personaSpeaking and send the first frame; the pacer sends the rest on time."""
+        assert self.link is not None
+        self.turn = Turn.SPEAKING
+        self._sp_start = now
+        self._sp_sent = 0
+        self._sp_total = max(1, round(seconds / self._frame_s))
+        self._sp_line = line
+        self._sp_greeting = greeting
+        self.tell_persona(True)
+        due = self.pace(now)
+        if due is not None:
+            self.platform.pacer.schedule(self, due)
+
+    def pace(self, now: float) -> float | None:
+        """The pacer's hook: send the frames due by ``now``; the next deadline, or None when done."""
+        if self.turn is not Turn.SPEAKING or self.link is None:
+            return None
+        frames, fs, start = self._frames, self._frame_s, self._sp_start
+        k, total, loop_len = self._sp_sent, self._sp_total, len(frames)
+        send = self.link.send_audio
+        while k < total and start + k * fs <= now:
+            send(frames[k % loop_len])
+            k += 1
+        self._sp_sent = k
+        if k < total:
+            return start + k * fs
+        end = start + total * fs  # the last frame has played out at the client
+        if end > now:
+            return end
+        self.stop_speaking(end, interrupted=False)
+        self.platform.persona_finished(self, end)
+        return None
+
+    def stop_speaking(self, now: float, interrupted: bool) -> None:
+        """End the persona's utterance (finished, barged in on, or cut by the call ending)."""
+        if self.turn is not Turn.SPEAKING:
+            return
+        self.turn = Turn.LISTENING
+        self.platform.pacer.cancel(self)
+        self.tell_persona(False)
+        end = min(now, self._sp_start + self._sp_total * self._frame_s)
+        text = self._sp_line + (" [interrupted]" if interrupted else "")
+        self.add_segment("persona", self._sp_start, end, text)
+        self.platform.truth.record(
+            "persona_speaking", self.id, speaking=False, interrupted=interrupted, greeting=self._sp_greeting,
+            utterance=round(end - self._sp_start, 6),
+        )  # fmt: skip
+        if not self._sp_greeting and not interrupted:
+            self.persona_turns += 1
+
+    # -- transcript and record ---------------------------------------------------------------------
+
+    def add_segment(self, speaker: str, start: float, end: float, text: str) -> None:
+        """A transcript segment from monotonic times; stored in seconds since ready."""
+        if end <= start:
+            return
+        if speaker == "rep":
+            self.rep_talk += end - start
+        else:
+            self.persona_talk += end - start
+        base = self.ready_at
+        self.transcript.append(Segment(speaker, round(start - base, 3), round(end - base, 3), text))
+
+    def record(self, with_transcript: bool = True) -> CallRecord:
+        transcript = tuple(sorted(self.transcript, key=lambda s: s.start)) if with_transcript else ()
+        return CallRecord(
+            id=self.id,
+            status=self.status,
+            drill_key=self.drill_key,
+            duration_sec=self.duration_sec,
+            score=self.score,
+            ended_at=self.ended_wall,
+            scored_at=self.scored_wall,
+            transcript=transcript,
+        )
+
+
+class CallBook:
+    """Every call the REST API can see, with an update sequence for ``GET /v1/calls?after=``.
+
+    Each change of a call's record takes the next sequence number and appends ``(seq, id)`` to a
+    log; a call's older log entries are superseded (skipped) and compacted away now and then.
+    Scored calls are kept for ``retention`` seconds and at most ``max_retained`` of them.
+    """
+
+    def __init__(self, retention: float, max_retained: int) -> None:
+        self._retention = retention
+        self._max_retained = max_retained
+        self._calls: dict[str, Call] = {}
+        self._seq = 0
+        self._log_seqs: list[int] = []
+        self._log_ids: list[str] = []
+        self._scored: OrderedDict[str, float] = OrderedDict()  # id -> monotonic time it was scored
+        self.active = 0  # calls not ended (connected or awaiting resume)
+        self.total = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def get(self, call_id: str) -> Call | None:
+        return self._calls.get(call_id)
+
+    def add(self, call: Call) -> None:
+        self._calls[call.id] = call
+        self.active += 1
+        self.total += 1
+        self.touch(call)
+
+    def touch(self, call: Call) -> None:
+        """The call's record changed: give it the next sequence number."""
+        self._seq += 1
+        call.seq = self._seq
+        self._log_seqs.append(self._seq)
+        self._log_ids.append(call.id)
+
+    def ended(self, call: Call) -> None:
+        self.active -= 1
+        self.touch(call)
+
+    def scored(self, call: Call, now: float) -> None:
+        self.touch(call)
+        self._scored[call.id] = now
+        while len(self._scored) > self._max_retained:
+            self._forget(self._scored.popitem(last=False)[0])
+
+    def changes(self, after: int, status: CallStatus | None, limit: int) -> tuple[list[CallRecord], int]:
+        """Records changed after sequence ``after``, oldest change first, and the next cursor.
+
+        The cursor moves past superseded and filtered-out entries too: any later change of those
+        calls takes a new sequence number, so a poller cannot miss it.
+        """
+        out: list[CallRecord] = []
+        cursor = after
+        seqs, ids, calls = self._log_seqs, self._log_ids, self._calls
+        for i in range(bisect.bisect_right(seqs, after), len(seqs)):
+            if len(out) >= limit:
+                break
+            cursor = seqs[i]
+            call = calls.get(ids[i])
+            if call is None or call.seq != seqs[i] or (status is not None and call.status is not status):
+                continue
+            out.append(call.record(with_transcript=False))
+        return out, cursor
+
+    def evict(self, now: float) -> None:
+        """Forget scored calls older than the retention; compact the log when mostly superseded."""
+        scored = self._scored
+        while scored:
+            call_id, at = next(iter(scored.items()))
+            if now - at < self._retention:
+                break
+            del scored[call_id]
+            self._forget(call_id)
+        if len(self._log_seqs) > 1024 and len(self._log_seqs) > 2 * len(self._calls):
+            live = [(s, i) for s, i in zip(self._log_seqs, self._log_ids, strict=True) if self._is_current(s, i)]
+            self._log_seqs = [s for s, _ in live]
+            self._log_ids = [i for _, i in live]
+
+    def _is_current(self, seq: int, call_id: str) -> bool:
+        call = self._calls.get(call_id)
+        return call is not None and call.seq == seq
+
+    def _forget(self, call_id: str) -> None:
+        self._calls.pop(call_id, None)

@@ -1,0 +1,346 @@
+"""The simulator's knobs: one frozen config, its command line, and the latency distributions."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from athos_load.protocol import SERVER_ERROR_CODES, ErrorCode
+
+# z-score of the 95th percentile of a standard normal: turns (median, p95) into a lognormal sigma.
+_Z95 = 1.6448536269514722
+
+# Drills the simulator knows out of the box, with the persona that plays each.
+DEFAULT_DRILLS: dict[str, str] = {
+    "ma-full-sale": "Dana Whitfield",
+    "cold-call-discovery": "Marcus Lee",
+    "objection-handling": "Priya Raman",
+    "renewal-upsell": "Tom Becker",
+}
+ANY_DRILL_PERSONA = "Alex Morgan"
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """A latency or duration distribution in seconds, written as a short spec string.
+
+    ``fixed:0.2``, ``uniform:1,3`` or ``lognormal:0.15,0.4`` (median, p95). Lognormal is the shape
+    service latencies have in practice: a body near the median and a long right tail.
+    """
+
+    kind: str
+    a: float
+    b: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str) -> Distribution:
+        kind, _, args = spec.partition(":")
+        try:
+            values = [float(v) for v in args.split(",")] if args else []
+        except ValueError:
+            raise ValueError(f"{spec!r}: arguments must be numbers") from None
+        if any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError(f"{spec!r}: arguments must be finite and >= 0")
+        if kind == "fixed" and len(values) == 1:
+            return cls("fixed", values[0])
+        if kind == "uniform" and len(values) == 2 and values[0] <= values[1]:
+            return cls("uniform", values[0], values[1])
+        if kind == "lognormal" and len(values) == 2 and 0 < values[0] <= values[1]:
+            return cls("lognormal", values[0], values[1])
+        raise ValueError(f"{spec!r}: expected fixed:X, uniform:LO,HI or lognormal:MEDIAN,P95 (MEDIAN <= P95)")
+
+    def sample(self, rng: random.Random) -> float:
+        if self.kind == "fixed":
+            return self.a
+        if self.kind == "uniform":
+            return rng.uniform(self.a, self.b)
+        sigma = math.log(self.b / self.a) / _Z95
+        return rng.lognormvariate(math.log(self.a), sigma)
+
+    def __str__(self) -> str:
+        if self.kind == "fixed":
+            return f"fixed:{self.a:g}"
+        return f"{self.kind}:{self.a:g},{self.b:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Every knob of the simulator; the defaults are a healthy platform with realistic latencies."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key: str = "sim-key"
+    truth_log: str | None = None
+    seed: int | None = None
+    ws_reader: str = "tap"
+    # tokens and drills
+    token_ttl: float = 300.0
+    mint_rate: float = 0.0
+    drills: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DRILLS))
+    any_drill: bool = False
+    # capacity and injected errors
+    max_calls: int = 0
+    error_rate: float = 0.0
+    error_code: str = ErrorCode.INTERNAL_ERROR.value
+    join_timeout: float = 10.0
+    # latencies
+    ready_latency: Distribution = Distribution("lognormal", 0.15, 0.4)
+    response_latency: Distribution = Distribution("lognormal", 0.6, 1.2)
+    score_delay: Distribution = Distribution("lognormal", 2.0, 5.0)
+    persona_utterance: Distribution = Distribution("uniform", 1.0, 3.0)
+    load_slowdown: float = 0.5
+    # conversation
+    greeting: float = 0.0
+    persona_turns: int = 0
+    max_call_seconds: float = 600.0
+    vad_threshold_db: float = -40.0
+    vad_hangover_ms: float = 300.0
+    # transient drops
+    drops_per_minute: float = 0.0
+    drop_after: float = 0.0
+    resume_window: float = 10.0
+    resume_fail_rate: float = 0.0
+    # scoring and webhooks
+    scorers: int = 4
+    webhook_url: str | None = None
+    webhook_secret: str = "whsec_athos_sim"
+    webhook_retries: int = 5
+    webhook_failure_rate: float = 0.0
+    webhook_duplicate_rate: float = 0.0
+    call_retention: float = 3600.0
+    max_retained_calls: int = 100_000
+
+    def persona_for(self, drill_key: str) -> str | None:
+        """The persona playing a drill, or None if the platform does not know the drill."""
+        persona = self.drills.get(drill_key)
+        if persona is None and self.any_drill:
+            return ANY_DRILL_PERSONA
+        return persona
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> SimConfig:
+        ns = build_parser().parse_args(argv)
+        values: dict[str, Any] = {k: v for k, v in vars(ns).items() if k != "log_level"}
+        return cls(**values)
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def _distribution(spec: str) -> Distribution:
+    try:
+        return Distribution.parse(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a probability must be within [0, 1]")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number >= 0")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
+    return value
+
+
+def _drills(text: str) -> dict[str, str]:
+    drills: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, persona = item.partition("=")
+        if not sep or not key.strip() or not persona.strip():
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=PERSONA")
+        drills[key.strip()] = persona.strip()
+    if not drills:
+        raise argparse.ArgumentTypeError("at least one KEY=PERSONA is needed")
+    return drills
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SimConfig()
+    p = argparse.ArgumentParser(
+        prog="athos-sim",
+        description="The built-in Athos platform simulator: REST, realtime WebSocket, scoring and webhooks, "
+        "with every fault a knob. Distributions are fixed:X, uniform:LO,HI or lognormal:MEDIAN,P95 (seconds).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default=d.host, help="address to listen on")
+    g.add_argument("--port", type=int, default=d.port, help="port to listen on; 0 picks a free port")
+    g.add_argument("--api-key", default=d.api_key, help="the Bearer key REST calls must present")
+    g.add_argument("--truth-log", default=None, help="write the ground-truth JSON lines here")
+    g.add_argument("--seed", type=int, default=None, help="seed for every random draw (latencies, faults)")
+    g.add_argument("--log-level", default="warning", help="stderr log level (debug, info, warning, error)")
+    g.add_argument(
+        "--ws-reader",
+        choices=("tap", "aiohttp"),
+        default=d.ws_reader,
+        help="tap: call frames are parsed in data_received (fast); aiohttp: every frame goes "
+        "through aiohttp's reader and a task wake-up (the fallback, for comparison)",
+    )
+
+    g = p.add_argument_group("tokens and drills")
+    g.add_argument("--token-ttl", type=_non_negative, default=d.token_ttl, help="seconds a minted token stays valid")
+    g.add_argument(
+        "--mint-rate",
+        type=_non_negative,
+        default=d.mint_rate,
+        help="tokens per second the mint endpoint grants (token bucket); 0 = unlimited",
+    )
+    g.add_argument(
+        "--drills",
+        type=_drills,
+        default=d.drills,
+        metavar="KEY=PERSONA,...",
+        help="replace the known drills and their personas",
+    )
+    g.add_argument("--any-drill", action="store_true", help="accept any drill key")
+
+    g = p.add_argument_group("capacity and errors")
+    g.add_argument(
+        "--max-calls",
+        type=_count,
+        default=d.max_calls,
+        help="concurrent calls before joins get concurrency_limit; 0 = unlimited",
+    )
+    g.add_argument(
+        "--error-rate",
+        type=_probability,
+        default=d.error_rate,
+        help="probability that a join is refused with --error-code",
+    )
+    g.add_argument(
+        "--error-code",
+        default=d.error_code,
+        choices=sorted(str(c) for c in SERVER_ERROR_CODES),
+        help="code of the injected join errors",
+    )
+    g.add_argument(
+        "--join-timeout",
+        type=_non_negative,
+        default=d.join_timeout,
+        help="seconds a new connection has to send join or resume",
+    )
+
+    g = p.add_argument_group("latencies")
+    g.add_argument("--ready-latency", type=_distribution, default=d.ready_latency, help="join -> ready")
+    g.add_argument(
+        "--response-latency",
+        type=_distribution,
+        default=d.response_latency,
+        help="rep stops speaking -> persona starts",
+    )
+    g.add_argument("--score-delay", type=_distribution, default=d.score_delay, help="time a scorer spends on one call")
+    g.add_argument(
+        "--persona-utterance", type=_distribution, default=d.persona_utterance, help="length of one persona utterance"
+    )
+    g.add_argument(
+        "--load-slowdown",
+        type=_non_negative,
+        default=d.load_slowdown,
+        help="ready and response latencies are multiplied by 1 + F * active_calls / 100",
+    )
+
+    g = p.add_argument_group("conversation")
+    g.add_argument(
+        "--greeting",
+        type=_non_negative,
+        default=d.greeting,
+        help="seconds the persona speaks right after ready; 0 = no greeting",
+    )
+    g.add_argument(
+        "--persona-turns",
+        type=_count,
+        default=d.persona_turns,
+        help="the persona ends the call after this many answers; 0 = never",
+    )
+    g.add_argument(
+        "--max-call-seconds",
+        type=_non_negative,
+        default=d.max_call_seconds,
+        help="calls are ended (reason max_duration) after this long",
+    )
+    g.add_argument(
+        "--vad-threshold-db",
+        type=float,
+        default=d.vad_threshold_db,
+        help="frame RMS in dBFS above which rep audio is speech",
+    )
+    g.add_argument(
+        "--vad-hangover-ms", type=_non_negative, default=d.vad_hangover_ms, help="non-speech that ends a rep utterance"
+    )
+
+    g = p.add_argument_group("transient drops")
+    g.add_argument(
+        "--drops-per-minute",
+        type=_non_negative,
+        default=d.drops_per_minute,
+        help="abrupt connection drops per active call-minute (Poisson)",
+    )
+    g.add_argument(
+        "--drop-after",
+        type=_non_negative,
+        default=d.drop_after,
+        help="drop every call once, this many seconds after ready; 0 = off",
+    )
+    g.add_argument(
+        "--resume-window",
+        type=_non_negative,
+        default=d.resume_window,
+        help="seconds a dropped call can be resumed before it ends (reason dropped)",
+    )
+    g.add_argument(
+        "--resume-fail-rate",
+        type=_probability,
+        default=d.resume_fail_rate,
+        help="probability that a valid resume fails with unknown_call (the call is lost)",
+    )
+
+    g = p.add_argument_group("scoring and webhooks")
+    g.add_argument("--scorers", type=_count, default=d.scorers, help="scoring workers draining the queue")
+    g.add_argument(
+        "--webhook-url", default=None, help="where call.scored is POSTed when the mint request names no webhookUrl"
+    )
+    g.add_argument("--webhook-secret", default=d.webhook_secret, help="HMAC secret of the webhook signature")
+    g.add_argument(
+        "--webhook-retries",
+        type=_count,
+        default=d.webhook_retries,
+        help="retries after a failed delivery (backoff 0.5 s, doubling)",
+    )
+    g.add_argument(
+        "--webhook-failure-rate",
+        type=_probability,
+        default=d.webhook_failure_rate,
+        help="probability that a delivery attempt fails without being sent",
+    )
+    g.add_argument(
+        "--webhook-duplicate-rate",
+        type=_probability,
+        default=d.webhook_duplicate_rate,
+        help="probability that a delivered event is delivered once more (same event id)",
+    )
+    g.add_argument(
+        "--call-retention", type=_non_negative, default=d.call_retention, help="seconds a scored call stays queryable"
+    )
+    g.add_argument(
+        "--max-retained-calls",
+        type=_count,
+        default=d.max_retained_calls,
+        help="scored calls kept in memory at most; the oldest are evicted",
+    )
+    return p

@@ -1,0 +1,30 @@
+"""Live counters of the simulator, shown by ``GET /healthz``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Counters:
+    """Plain integer attributes: incrementing one costs an attribute store on the hot path."""
+
+    connections: int = 0  # open WebSocket connections
+    frames_in: int = 0  # rep audio frames received
+    frames_out: int = 0  # persona audio frames sent
+    frames_dropped: int = 0  # persona frames not sent because the client stopped reading
+    joins: int = 0
+    join_errors: int = 0
+    resumes: int = 0
+    drops: int = 0
+    webhooks_delivered: int = 0
+    webhooks_failed: int = 0  # events given up on after every retry
+
+    def to_wire(self) -> dict[str, Any]:
+        return {_camel(k): v for k, v in asdict(self).items()}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)

@@ -1,0 +1,67 @@
+"""Start and stop the built-in simulator as its own process (the Locust run and the tests use it)."""
+
+from __future__ import annotations
+
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+LISTENING = re.compile(rb"athos-sim: listening on (http://\S+)")
+
+
+class SimulatorProcess:
+    """An ``athos-sim`` child process on loopback, from start to a bounded stop."""
+
+    def __init__(self, args: Sequence[str] = (), *, truth_log: str | Path | None = None, timeout: float = 15.0) -> None:
+        cmd = [sys.executable, "-m", "athos_load.sim", "--host", "127.0.0.1", "--port", "0"]
+        if truth_log is not None:
+            cmd += ["--truth-log", str(truth_log)]
+        cmd += list(args)
+        self.args = cmd
+        self.truth_log = Path(truth_log) if truth_log is not None else None
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None)
+        self.url = self._wait_listening(timeout)
+
+    def _wait_listening(self, timeout: float) -> str:
+        """Read stdout until the listening line; a simulator that dies or stays silent is an error."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        seen = b""
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not select.select([self.process.stdout], [], [], remaining)[0]:
+                break  # silent past the deadline
+            line = self.process.stdout.readline()
+            if not line:
+                break  # EOF: it exited
+            seen += line
+            match = LISTENING.search(line)
+            if match:
+                return match.group(1).decode()
+        self.stop()
+        raise RuntimeError(f"athos-sim did not start ({' '.join(self.args)}): {seen.decode(errors='replace')[-500:]}")
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/v1/realtime"
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM (the simulator flushes its truth log), then SIGKILL if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """Vanish at once, as a crashed platform would: no close frames, no flush."""
+        self.process.kill()
+        self.process.wait(5)

@@ -1,0 +1,272 @@
+"""The session client against the real simulator on loopback: events, drops, errors, scores."""
+
+import time
+
+import numpy as np
+import pytest
+
+from athos_load.api import ApiError, AthosApi, ScoreBoard, WebhookReceiver
+from athos_load.protocol import CALL_ID_PREFIX, SDK_EVENTS, AudioFormat, CallStatus, ErrorCode
+from athos_load.session import ReconnectPolicy, RoleplaySession, SessionError
+
+FMT = AudioFormat()
+FAST = ["--ready-latency", "fixed:0.05", "--response-latency", "fixed:0.2", "--persona-utterance", "fixed:0.6"]
+
+
+def clip(*parts: tuple[str, float]) -> list[bytes]:
+    """Frames for a script like ("speech", 1.0), ("silence", 0.5): a voiced tone stands in for speech."""
+    chunks = []
+    for kind, seconds in parts:
+        n = int(round(seconds * FMT.sample_rate))
+        if kind == "speech":
+            t = np.arange(n) / FMT.sample_rate
+            wave = 0.25 * np.sin(2 * np.pi * 180 * t) + 0.1 * np.sin(2 * np.pi * 540 * t)
+            chunks.append((wave * 32767).astype("<i2"))
+        else:
+            chunks.append(np.zeros(n, "<i2"))
+    pcm = np.concatenate(chunks).tobytes()
+    step = FMT.frame_bytes
+    return [pcm[i : i + step] for i in range(0, len(pcm) - step + 1, step)]
+
+
+class Recorder:
+    """Subscribes to every SDK event of a session and keeps them in order."""
+
+    def __init__(self, session):
+        self.events = []
+        for name in SDK_EVENTS:
+            session.on(name, self.events.append)
+
+    @property
+    def names(self):
+        return [e.name for e in self.events]
+
+    def first(self, name):
+        return next(e for e in self.events if e.name == name)
+
+    def wait_for(self, name, timeout=10.0, count=1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.names.count(name) >= count:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"no {name!r} (x{count}) within {timeout}s; saw {self.names}")
+
+
+def assert_valid_order(events):
+    """The SDK's ordering rules, checked over a whole call."""
+    names = [e.name for e in events]
+    assert names[0] == "connecting" and names[1] == "ready"
+    assert names.count("ended") == 1 and names[-1] == "ended"
+    for kind in ("userSpeaking", "personaSpeaking"):
+        flags = [e.payload["speaking"] for e in events if e.name == kind]
+        assert flags == [i % 2 == 0 for i in range(len(flags))], f"{kind} does not alternate: {flags}"
+    pending = 0
+    for name in names:
+        if name == "reconnecting":
+            assert pending == 0
+            pending = 1
+        elif name == "reconnected":
+            assert pending == 1
+            pending = 0
+    times = [e.at for e in events]
+    assert times == sorted(times)
+
+
+def assert_seed_payload(event):
+    payload = event.payload
+    if event.name in ("connecting", "reconnecting", "reconnected"):
+        assert payload is None
+    elif event.name == "ready":
+        assert set(payload) == {"persona"} and set(payload["persona"]) == {"name"}
+        assert isinstance(payload["persona"]["name"], str) and payload["persona"]["name"]
+    elif event.name in ("personaSpeaking", "userSpeaking"):
+        assert set(payload) == {"speaking"} and isinstance(payload["speaking"], bool)
+    elif event.name == "ended":
+        assert set(payload) == {"callId", "durationSec"}
+        assert payload["callId"].startswith(CALL_ID_PREFIX) and isinstance(payload["durationSec"], float)
+    elif event.name == "error":
+        assert set(payload) == {"code", "message"} and all(isinstance(v, str) for v in payload.values())
+
+
+def new_session(sim, api=None, drill="ma-full-sale", **options):
+    api = api or AthosApi(sim.http_url, sim.api_key)
+    token = api.mint_token(drill).token
+    return RoleplaySession.create(token=token, drill_key=drill, url=sim.ws_url, **options)
+
+
+@pytest.fixture(scope="module")
+def fast_sim(sim_factory):
+    return sim_factory(*FAST, "--score-delay", "fixed:0.3")
+
+
+def test_full_call_events_transcript_and_webhook(sim_factory):
+    sim = sim_factory(*FAST, "--score-delay", "fixed:0.3", "--drop-after", "1.5")
+    board = ScoreBoard()
+    receiver = WebhookReceiver(board, sim.webhook_secret).start()
+    try:
+        api = AthosApi(sim.http_url, sim.api_key)
+        token = api.mint_token("ma-full-sale", webhook_url=receiver.url).token
+        session = RoleplaySession.create(token=token, drill_key="ma-full-sale", url=sim.ws_url)
+        rec = Recorder(session)
+        session.connect()
+        script = (("silence", 0.3), ("speech", 1.0), ("silence", 1.4), ("speech", 0.7), ("silence", 1.2))
+        frames = clip(*script)
+        stream = session.play(frames)
+        assert stream.wait(timeout=30)
+        session.hangup()
+        assert_valid_order(rec.events)
+        for event in rec.events:
+            assert_seed_payload(event)
+        assert {"reconnecting", "reconnected", "userSpeaking", "personaSpeaking"} <= set(rec.names)
+        ended = rec.first("ended").payload
+        audio_seconds = len(frames) * FMT.frame_seconds
+        # the call lasted as long as the audio we streamed (plus connect/hang-up round trips)
+        assert audio_seconds - 0.1 <= ended["durationSec"] <= audio_seconds + 0.5
+        assert session.end_reason == "hangup"
+
+        score = board.wait(ended["callId"], timeout=20)
+        assert score is not None and score.via == "webhook"
+        assert receiver.counts["accepted"] == 1
+
+        record = api.get_call(ended["callId"])
+        assert record.status is CallStatus.SCORED and record.score == score.score
+        rep = [s for s in record.transcript if s.speaker == "rep"]
+        # the utterances we sent, relative to the stream's start; the drop at 1.5 s lost some frames
+        # of the first silence, never of speech, so both utterances are heard whole
+        offset = stream.start - rec.first("ready").at
+        assert len(rep) == 2
+        for segment, (start, length) in zip(rep, [(0.3, 1.0), (2.7, 0.7)], strict=True):
+            assert segment.start == pytest.approx(offset + start, abs=0.15)
+            assert segment.end - segment.start == pytest.approx(length, abs=0.15)
+        assert any(s.speaker == "persona" for s in record.transcript)
+    finally:
+        receiver.stop()
+
+
+def test_unsubscribe_off_and_raising_listener(fast_sim):
+    session = new_session(fast_sim)
+    calls = {"a": 0, "b": 0, "boom": 0}
+
+    def a(event):
+        calls["a"] += 1
+
+    def b(event):
+        calls["b"] += 1
+
+    def boom(event):
+        calls["boom"] += 1
+        raise RuntimeError("listener bug")
+
+    unsubscribe = session.on("userSpeaking", a)
+    session.on("userSpeaking", b)
+    session.on("userSpeaking", boom)
+    rec = Recorder(session)
+    with pytest.raises(ValueError, match="unknown event"):
+        session.on("transcript", a)
+    session.connect()
+    session.play(clip(("speech", 0.5), ("silence", 0.6))).wait(timeout=10)
+    rec.wait_for("userSpeaking", count=2)
+    assert calls == {"a": 2, "b": 2, "boom": 2}
+    unsubscribe()
+    session.off("userSpeaking", b)
+    session.off("userSpeaking", b)  # twice is harmless
+    session.play(clip(("speech", 0.5), ("silence", 0.6))).wait(timeout=10)
+    rec.wait_for("userSpeaking", count=4)
+    assert calls == {"a": 2, "b": 2, "boom": 4}  # the raising listener did not kill the session
+    session.hangup()
+    assert rec.names[-1] == "ended"
+
+
+def test_failed_resume_is_error_then_ended(sim_factory):
+    sim = sim_factory(*FAST, "--drop-after", "0.5", "--resume-fail-rate", "1")
+    session = new_session(sim)
+    rec = Recorder(session)
+    session.connect()
+    assert session.wait_ended(timeout=15)
+    assert rec.names[:3] == ["connecting", "ready", "reconnecting"]
+    assert rec.names[-2:] == ["error", "ended"]
+    assert rec.first("error").payload["code"] == ErrorCode.UNKNOWN_CALL
+    assert rec.first("ended").payload["callId"] == session.call_id
+    session.close()
+
+
+def test_platform_gone_is_reconnect_failed(sim_factory):
+    sim = sim_factory(*FAST)
+    session = new_session(sim, reconnect=ReconnectPolicy(max_attempts=3, initial_delay=0.05))
+    rec = Recorder(session)
+    session.connect()
+    sim.kill()
+    assert session.wait_ended(timeout=15)
+    assert rec.names[2:] == ["reconnecting", "error", "ended"]
+    assert rec.first("error").payload["code"] == ErrorCode.RECONNECT_FAILED
+
+
+def expect_join_error(session, code):
+    rec = Recorder(session)
+    with pytest.raises(SessionError) as info:
+        session.connect(timeout=10)
+    assert info.value.code == code
+    assert rec.names == ["connecting", "error"]
+    assert rec.first("error").payload["code"] == code
+
+
+def test_join_error_codes(sim_factory):
+    sim = sim_factory(*FAST, "--token-ttl", "0.5", "--max-calls", "1")
+    api = AthosApi(sim.http_url, sim.api_key)
+    url = sim.ws_url
+
+    expect_join_error(RoleplaySession.create(token="forged", drill_key="ma-full-sale", url=url), "token_invalid")
+
+    token = api.mint_token("ma-full-sale").token
+    expect_join_error(RoleplaySession.create(token=token, drill_key="cold-call-discovery", url=url), "unknown_drill")
+
+    token = api.mint_token("ma-full-sale").token
+    odd = AudioFormat(sample_rate=11025)
+    session = RoleplaySession.create(token=token, drill_key="ma-full-sale", url=url, audio=odd)
+    expect_join_error(session, "bad_audio_format")
+
+    token = api.mint_token("ma-full-sale").token
+    first = RoleplaySession.create(token=token, drill_key="ma-full-sale", url=url)
+    first.connect()
+    expect_join_error(RoleplaySession.create(token=token, drill_key="ma-full-sale", url=url), "token_redeemed")
+    second = new_session(sim, api)
+    expect_join_error(second, "concurrency_limit")
+    first.hangup()
+
+    token = api.mint_token("ma-full-sale").token
+    time.sleep(0.8)
+    expect_join_error(RoleplaySession.create(token=token, drill_key="ma-full-sale", url=url), "token_expired")
+
+
+def test_injected_error_code(sim_factory):
+    sim = sim_factory(*FAST, "--error-rate", "1", "--error-code", "internal_error")
+    expect_join_error(new_session(sim), "internal_error")
+
+
+def test_rest_error_codes(sim_factory):
+    sim = sim_factory(*FAST, "--mint-rate", "1")
+    with pytest.raises(ApiError) as info:
+        AthosApi(sim.http_url, "wrong-key").mint_token("ma-full-sale")
+    assert (info.value.code, info.value.status) == ("unauthorized", 401)
+    api = AthosApi(sim.http_url, sim.api_key)
+    with pytest.raises(ApiError) as info:
+        api.mint_token("no-such-drill")
+    assert info.value.code == "unknown_drill"
+    with pytest.raises(ApiError) as info:
+        for _ in range(10):
+            api.mint_token("ma-full-sale")
+    assert (info.value.code, info.value.status) == ("rate_limited", 429)
+    with pytest.raises(ApiError) as info:
+        api.get_call("athos_call_nope")
+    assert info.value.code == "unknown_call"
+
+
+def test_connect_to_nothing_is_connect_failed():
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    session = RoleplaySession.create(token="t", drill_key="d", url=f"ws://127.0.0.1:{port}/v1/realtime")
+    expect_join_error(session, "connect_failed")

@@ -1,0 +1,510 @@
+"""The simulator as a real target: started as a subprocess, driven over loopback sockets.
+
+Raw ``websocket-client`` and ``requests`` only (no athos-load client code), so these tests pin the
+wire behaviour of the simulator itself. Bounds are functional and generous; no timing assertions
+beyond them.
+"""
+
+import http.server
+import json
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+import websocket
+
+from athos_load.protocol import (
+    CALL_ID_PREFIX,
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    AudioFormat,
+    MintRequest,
+    MintResponse,
+    ScoredEvent,
+    parse_call,
+    parse_call_list,
+    verify_webhook,
+)
+from athos_load.sim.config import Distribution
+from athos_load.sim.tap import FrameTap
+
+FMT = AudioFormat()
+FRAME_S = FMT.frame_seconds
+_t = np.arange(FMT.sample_rate) / FMT.sample_rate
+TONE = (0.5 * 32767 * np.sin(2 * np.pi * 300 * _t)).astype("<i2").tobytes()
+TONE_FRAMES = [TONE[i : i + FMT.frame_bytes] for i in range(0, len(TONE), FMT.frame_bytes)]  # 1 s, 50 frames
+SILENCE = bytes(FMT.frame_bytes)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def mint(sim, drill="ma-full-sale", webhook_url=None):
+    r = requests.post(
+        sim.http_url + "/v1/sessions",
+        data=MintRequest(drill, webhook_url).serialize(),
+        headers=sim.headers,
+        timeout=5,
+    )
+    assert r.status_code == 201, r.text
+    return MintResponse.parse(r.content).token
+
+
+def rest_error(response):
+    return response.json()["error"]["code"]
+
+
+class Peer:
+    """A test client: one WebSocket, the text messages it got (with arrival times) and its audio."""
+
+    def __init__(self, sim):
+        self.ws = websocket.create_connection(sim.ws_url, timeout=5)
+        self.messages = []  # (monotonic arrival, parsed JSON)
+        self.audio_frames = 0
+        self.close_code = None  # set on a close frame
+        self.lost = False  # the connection died without a close frame (1006)
+
+    def send(self, obj):
+        self.ws.send(json.dumps(obj))
+
+    def types(self):
+        return [m["type"] + (f":{m['speaking']}" if "speaking" in m else "") for _, m in self.messages]
+
+    def pump(self, until):
+        """Read whatever arrives until the monotonic deadline ``until`` (or the connection ends)."""
+        while self.close_code is None and not self.lost:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            self.ws.settimeout(max(remaining, 0.001))
+            try:
+                opcode, frame = self.ws.recv_data_frame(True)
+            except websocket.WebSocketTimeoutException:
+                return
+            except (websocket.WebSocketConnectionClosedException, ConnectionError):
+                self.lost = True
+                return
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                self.messages.append((time.monotonic(), json.loads(frame.data)))
+            elif opcode == websocket.ABNF.OPCODE_BINARY:
+                self.audio_frames += 1
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                self.close_code = int.from_bytes(frame.data[:2], "big")
+
+    def wait_for(self, kind, timeout=5.0, **fields):
+        """The first message of type ``kind`` (with these field values) not seen before; fails on timeout."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for _, msg in self.messages[seen:]:
+                if msg["type"] == kind and all(msg.get(k) == v for k, v in fields.items()):
+                    return msg
+            seen = len(self.messages)
+            if time.monotonic() >= deadline or self.close_code is not None or self.lost:
+                raise AssertionError(f"no {kind} {fields} within {timeout}s; got {self.types()}")
+            self.pump(min(deadline, time.monotonic() + 0.05))
+
+    def wait_closed(self, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while self.close_code is None and not self.lost and time.monotonic() < deadline:
+            self.pump(deadline)
+        return "lost" if self.lost else self.close_code
+
+    def stream(self, frames):
+        """Send frames paced in real time (absolute deadlines), reading in between."""
+        start = time.monotonic()
+        for k, frame in enumerate(frames):
+            self.pump(start + k * FRAME_S)
+            self.ws.send_binary(frame)
+
+    def close(self):
+        self.ws.close(timeout=1)
+
+
+def join(sim, token, drill="ma-full-sale", audio=None):
+    peer = Peer(sim)
+    msg = {"type": "join", "token": token, "drillKey": drill}
+    if audio is not None:
+        msg["audio"] = audio
+    peer.send(msg)
+    return peer
+
+
+def expect_refusal(peer, code):
+    """An ``error`` with ``code``, then close 1008."""
+    error = peer.wait_for("error")
+    assert error["code"] == code, error
+    assert error["message"]
+    assert peer.wait_closed() == 1008
+
+
+def poll(fn, timeout=10.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def truth_events(sim, event, timeout=5.0, **fields):
+    """Truth-log lines of ``event`` matching ``fields``, waiting for at least one (flushes are 0.5 s apart)."""
+
+    def matching():
+        return [e for e in sim.truth() if e["event"] == event and all(e.get(k) == v for k, v in fields.items())]
+
+    return poll(matching, timeout)
+
+
+def get_call(sim, call_id):
+    r = requests.get(f"{sim.http_url}/v1/calls/{call_id}", headers=sim.headers, timeout=5)
+    assert r.status_code == 200, r.text
+    return parse_call(r.content)
+
+
+class WebhookReceiver:
+    """A loopback HTTP server recording every POST; answers 500 to the first ``fail_first`` of them."""
+
+    def __init__(self, fail_first=0):
+        self.received = []  # (status answered, headers, body)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = 500 if len(outer.received) < fail_first else 200
+                outer.received.append((status, dict(self.headers), body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/athos"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -- units: distributions and the frame tap --------------------------------------------------------
+
+
+def test_distribution_specs():
+    assert str(Distribution.parse("fixed:0.2")) == "fixed:0.2"
+    assert Distribution.parse("uniform:1,3") == Distribution("uniform", 1.0, 3.0)
+    lognormal = Distribution.parse("lognormal:0.15,0.4")
+    rng = random.Random(1)
+    samples = np.array([lognormal.sample(rng) for _ in range(20000)])
+    assert np.percentile(samples, 50) == pytest.approx(0.15, rel=0.05)
+    assert np.percentile(samples, 95) == pytest.approx(0.4, rel=0.07)
+    assert 1.0 <= Distribution.parse("uniform:1,3").sample(rng) <= 3.0
+    for bad in ("fixed", "fixed:-1", "fixed:x", "uniform:3,1", "lognormal:0.4,0.15", "normal:1,2", "lognormal:0,1"):
+        with pytest.raises(ValueError):
+            Distribution.parse(bad)
+
+
+class FakeReader:
+    """Stands in for aiohttp's WebSocket reader: records what the tap forwards."""
+
+    def __init__(self):
+        self.data = b""
+        self.eof = False
+
+    def feed_data(self, data):
+        self.data += bytes(data)
+        return False, b""
+
+    def feed_eof(self):
+        self.eof = True
+
+
+def client_frame(data, opcode, fin=1):
+    return websocket.ABNF.create_frame(data, opcode, fin).format()  # masked with a random key
+
+
+def test_frame_tap_takes_data_frames_and_forwards_the_rest():
+    inner = FakeReader()
+    tap = FrameTap(inner)
+    join = client_frame('{"type":"join"}', websocket.ABNF.OPCODE_TEXT)
+    early_audio = client_frame(TONE_FRAMES[0], websocket.ABNF.OPCODE_BINARY)
+    tap.feed_data(join + early_audio[:5])  # before attach: all forwarded, untouched, frame by frame
+    tap.feed_data(early_audio[5:])
+    assert inner.data == join + early_audio
+
+    audio, texts = [], []
+    tap.attach(lambda samples, now: audio.append(samples.tobytes()), texts.append)
+    inner.data = b""
+    ping = client_frame(b"hi", websocket.ABNF.OPCODE_PING)
+    part1 = client_frame('{"type":', websocket.ABNF.OPCODE_TEXT, fin=0)
+    part2 = client_frame('"hangup"}', websocket.ABNF.OPCODE_CONT)
+    inside = client_frame(TONE_FRAMES[3], websocket.ABNF.OPCODE_BINARY)  # illegal mid-message: aiohttp's to refuse
+    odd = client_frame(b"\x01\x02\x03", websocket.ABNF.OPCODE_BINARY)  # not a multiple of 4 bytes
+    stream = b"".join(
+        [client_frame(f, websocket.ABNF.OPCODE_BINARY) for f in TONE_FRAMES[:3]]
+        + [ping, part1, inside, part2, client_frame('{"type":"hangup"}', websocket.ABNF.OPCODE_TEXT), odd]
+    )
+    for i in range(0, len(stream), 97):  # chunks that cut headers and payloads anywhere
+        tap.feed_data(stream[i : i + 97])
+    assert audio == [*TONE_FRAMES[:3], b"\x01\x02"]
+    assert texts == [b'{"type":"hangup"}']
+    # control frames and the fragmented message (with the frame inside it) go to aiohttp, in order
+    assert inner.data == ping + part1 + inside + part2
+
+    big = client_frame(bytes(200_000), websocket.ABNF.OPCODE_BINARY)  # oversized: aiohttp's to refuse
+    inner.data = b""
+    tap.feed_data(big[:1000])
+    tap.feed_data(big[1000:])
+    assert inner.data == big
+    tap.feed_eof()
+    assert inner.eof
+
+
+# -- a whole call ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reader", ["tap", "aiohttp"])
+def test_call_vad_persona_transcript_scoring(sim_factory, reader):
+    sim = sim_factory("--ws-reader", reader)
+    before = time.time()
+    token = mint(sim, "cold-call-discovery")
+    peer = join(sim, token, "cold-call-discovery")
+    ready = peer.wait_for("ready")
+    assert ready["persona"] == {"name": "Marcus Lee"}
+    call_id = ready["callId"]
+    assert call_id.startswith(CALL_ID_PREFIX) and ready["resumeToken"]
+    assert get_call(sim, call_id).status == "in_progress"
+
+    # 1 s of loud tone then silence: the platform hears one utterance, the persona answers it
+    peer.stream(TONE_FRAMES + [SILENCE] * 40)
+    peer.wait_for("personaSpeaking", speaking=False, timeout=5)
+    assert peer.types()[1:] == ["userSpeaking:True", "userSpeaking:False", "personaSpeaking:True",
+                                "personaSpeaking:False"]  # fmt: skip
+    assert 20 <= peer.audio_frames <= 30  # --persona-utterance fixed:0.5 at 20 ms a frame
+
+    peer.send({"type": "hangup"})
+    ended = peer.wait_for("ended")
+    assert ended["callId"] == call_id and ended["reason"] == "hangup"
+    assert 1.5 < ended["durationSec"] < 10
+    assert peer.wait_closed() == 1000
+
+    record = poll(lambda: (c := get_call(sim, call_id)).status == "scored" and c, timeout=10)
+    assert record.duration_sec == ended["durationSec"] and 0 <= record.score <= 100
+    assert record.ended_at >= before and record.scored_at >= record.ended_at
+    rep = [s for s in record.transcript if s.speaker == "rep"]
+    persona = [s for s in record.transcript if s.speaker == "persona"]
+    assert len(rep) == 1 and rep[0].end - rep[0].start == pytest.approx(1.0, abs=0.15)
+    assert len(persona) == 1 and persona[0].end - persona[0].start == pytest.approx(0.5, abs=0.05)
+    assert rep[0].end < persona[0].start
+
+    # polling: the call shows up once, as scored, and the cursor then stands still
+    r = requests.get(sim.http_url + "/v1/calls", params={"status": "scored"}, headers=sim.headers, timeout=5)
+    calls, cursor = parse_call_list(r.content)
+    assert [c.id for c in calls] == [call_id] and calls[0].transcript == ()
+    r = requests.get(sim.http_url + "/v1/calls", params={"after": cursor}, headers=sim.headers, timeout=5)
+    assert parse_call_list(r.content) == ([], cursor)
+    health = requests.get(sim.http_url + "/healthz", timeout=5).json()
+    assert health["totalCalls"] == 1 and health["activeCalls"] == 0 and health["framesIn"] == 90
+
+    truth_events(sim, "scored", callId=call_id)
+    truth = {}
+    for line in sim.truth():
+        truth.setdefault(line["event"], line)
+    assert {"minted", "join", "ready", "user_speaking", "persona_speaking", "ended", "scored"} <= set(truth)
+    assert truth["ready"]["latency"] >= 0.05
+    answer = truth_events(sim, "persona_speaking", callId=call_id, speaking=True)[0]
+    assert answer["latency"] == pytest.approx(0.2, abs=0.1)  # --response-latency fixed:0.2
+    assert truth["ended"]["durationSec"] == ended["durationSec"]
+
+
+def test_greeting_barge_in_persona_turns_and_max_duration(sim_factory):
+    sim = sim_factory("--greeting", "1", "--persona-turns", "1", "--max-call-seconds", "3")
+    idle = join(sim, mint(sim))  # says nothing: the platform ends it after 3 s
+    idle.wait_for("ready")
+    peer = join(sim, mint(sim))
+    peer.wait_for("ready")
+    peer.wait_for("personaSpeaking", speaking=True, timeout=1)  # the greeting starts right away
+    peer.pump(time.monotonic() + 0.2)
+    peer.stream(TONE_FRAMES[:30] + [SILENCE] * 20)  # barge in on the greeting
+    peer.wait_for("ended", timeout=5, reason="persona")  # one answer, then the persona hangs up
+    assert peer.types()[1:] == ["personaSpeaking:True", "userSpeaking:True", "personaSpeaking:False",
+                                "userSpeaking:False", "personaSpeaking:True", "personaSpeaking:False",
+                                "ended"]  # fmt: skip
+    assert peer.wait_closed() == 1000
+    greeting = get_call(sim, peer.messages[0][1]["callId"]).transcript[0]
+    assert greeting.speaker == "persona" and greeting.text.endswith("[interrupted]")
+    assert greeting.end - greeting.start < 0.8
+
+    ended = idle.wait_for("ended", timeout=5)
+    assert ended["reason"] == "max_duration" and ended["durationSec"] == pytest.approx(3.0, abs=0.1)
+    assert idle.wait_closed() == 1000
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+
+def test_join_refusals_and_rest_errors(sim):
+    expect_refusal(join(sim, "tok_never_minted"), "token_invalid")
+    token = mint(sim, "ma-full-sale")
+    expect_refusal(join(sim, token, "renewal-upsell"), "unknown_drill")
+    bad_audio = {"encoding": "pcm16le", "sampleRate": 44100, "channels": 1, "frameMs": 20}
+    expect_refusal(join(sim, token, audio=bad_audio), "bad_audio_format")
+    first = join(sim, token)  # refusals above did not use the token up
+    ready = first.wait_for("ready")
+    expect_refusal(join(sim, token), "token_redeemed")
+
+    wrong = Peer(sim)
+    wrong.send({"type": "resume", "resumeToken": "not-it", "callId": ready["callId"]})
+    expect_refusal(wrong, "unknown_call")
+    unknown = Peer(sim)
+    unknown.send({"type": "resume", "resumeToken": ready["resumeToken"], "callId": "athos_call_nope"})
+    expect_refusal(unknown, "unknown_call")
+    garbage = Peer(sim)
+    garbage.ws.send("hello")
+    expect_refusal(garbage, "protocol_error")
+    audio_first = Peer(sim)
+    audio_first.ws.send_binary(SILENCE)
+    expect_refusal(audio_first, "protocol_error")
+
+    first.send({"type": "dance"})  # during a call a bad message is an error, and the call goes on
+    assert first.wait_for("error")["code"] == "protocol_error"
+    first.send({"type": "hangup"})
+    assert first.wait_for("ended")["reason"] == "hangup"
+
+    url = sim.http_url
+    r = requests.post(url + "/v1/sessions", json={"drillKey": "no-such-drill"}, headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (404, "unknown_drill")
+    r = requests.post(url + "/v1/sessions", data=b"{not json", headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (400, "protocol_error")
+    for method, path in (("post", "/v1/sessions"), ("get", "/v1/calls"), ("get", "/v1/calls/" + ready["callId"])):
+        r = requests.request(method, url + path, json={"drillKey": "ma-full-sale"}, timeout=5,
+                             headers={"Authorization": "Bearer wrong"})  # fmt: skip
+        assert (r.status_code, rest_error(r)) == (401, "unauthorized")
+    r = requests.get(url + "/v1/calls/athos_call_nope", headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (404, "unknown_call")
+    r = requests.get(url + "/v1/calls", params={"status": "lost"}, headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (400, "protocol_error")
+    codes = {e["code"] for e in truth_events(sim, "error")}
+    assert {"token_invalid", "unknown_drill", "bad_audio_format", "token_redeemed", "unknown_call"} <= codes
+
+
+def test_token_expired_and_concurrency_limit(sim_factory):
+    sim = sim_factory("--token-ttl", "1", "--max-calls", "1")
+    first, second, third = mint(sim), mint(sim), mint(sim)
+    peer = join(sim, first)
+    peer.wait_for("ready")
+    assert requests.get(sim.http_url + "/healthz", timeout=5).json()["activeCalls"] == 1
+    expect_refusal(join(sim, second), "concurrency_limit")
+    time.sleep(1.1)
+    expect_refusal(join(sim, third), "token_expired")
+
+
+def test_mint_rate_limit_and_injected_error(sim_factory):
+    sim = sim_factory("--mint-rate", "1", "--error-rate", "1", "--error-code", "internal_error")
+    token = mint(sim)
+    r = requests.post(sim.http_url + "/v1/sessions", json={"drillKey": "ma-full-sale"}, headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (429, "rate_limited")
+    expect_refusal(join(sim, token), "internal_error")
+
+
+# -- drops and resume ------------------------------------------------------------------------------
+
+
+def test_drop_resume_and_resume_window(sim_factory):
+    sim = sim_factory("--drop-after", "0.5", "--resume-window", "2")
+    abandoned = join(sim, mint(sim))
+    abandoned_id = abandoned.wait_for("ready")["callId"]
+    peer = join(sim, mint(sim))
+    ready = peer.wait_for("ready")
+    assert peer.wait_closed(timeout=3) == "lost"  # aborted: no close frame, the client sees 1006
+    assert abandoned.wait_closed(timeout=3) == "lost"
+
+    again = Peer(sim)
+    again.send({"type": "resume", "resumeToken": ready["resumeToken"], "callId": ready["callId"]})
+    assert again.wait_for("reconnected")["callId"] == ready["callId"]
+    again.stream(TONE_FRAMES[:10])  # the call goes on, on the new socket
+    again.wait_for("userSpeaking", speaking=False)  # the audio simply stopped: the utterance ends anyway
+    again.send({"type": "hangup"})
+    assert again.wait_for("ended")["reason"] == "hangup"
+    assert again.wait_closed() == 1000
+
+    late = Peer(sim)  # a call that is over cannot be resumed
+    late.send({"type": "resume", "resumeToken": ready["resumeToken"], "callId": ready["callId"]})
+    expect_refusal(late, "unknown_call")
+
+    ended = truth_events(sim, "ended", callId=abandoned_id, timeout=5)  # window of 2 s after the drop
+    assert ended[0]["reason"] == "dropped"
+    assert truth_events(sim, "drop", callId=ready["callId"])[0]["cause"] == "drop_after"
+    assert truth_events(sim, "resume", callId=ready["callId"])[0]["gap"] > 0
+
+
+def test_resume_failure_loses_the_call(sim_factory):
+    sim = sim_factory("--drop-after", "0.3", "--resume-fail-rate", "1")
+    peer = join(sim, mint(sim))
+    ready = peer.wait_for("ready")
+    assert peer.wait_closed(timeout=3) == "lost"
+    again = Peer(sim)
+    again.send({"type": "resume", "resumeToken": ready["resumeToken"], "callId": ready["callId"]})
+    expect_refusal(again, "unknown_call")
+    assert get_call(sim, ready["callId"]).status in ("scoring", "scored")
+    assert truth_events(sim, "resume_failed", callId=ready["callId"])
+    assert truth_events(sim, "ended", callId=ready["callId"])[0]["reason"] == "dropped"
+
+
+# -- webhooks --------------------------------------------------------------------------------------
+
+
+def test_webhook_signed_retried_and_duplicated(sim_factory):
+    receiver = WebhookReceiver(fail_first=1)
+    try:
+        # the global --webhook-url goes nowhere; the mint request's webhookUrl wins for this call
+        sim = sim_factory("--webhook-duplicate-rate", "1", "--webhook-url", "http://127.0.0.1:9/nowhere")
+        peer = join(sim, mint(sim, webhook_url=receiver.url))
+        call_id = peer.wait_for("ready")["callId"]
+        peer.send({"type": "hangup"})
+        peer.wait_for("ended")
+        poll(lambda: len(receiver.received) >= 3, timeout=10)  # 500, retry 200, duplicate 200
+        time.sleep(0.3)
+        assert [status for status, _, _ in receiver.received] == [500, 200, 200]
+        ids = set()
+        for _, headers, body in receiver.received:
+            verify_webhook(sim.webhook_secret, headers[SIGNATURE_HEADER], body, time.time())
+            event = ScoredEvent.parse(body)
+            assert event.call_id == call_id and event.id.startswith("evt_")
+            assert headers[EVENT_ID_HEADER] == event.id and headers["Content-Type"] == "application/json"
+            ids.add(event.id)
+        assert len(ids) == 1  # at least once: the same event id every time
+        poll(lambda: len(truth_events(sim, "webhook_attempt", callId=call_id)) == 3)
+        attempts = truth_events(sim, "webhook_attempt", callId=call_id)
+        assert [(a["attempt"], a["ok"], a["status"], a["duplicate"]) for a in attempts] == [
+            (1, False, 500, False),
+            (2, True, 200, False),
+            (1, True, 200, True),
+        ]
+    finally:
+        receiver.close()
+
+
+# -- stopping --------------------------------------------------------------------------------------
+
+
+def test_sigterm_stops_gracefully(sim_factory):
+    sim = sim_factory()
+    peer = join(sim, mint(sim))
+    call_id = peer.wait_for("ready")["callId"]
+    assert sim.stop() == 0
+    assert peer.wait_closed() in (1001, "lost")  # going away: a client would try to resume
+    events = [e["event"] for e in sim.truth() if e["callId"] == call_id]
+    assert events[-1] == "drop"  # flushed at exit
