@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import gevent
+from locust.stats import CSV_STATS_INTERVAL_SEC
 from prometheus_client import disable_created_metrics, start_http_server
 
 from .api import AthosApi, ScoreBoard, ScorePoller, WebhookReceiver
@@ -113,7 +115,11 @@ class Runtime:
     def on_test_stop(self) -> None:
         if self.drain.pending:
             logger.info("waiting up to %ss for %d scores", self.options.athos_drain_timeout, self.drain.pending)
+        drained = self.drain.pending
         self.drain.wait(self.options.athos_drain_timeout)
+        if drained and getattr(self.options, "csv_prefix", None):
+            # Locust's CSV writer runs every CSV_STATS_INTERVAL_SEC; let it see the drained entries
+            gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.2)
         summary = self.metrics.summary()
         if self.receiver is not None:
             summary["webhooks"] = dict(self.receiver.counts)

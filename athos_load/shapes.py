@@ -115,6 +115,8 @@ class AthosShape(LoadTestShape):
         opts = self.runner.environment.parsed_options
         users, rate = int(opts.num_users or 1), float(opts.spawn_rate or 1)
         t = self.get_run_time()
+        if opts.run_time and t >= opts.run_time:
+            return None  # Locust's -t: a headless run with a shape waits on the shape, not the timer
         if shape == "ramp":
             return users, rate
         if shape == "steps":

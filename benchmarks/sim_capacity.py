@@ -9,7 +9,7 @@ outbound frame rates the simulator counted (``/healthz``), and persona frame lat
 client (arrival minus ``personaSpeaking`` arrival + k * 20 ms), then the highest N carried with
 simulator CPU < 90 % of a core and lateness p99 < 20 ms.
 
-    python benchmarks/sim_capacity.py                       # levels 250,500,1000,1500,2000,2500
+    python benchmarks/sim_capacity.py                       # levels 250,500,1000,1250,1500,2000,2500
     python benchmarks/sim_capacity.py --levels 500,1000 --measure 10
 
 Everything runs on 127.0.0.1 and stops by itself (a level past saturation ends the run).
@@ -270,12 +270,12 @@ async def run(args: argparse.Namespace, sim_pid: int, url: str) -> list[dict[str
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--levels", default="250,500,1000,1500,2000,2500", help="concurrent calls per step")
+    p.add_argument("--levels", default="250,500,1000,1250,1500,2000,2500", help="concurrent calls per step")
     p.add_argument("--settle", type=float, default=4.0, help="seconds after a ramp before measuring")
     p.add_argument("--measure", type=float, default=8.0, help="seconds measured per level")
     p.add_argument("--sim-cpu", type=int, default=0, help="core the simulator is pinned to")
     p.add_argument("--client-cpu", type=int, default=1, help="core this client is pinned to")
-    p.add_argument("--stop-cpu", type=float, default=98.0, help="stop after a level with this simulator CPU %%")
+    p.add_argument("--stop-cpu", type=float, default=95.0, help="stop after a level with this simulator CPU %%")
     p.add_argument("--sim-args", default="", help="extra simulator options, e.g. '--ws-reader aiohttp'")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the client's event loop")
     args = p.parse_args()

@@ -5,6 +5,7 @@ imports) and behaves like a platform under stress, every fault a knob. Modules:
 
 * ``config``    the knobs (:class:`SimConfig`), the command line, latency :class:`Distribution`
 * ``server``    the aiohttp application: REST, the realtime WebSocket, start/stop
+* ``tap``       the fast path for a call's inbound frames, in front of aiohttp's reader
 * ``platform``  the decisions: mint, join, resume, turn-taking, drops, ending calls
 * ``calls``     one call's state and the persona's speech; the book of calls REST reads
 * ``vad``       energy voice-activity detection of the rep's audio
@@ -12,6 +13,7 @@ imports) and behaves like a platform under stress, every fault a knob. Modules:
 * ``pacer``     the one task that streams every persona's audio on absolute deadlines
 * ``scoring``   the scoring queue and ``call.scored`` webhook delivery
 * ``tokens``    session tokens and the mint rate limit;  ``truth``  the ground-truth log
+* ``counters``  the live counters ``GET /healthz`` shows
 """
 
 from .config import Distribution, SimConfig

@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--drills",
         type=_drills,
-        default=d.drills,
+        default=",".join(f"{key}={persona}" for key, persona in d.drills.items()),  # argparse applies type
         metavar="KEY=PERSONA,...",
         help="replace the known drills and their personas",
     )
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--join-timeout",
         type=_non_negative,
         default=d.join_timeout,
-        help="seconds a new connection has to send join or resume",
+        help="seconds a new connection has to send join or resume; 0 = no limit",
     )
 
     g = p.add_argument_group("latencies")
@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-call-seconds",
         type=_non_negative,
         default=d.max_call_seconds,
-        help="calls are ended (reason max_duration) after this long",
+        help="calls are ended (reason max_duration) after this long; 0 = no limit",
     )
     g.add_argument(
         "--vad-threshold-db",

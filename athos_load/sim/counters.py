@@ -15,7 +15,7 @@ class Counters:
     frames_out: int = 0  # persona audio frames sent
     frames_dropped: int = 0  # persona frames not sent because the client stopped reading
     joins: int = 0
-    join_errors: int = 0
+    refused: int = 0  # joins and resumes answered with an error
     resumes: int = 0
     drops: int = 0
     webhooks_delivered: int = 0

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from athos_load.protocol import AudioFormat
 
@@ -55,7 +56,7 @@ class Link:
     def __init__(
         self,
         transport: asyncio.Transport,
-        closer: Callable[[int], object],
+        closer: Callable[[int], Coroutine[Any, Any, object]],
         tasks: set[asyncio.Task[object]],
         counters: Counters,
     ) -> None:
@@ -88,7 +89,7 @@ class Link:
         """Start the close handshake from synchronous code (a timer, the pacer); the first code wins."""
         if self.closing is not None:
             return
-        task = asyncio.get_running_loop().create_task(self._closer(code))  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(self._closer(code))
         self.closing = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

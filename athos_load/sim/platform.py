@@ -186,7 +186,7 @@ class Platform:
             or not hmac.compare_digest(call.resume_token.encode(), resume.resume_token.encode())
         ):
             return self._refuse(ErrorCode.UNKNOWN_CALL, "no resumable call with that id and resume token", None,
-                                call_id=resume.call_id)  # fmt: skip
+                                call_id=resume.call_id[:64])  # fmt: skip
         if call.phase is Phase.LIVE:
             # The client saw a drop before we did (half-open connection): the new socket takes over.
             old = call.link
@@ -211,7 +211,7 @@ class Platform:
         return call
 
     def _refuse(self, code: ErrorCode | str, message: str, tag: str | None, call_id: str | None = None) -> Error:
-        self.counters.join_errors += 1
+        self.counters.refused += 1
         self.truth.record("error", call_id, code=str(code), token=tag)
         return Error(code, message)
 

@@ -132,7 +132,7 @@ class Server:
             return ws
         counters = self.platform.counters
         counters.connections += 1
-        link = Link(transport, lambda code: ws.close(code=code), self._close_tasks, counters)  # type: ignore[arg-type]
+        link = Link(transport, lambda code: ws.close(code=code), self._close_tasks, counters)
         try:
             call = await self._open_call(ws, link)
             if call is not None:
@@ -174,7 +174,8 @@ class Server:
         return result
 
     async def _refuse(self, ws: web.WebSocketResponse, error: Error) -> None:
-        if error.code == ErrorCode.PROTOCOL_ERROR:
+        if error.code == ErrorCode.PROTOCOL_ERROR:  # the platform counted and logged the other refusals
+            self.platform.counters.refused += 1
             self.platform.truth.record("error", None, code=str(error.code))
         try:
             await ws.send_str(error.serialize())

@@ -129,7 +129,9 @@ def _unmask_pcm(data: bytes, start: int, length: int, mask: bytes) -> np.ndarray
     """The frame's payload as int16 samples, unmasked 4 bytes at a time."""
     words = length >> 2
     if words << 2 == length:
-        return (np.frombuffer(data, _U4, words, start) ^ int.from_bytes(mask, "little")).view(_I2)
+        # one view over the masking key and the payload: the key is word 0, XORed onto the others
+        view = np.frombuffer(data, _U4, words + 1, start - 4)
+        return (view[1:] ^ view[0]).view(_I2)
     raw = np.frombuffer(data, np.uint8, length, start) ^ np.resize(np.frombuffer(mask, np.uint8), length)
     return raw[: length & ~1].view(_I2)
 

@@ -1,0 +1,115 @@
+"""`locust -f locustfile.py` as a user runs it: a real subprocess, the built-in simulator, CSV out."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUST = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfile.py")]
+
+
+def run_locust(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            *LOCUST,
+            "--headless",
+            "--csv",
+            str(tmp_path / "run"),
+            "--athos-summary",
+            str(tmp_path / "summary.json"),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def stats(tmp_path: Path) -> dict[str, dict[str, str]]:
+    with open(tmp_path / "run_stats.csv", newline="") as f:
+        return {row["Name"]: row for row in csv.DictReader(f)}
+
+
+def failures(tmp_path: Path) -> list[dict[str, str]]:
+    with open(tmp_path / "run_failures.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_accounting(summary: dict) -> None:
+    calls = summary["calls"]
+    assert calls["started"] == calls["completed"] + calls["failed"] + calls["aborted"]
+    assert calls["completed"] == calls["scored"] + calls["score_missing"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    result = run_locust(tmp_path, "-u", "20", "-r", "10", "-t", "20s", "--athos-scenario", "scenarios/smoke")
+    return tmp_path, result
+
+
+def test_headless_run_against_the_built_in_simulator(smoke_run):
+    tmp_path, result = smoke_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "started the built-in simulator at http://127.0.0.1:" in result.stdout
+    rows = stats(tmp_path)
+    for name in ("connect_ready", "end_to_score", "persona_response", "token_mint", "call"):
+        assert int(rows[name]["Request Count"]) > 0, name
+    assert failures(tmp_path) == []
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    check_accounting(summary)
+    assert summary["calls"]["scored"] > 0 and summary["end_to_score"]["count"] == summary["calls"]["scored"]
+    for timing in ("connect_ready", "persona_response", "end_to_score", "token_mint"):
+        stats_ = summary[timing]
+        assert stats_["count"] > 0 and 0 < stats_["min"] <= stats_["p50"] <= stats_["p95"] <= stats_["max"]
+    # the headless table is printed from the same recordings
+    assert "athos timing" in result.stdout and f"scored {summary['calls']['scored']}" in result.stdout
+
+
+def test_faults_show_reconnects_and_errors_by_code(tmp_path):
+    sim_args = "--drop-after 3 --max-calls 6 --score-delay fixed:0.5"
+    result = run_locust(
+        tmp_path,
+        "-u",
+        "12",
+        "-r",
+        "12",
+        "-t",
+        "15s",
+        "--athos-scenario",
+        "scenarios/smoke",
+        "--athos-sim-args",
+        sim_args,
+    )
+    assert result.returncode != 0  # failures make Locust's exit code 1: a CI job sees them
+    rows = stats(tmp_path)
+    assert int(rows["reconnect"]["Request Count"]) > 0
+    by_error = {(row["Name"], row["Error"]) for row in failures(tmp_path)}
+    assert ("connect_ready", "CallFailure('concurrency_limit')") in by_error
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    check_accounting(summary)
+    assert summary["reconnects"] > 0 and summary["reconnect"]["count"] > 0
+    assert summary["errors"]["concurrency_limit"] == summary["calls"]["failed"] > 0
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("name: bad\ndrill: d\nturns:\n  - audio: missing.wav\n", "turns[0].audio"),
+        ("name: bad\ndrill: d\nweight: high\nturns:\n  - silence: 1\n", "weight"),
+        ("name: bad\ndrill: d\ncolour: red\nturns:\n  - silence: 1\n", "colour"),
+    ],
+)
+def test_malformed_scenario_stops_before_any_user(tmp_path, yaml_text, field):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml_text)
+    result = run_locust(tmp_path, "-u", "1", "-t", "5s", "--athos-scenario", str(bad), timeout=60)
+    assert result.returncode == 2
+    assert f"{bad}: {field}" in result.stderr
+    assert "started the built-in simulator" not in result.stdout
+    assert "Ramping to" not in result.stderr

@@ -1,0 +1,98 @@
+"""Load shapes: the users each shape asks for over time, and the capacity search's verdict."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from athos_load.histogram import LogHistogram
+from athos_load.metrics import Timing
+from athos_load.shapes import AthosShape, CapacitySearch, Gate, parse_params
+
+
+def shape_at(name: str, params: str, users: int = 50, rate: float = 5.0, run_time: int | None = None) -> AthosShape:
+    shape = AthosShape()
+    options = SimpleNamespace(
+        athos_shape=name, athos_shape_params=params, num_users=users, spawn_rate=rate, run_time=run_time
+    )
+    shape.runner = SimpleNamespace(environment=SimpleNamespace(parsed_options=options))
+    return shape
+
+
+def ticks(shape: AthosShape, times: list[float]) -> list:
+    out = []
+    for t in times:
+        shape.get_run_time = lambda t=t: t
+        out.append(shape.tick())
+    return out
+
+
+def test_ramp_is_locusts_own_options():
+    assert ticks(shape_at("", ""), [0, 1000]) == [(50, 5.0), (50, 5.0)]
+    assert ticks(shape_at("", "", run_time=20), [19.9, 20]) == [(50, 5.0), None]
+    assert ticks(shape_at("steps", "", run_time=20), [20]) == [None]  # -t cuts every shape short
+
+
+def test_steps_then_stop():
+    shape = shape_at("steps", "start=5,step=10,step_seconds=30,steps=3")
+    assert ticks(shape, [0, 29, 30, 61, 90]) == [(5, 5.0), (5, 5.0), (15, 5.0), (25, 5.0), None]
+
+
+def test_spike_jumps_at_once_and_recovers():
+    shape = shape_at("spike", "base=10,peak=200,at=60,hold=30,recover=60")
+    assert ticks(shape, [0, 60, 89, 90, 149, 150]) == [
+        (10, 5.0),
+        (200, 200),
+        (200, 200),
+        (10, 200),
+        (10, 200),
+        None,
+    ]
+
+
+def test_soak_ramps_over_its_ramp_time_and_holds():
+    shape = shape_at("soak", "ramp_seconds=100,hold_seconds=3600", users=200)
+    assert ticks(shape, [0, 3700, 3701]) == [(200, 2.0), (200, 2.0), None]
+
+
+@pytest.mark.parametrize(
+    ("shape", "params", "message"),
+    [
+        ("steps", "stepz=3", "'stepz' is not a parameter of steps"),
+        ("steps", "step=ten", "step='ten' is not a number"),
+        ("spike", "peak", "'peak' is not key=value"),
+        ("capacity", "", "needs gate="),
+        ("capacity", "gate=conect_ready.p95<1", "unknown timing 'conect_ready'"),
+        ("capacity", "gate=connect_ready.p42<1", "expected TIMING.STAT<SECONDS"),
+    ],
+)
+def test_bad_parameters_say_what_is_wrong(shape, params, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        parse_params(shape, params)
+
+
+def test_capacity_search_reports_the_last_good_level():
+    timings = {t: LogHistogram() for t in Timing}
+    params = parse_params("capacity", "start=10,step=10,step_seconds=60,steps=10,gate=connect_ready.p95<1.0")
+    search = CapacitySearch(params, timings)
+    hist = timings[Timing.CONNECT_READY]
+    # connect→ready grows with load: 0.3 s at 10 users, 0.6 s at 20, 1.4 s at 30
+    for step, latency in enumerate([0.3, 0.6, 1.4]):
+        assert search.tick(step * 60 + 1, 5.0) == (10 + 10 * step, 5.0)
+        for _ in range(50):
+            hist.record(latency)
+    # an earlier step's slow samples must not leak into a later window, and vice versa
+    assert search.tick(180, 5.0) is None
+    assert search.result == {"gate": "connect_ready.p95<1", "last_good_users": 20, "broke_at": 30}
+
+
+def test_capacity_step_without_enough_samples_breaks_the_search():
+    timings = {t: LogHistogram() for t in Timing}
+    search = CapacitySearch(parse_params("capacity", "min_samples=20,gate=connect_ready.p95<1"), timings)
+    assert search.tick(1, 1.0) == (10, 1.0)
+    timings[Timing.CONNECT_READY].record(0.1)
+    assert search.tick(61, 1.0) is None and search.result["last_good_users"] is None
+
+
+def test_gate_holds():
+    gate = Gate.parse("persona_response.p99<=1.5")
+    assert gate.holds(1.5) and not gate.holds(1.51) and str(gate) == "persona_response.p99<=1.5"
