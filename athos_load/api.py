@@ -142,6 +142,10 @@ class ScoreBoard:
         finally:
             self._waiting.pop(call_id, None)
 
+    def forget(self, call_id: str) -> None:
+        """Stop waiting for a call (its waiter gave up or was served elsewhere)."""
+        self._waiting.pop(call_id, None)
+
     @property
     def waiting(self) -> Iterable[str]:
         return tuple(self._waiting)

@@ -53,9 +53,9 @@ class CallSettings:
     pacer: AudioPacer
     audio: AudioFormat
     drain: ScoreDrain
-    webhook_url: str | None = None
     score_timeout: float = 120.0
     connect_timeout: float = 15.0
+    announce: Callable[[str], None] | None = None  # tell a master which worker waits for this callId
 
 
 class Call:
@@ -109,7 +109,7 @@ class Call:
         s = self.settings
         started = time.perf_counter()
         try:
-            token = s.api.mint_token(self.scenario.drill, s.webhook_url).token
+            token = s.api.mint_token(self.scenario.drill).token
         except ApiError as exc:
             self.settings.metrics.error(exc.code)
             self._step("POST", "token_mint", time.perf_counter() - started, exc.code)
@@ -189,6 +189,8 @@ class Call:
             self._finish(Outcome.FAILED, code)
             return
         self._finish(Outcome.COMPLETED, None)
+        if self.settings.announce is not None and self.call_id is not None:
+            self.settings.announce(self.call_id)
         self.await_score(self.settings.score_timeout)
 
     def await_score(self, timeout: float) -> None:

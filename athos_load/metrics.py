@@ -1,21 +1,27 @@
-"""Every instrument the tool records into, in one object: Prometheus series and bounded histograms.
+"""Every recording the tool makes, in one object, exposed to Prometheus at scrape time.
 
-Each timing is observed once and lands in two places: a classic Prometheus histogram (fixed
-buckets at the usual SLO thresholds, so ``le``-ratio SLIs are exact and buckets add across
-workers) and a :class:`~athos_load.histogram.LogHistogram` (1% percentiles for gates, reports and
-the JSON summary). Label values are low-cardinality by construction: a scenario name, an
-:class:`Outcome`, an error code from the known list or ``other``; never a callId.
+Each timing is observed once and lands in a :class:`Series`: classic bucket counts at the usual SLO
+thresholds (so ``le``-ratio SLIs are exact and buckets add across workers and in PromQL) and a
+:class:`~athos_load.histogram.LogHistogram` (1% percentiles for gates, reports and the JSON
+summary). Everything is plain counts, so a worker's recordings travel to the master as a delta
+(:meth:`Metrics.take_delta`) and merge there by addition (:meth:`Metrics.merge`); the master's
+``/metrics`` is rendered from the merged counts by a custom collector, in the manner of
+client_python's ``*MetricFamily`` collectors. Label values are low-cardinality by construction:
+a scenario name, an :class:`Outcome`, an error code from the known list or ``other``, a worker
+index; never a callId.
 """
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client import Counter as PromCounter
-from prometheus_client import Histogram as PromHistogram
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from .histogram import LogHistogram
 from .protocol import ErrorCode
@@ -38,14 +44,15 @@ class Outcome(enum.StrEnum):
 
 
 SUB_SECOND = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-BUCKETS: dict[Timing, tuple[float, ...]] = {
+BUCKETS: dict[str, tuple[float, ...]] = {
     Timing.CONNECT_READY: SUB_SECOND,
     Timing.PERSONA_RESPONSE: SUB_SECOND,
     Timing.TOKEN_MINT: (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     Timing.RECONNECT: (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
     Timing.END_TO_SCORE: (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+    "audio_send_lag": (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.1, 0.25, 1.0),
+    "loadgen_loop_lag": (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 }
-AUDIO_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.1, 0.25, 1.0)
 DOCS = {
     Timing.CONNECT_READY: "connecting -> ready: token redeemed and persona ready to speak",
     Timing.RECONNECT: "reconnecting -> reconnected after a transient drop",
@@ -54,6 +61,15 @@ DOCS = {
     Timing.TOKEN_MINT: "POST /v1/sessions round trip",
 }
 KNOWN_CODES = tuple(code.value for code in ErrorCode)
+# counter family -> (help, label names); exposed with the ``_total`` suffix
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "athos_sessions_started": ("calls started", ("scenario",)),
+    "athos_sessions": ("finished calls by outcome", ("scenario", "outcome")),
+    "athos_errors": ("error events and failed steps by code", ("code",)),
+    "athos_reconnects": ("transient drops (reconnecting events)", ("scenario",)),
+    "athos_scores": ("completed calls whose score arrived", ("scenario",)),
+    "athos_scores_missing": ("completed calls never scored within the score timeout", ("scenario",)),
+}
 
 
 def code_label(code: object) -> str:
@@ -62,78 +78,223 @@ def code_label(code: object) -> str:
     return value if value in KNOWN_CODES else "other"
 
 
+class Series:
+    """One histogram series: classic buckets for Prometheus plus a LogHistogram for percentiles."""
+
+    __slots__ = ("bounds", "buckets", "log")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = np.zeros(len(bounds) + 1, dtype=np.int64)  # non-cumulative; the last is +Inf
+        self.log = LogHistogram()
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        self.log.record(value)
+
+    def merge(self, other: Series) -> None:
+        self.buckets += other.buckets
+        self.log.merge(other.log)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"b": self.buckets.tolist(), "h": self.log.to_dict()}
+
+    @classmethod
+    def from_dict(cls, bounds: tuple[float, ...], data: dict[str, Any]) -> Series:
+        series = cls(bounds)
+        series.buckets[:] = data["b"]
+        series.log = LogHistogram.from_dict(data["h"])
+        return series
+
+    def family_sample(self) -> tuple[list[tuple[str, float]], float]:
+        cumulative = np.cumsum(self.buckets)
+        buckets = [(_le(b), float(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)]
+        buckets.append(("+Inf", float(cumulative[-1])))
+        return buckets, self.log.sum
+
+
 class Metrics:
-    """The tool's recordings for one process. Pass a fresh ``registry`` in tests."""
+    """The recordings of one process (or, on a master, the merge of every worker's).
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.timings: dict[Timing, LogHistogram] = {t: LogHistogram() for t in Timing}
-        self.calls: Counter[str] = Counter()  # started, completed, failed, aborted, scored, score_missing
-        self.errors: Counter[str] = Counter()
-        self.reconnects = 0
-        self.audio_lag = LogHistogram()
-        r = self.registry
-        self._prom_timings = {
-            t: PromHistogram(f"athos_{t.value}_seconds", DOCS[t], ["scenario"], buckets=BUCKETS[t], registry=r)
-            for t in Timing
-        }
-        self._active = Gauge("athos_sessions_active", "calls in progress", ["scenario"], registry=r)
-        self._sessions = PromCounter("athos_sessions", "finished calls by outcome", ["scenario", "outcome"], registry=r)
-        self._errors = PromCounter("athos_errors", "error events and failed steps by code", ["code"], registry=r)
-        self._reconnects = PromCounter(
-            "athos_reconnects", "transient drops (reconnecting events)", ["scenario"], registry=r
-        )
-        self._missing = PromCounter(
-            "athos_scores_missing", "ended calls never scored within the score timeout", ["scenario"], registry=r
-        )
-        self._lag = PromHistogram(
-            "athos_audio_send_lag_seconds",
-            "how late each outgoing audio frame left versus its real-time due time",
-            buckets=AUDIO_LAG_BUCKETS,
-            registry=r,
-        )
-        for code in KNOWN_CODES + ("other",):
-            self._errors.labels(code)  # known codes exist at zero from the start
+    Register :meth:`collector` in a ``CollectorRegistry`` to serve them; :attr:`registry` is one
+    made for that. Levels (active sessions, generator health) are per ``source``: a worker
+    reports its own, and the master shows each worker's latest.
+    """
 
-    def observe(self, timing: Timing, seconds: float, scenario: str) -> None:
-        self.timings[timing].record(seconds)
-        self._prom_timings[timing].labels(scenario).observe(seconds)
+    def __init__(self, source: str = "local") -> None:
+        self.source = source
+        self.series: dict[tuple[str, str], Series] = {}  # (timing or lag name, scenario or source)
+        self.counters: Counter[tuple[str, tuple[str, ...]]] = Counter()
+        self.active: dict[str, Counter[str]] = {source: Counter()}  # source -> scenario -> calls
+        self.health: dict[str, dict[str, float]] = {}  # source -> cpu_seconds, memory_bytes, saturated
+        self.users = 0
+        for code in (*KNOWN_CODES, "other"):
+            self.counters[("athos_errors", (code,))] += 0  # known codes exist at zero from the start
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def observe(self, timing: str, seconds: float, label: str = "") -> None:
+        key = (str(timing), label)
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = Series(BUCKETS[key[0]])
+        series.observe(seconds)
+
+    def count(self, family: str, *labels: str, amount: int = 1) -> None:
+        self.counters[(family, labels)] += amount
 
     def call_started(self, scenario: str) -> None:
-        self.calls["started"] += 1
-        self._active.labels(scenario).inc()
+        self.count("athos_sessions_started", scenario)
+        self.active[self.source][scenario] += 1
 
     def call_finished(self, scenario: str, outcome: Outcome) -> None:
-        self.calls[outcome.value] += 1
-        self._active.labels(scenario).dec()
-        self._sessions.labels(scenario, outcome.value).inc()
+        self.count("athos_sessions", scenario, outcome.value)
+        self.active[self.source][scenario] -= 1
 
     def scored(self, scenario: str, scored: bool) -> None:
         """A completed call's score arrived (True) or never did (False)."""
-        self.calls["scored" if scored else "score_missing"] += 1
-        if not scored:
-            self._missing.labels(scenario).inc()
+        self.count("athos_scores" if scored else "athos_scores_missing", scenario)
 
     def error(self, code: object) -> None:
-        label = code_label(code)
-        self.errors[label] += 1
-        self._errors.labels(label).inc()
+        self.count("athos_errors", code_label(code))
 
     def reconnect(self, scenario: str) -> None:
-        self.reconnects += 1
-        self._reconnects.labels(scenario).inc()
+        self.count("athos_reconnects", scenario)
 
     def audio_send_lag(self, seconds: float) -> None:
-        self.audio_lag.record(seconds)
-        self._lag.observe(seconds)
+        self.observe("audio_send_lag", seconds)
+
+    # -- distribution: worker deltas, merged on the master -----------------------------------------
+
+    def take_delta(self) -> dict[str, Any]:
+        """Everything recorded since the last call, as plain data, and start afresh.
+
+        Levels (active calls, health) are sent as they are, not as differences.
+        """
+        delta = {
+            "series": [[name, label, s.to_dict()] for (name, label), s in self.series.items()],
+            "counters": [[family, list(labels), n] for (family, labels), n in self.counters.items() if n],
+            "active": dict(self.active[self.source]),
+            "health": self.health.get(self.source, {}),
+        }
+        self.series = {}
+        self.counters = Counter()
+        return delta
+
+    def merge(self, delta: dict[str, Any], source: str) -> None:
+        for name, label, data in delta["series"]:
+            incoming = Series.from_dict(BUCKETS[name], data)
+            key = (name, source if name == "loadgen_loop_lag" else label)
+            if key in self.series:
+                self.series[key].merge(incoming)
+            else:
+                self.series[key] = incoming
+        for family, labels, n in delta["counters"]:
+            self.counters[(family, tuple(labels))] += n
+        self.active[source] = Counter(delta["active"])
+        if delta["health"]:
+            self.health[source] = delta["health"]
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def timing(self, timing: str) -> LogHistogram:
+        """One timing over every scenario."""
+        merged = LogHistogram()
+        for (name, _), series in self.series.items():
+            if name == timing:
+                merged.merge(series.log)
+        return merged
+
+    def total(self, family: str, **match: str) -> int:
+        names = COUNTERS[family][1]
+        wanted = {names.index(k): v for k, v in match.items()}
+        return sum(
+            n
+            for (fam, labels), n in self.counters.items()
+            if fam == family and all(labels[i] == v for i, v in wanted.items())
+        )
+
+    def active_calls(self) -> int:
+        return sum(sum(per.values()) for per in self.active.values())
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary: per timing count/min/p50/p95/p99/max (seconds), calls, errors."""
-        calls = {k: self.calls[k] for k in ("started", "completed", "failed", "aborted", "scored", "score_missing")}
+        calls = {"started": self.total("athos_sessions_started")}
+        for outcome in Outcome:
+            calls[outcome.value] = self.total("athos_sessions", outcome=outcome.value)
+        calls["scored"] = self.total("athos_scores")
+        calls["score_missing"] = self.total("athos_scores_missing")
+        errors = {labels[0]: n for (fam, labels), n in sorted(self.counters.items()) if fam == "athos_errors" and n}
         return {
-            **{t.value: self.timings[t].summary() for t in Timing},
+            **{t.value: self.timing(t).summary() for t in Timing},
             "calls": calls,
-            "reconnects": self.reconnects,
-            "errors": dict(sorted(self.errors.items())),
-            "audio_send_lag": self.audio_lag.summary(),
+            "reconnects": self.total("athos_reconnects"),
+            "errors": errors,
+            "audio_send_lag": self.timing("audio_send_lag").summary(),
         }
+
+
+class _Collector:
+    """Renders :class:`Metrics` at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        for timing in Timing:
+            family = HistogramMetricFamily(f"athos_{timing.value}_seconds", DOCS[timing], labels=["scenario"])
+            for (name, scenario), series in sorted(m.series.items()):
+                if name == timing:
+                    buckets, total = series.family_sample()
+                    family.add_metric([scenario], buckets, total)
+            yield family
+        lag = HistogramMetricFamily(
+            "athos_audio_send_lag_seconds", "how late each outgoing audio frame left versus its real-time due time"
+        )
+        series = m.series.get(("audio_send_lag", ""))
+        if series is not None:
+            lag.add_metric([], *series.family_sample())
+        yield lag
+        for family_name, (doc, labels) in COUNTERS.items():
+            family = CounterMetricFamily(family_name, doc, labels=list(labels))
+            for (fam, values), n in sorted(m.counters.items()):
+                if fam == family_name:
+                    family.add_metric(list(values), n)
+            yield family
+        active = GaugeMetricFamily("athos_sessions_active", "calls in progress", labels=["scenario"])
+        per_scenario: Counter[str] = Counter()
+        for levels in m.active.values():
+            per_scenario.update(levels)
+        for scenario, n in sorted(per_scenario.items()):
+            active.add_metric([scenario], n)
+        yield active
+        yield GaugeMetricFamily("athos_loadgen_users", "Locust users running", value=m.users)
+        yield from _health_families(m)
+
+
+def _health_families(m: Metrics) -> Iterator[Metric]:
+    cpu = CounterMetricFamily("athos_loadgen_cpu_seconds", "CPU time of the generator process", labels=["worker"])
+    memory = GaugeMetricFamily("athos_loadgen_memory_bytes", "resident memory of the generator", labels=["worker"])
+    saturated = GaugeMetricFamily(
+        "athos_loadgen_saturated",
+        "1 when the generator is saturated: its timings are not to be trusted",
+        labels=["worker"],
+    )
+    for source, health in sorted(m.health.items()):
+        cpu.add_metric([source], health.get("cpu_seconds", 0.0))
+        memory.add_metric([source], health.get("memory_bytes", 0.0))
+        saturated.add_metric([source], health.get("saturated", 0.0))
+    lag = HistogramMetricFamily(
+        "athos_loadgen_loop_lag_seconds", "how late the generator's event loop woke up", labels=["worker"]
+    )
+    for (name, source), series in sorted(m.series.items()):
+        if name == "loadgen_loop_lag":
+            lag.add_metric([source], *series.family_sample())
+    yield from (cpu, memory, saturated, lag)
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))

@@ -79,6 +79,11 @@ def add_options(parser: Any) -> None:
         default=0,
         help="Serve Prometheus /metrics on this port (0 = off)",
     )
+    group.add_argument(
+        "--athos-metrics-file",
+        default="",
+        help="At the end, write the final Prometheus exposition (what /metrics would show) to this path",
+    )
     group.add_argument("--athos-metrics-host", default="127.0.0.1", help="Address for /metrics (default: 127.0.0.1)")
     group.add_argument(
         "--athos-sim-args",

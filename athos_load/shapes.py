@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,17 +142,18 @@ class AthosShape(LoadTestShape):
             from .runtime import Runtime
 
             assert Runtime.current is not None
-            self._capacity = CapacitySearch(p, Runtime.current.metrics.timings)
+            metrics = Runtime.current.metrics
+            self._capacity = CapacitySearch(p, lambda: metrics.timing(p["gate"].timing))
         return self._capacity.tick(t, rate)
 
 
 class CapacitySearch:
     """Steps concurrency up; after each step judges the gate on that step's window only."""
 
-    def __init__(self, params: dict[str, Any], timings: dict[Timing, LogHistogram]) -> None:
+    def __init__(self, params: dict[str, Any], read: Callable[[], LogHistogram]) -> None:
         self.p = params
         self.gate: Gate = params["gate"]
-        self.timings = timings
+        self.read = read  # the gate's timing so far, over the whole run (merged from every worker)
         self.index = 0
         self.last_good: int | None = None
         self.result: dict[str, Any] | None = None
@@ -162,12 +164,12 @@ class CapacitySearch:
 
     def _copy(self) -> LogHistogram:
         snapshot = LogHistogram()
-        snapshot.merge(self.timings[self.gate.timing])
+        snapshot.merge(self.read())
         return snapshot
 
     def _window(self) -> LogHistogram:
         """This step's recordings: the running histogram minus the snapshot at the step's start."""
-        now = self.timings[self.gate.timing]
+        now = self.read()
         window = LogHistogram()
         window.counts = now.counts - self._snapshot.counts
         window.count = now.count - self._snapshot.count

@@ -62,9 +62,9 @@ def _add_options(parser: Any, **_: Any) -> None:
 
 
 @events.init.add_listener
-def _init(environment: Any, **_: Any) -> None:
+def _init(environment: Any, runner: Any = None, **_: Any) -> None:
     if environment.parsed_options is not None:
-        Runtime(environment)
+        Runtime(environment, runner)
 
 
 @events.test_stop.add_listener

@@ -5,7 +5,6 @@ from types import SimpleNamespace
 import pytest
 
 from athos_load.histogram import LogHistogram
-from athos_load.metrics import Timing
 from athos_load.shapes import AthosShape, CapacitySearch, Gate, parse_params
 
 
@@ -71,10 +70,9 @@ def test_bad_parameters_say_what_is_wrong(shape, params, message):
 
 
 def test_capacity_search_reports_the_last_good_level():
-    timings = {t: LogHistogram() for t in Timing}
+    hist = LogHistogram()
     params = parse_params("capacity", "start=10,step=10,step_seconds=60,steps=10,gate=connect_ready.p95<1.0")
-    search = CapacitySearch(params, timings)
-    hist = timings[Timing.CONNECT_READY]
+    search = CapacitySearch(params, lambda: hist)
     # connect→ready grows with load: 0.3 s at 10 users, 0.6 s at 20, 1.4 s at 30
     for step, latency in enumerate([0.3, 0.6, 1.4]):
         assert search.tick(step * 60 + 1, 5.0) == (10 + 10 * step, 5.0)
@@ -86,10 +84,10 @@ def test_capacity_search_reports_the_last_good_level():
 
 
 def test_capacity_step_without_enough_samples_breaks_the_search():
-    timings = {t: LogHistogram() for t in Timing}
-    search = CapacitySearch(parse_params("capacity", "min_samples=20,gate=connect_ready.p95<1"), timings)
+    hist = LogHistogram()
+    search = CapacitySearch(parse_params("capacity", "min_samples=20,gate=connect_ready.p95<1"), lambda: hist)
     assert search.tick(1, 1.0) == (10, 1.0)
-    timings[Timing.CONNECT_READY].record(0.1)
+    hist.record(0.1)
     assert search.tick(61, 1.0) is None and search.result["last_good_users"] is None
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Protocol
 
 GRANULARITY = 0.002  # seconds per wheel bucket
+LAG_WINDOW = 2048  # recent wake-ups kept for lag statistics (~4 s while audio flows)
 
 
 class Paced(Protocol):
@@ -29,6 +31,9 @@ class Pacer:
         self._wheel: dict[int, list[Paced]] = {}
         self._next = int(time.monotonic() / granularity)  # first bucket not yet processed
         self._wake = asyncio.Event()
+        # how late each wake-up started versus its bucket's deadline: the simulator's own share of
+        # persona audio lateness, apart from the network's and the client's
+        self.lags: deque[float] = deque(maxlen=LAG_WINDOW)
 
     def schedule(self, item: Paced, due: float) -> None:
         """File ``item`` to be paced at ``due`` (a ``time.monotonic()`` deadline); replaces any earlier filing."""
@@ -64,10 +69,14 @@ class Pacer:
             else:
                 slots = range(self._next, current + 1)
             self._next = current + 1
+            late = True  # the first due bucket tells how late this wake-up is
             for slot in slots:
                 items = wheel.pop(slot, None)
                 if items is None:
                     continue
+                if late:
+                    self.lags.append(now - slot * g)
+                    late = False
                 for item in items:
                     if item.pacer_slot != slot:
                         continue

@@ -94,6 +94,16 @@ class Platform:
             "scoringQueue": self.scorer.backlog,
             "tokens": len(self.tokens),
             **self.counters.to_wire(),
+            **self._pacer_lag(),
+        }
+
+    def _pacer_lag(self) -> dict[str, float | None]:
+        lags = sorted(self.pacer.lags)
+        if not lags:
+            return {"pacerLagP99Ms": None, "pacerLagMaxMs": None}
+        return {
+            "pacerLagP99Ms": round(1000 * lags[min(len(lags) - 1, int(0.99 * len(lags)))], 3),
+            "pacerLagMaxMs": round(1000 * lags[-1], 3),
         }
 
     def _slowed(self, dist: Distribution) -> float:

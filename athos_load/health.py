@@ -1,0 +1,109 @@
+"""The load generator watching itself: CPU, memory and event-loop lag, and a saturation verdict.
+
+A generator whose core is full or whose event loop wakes up late makes every latency it measures
+a lie (the delay is ours, not the platform's). The monitor samples the gevent loop's lateness every
+``tick`` seconds and the process's CPU and memory every second, and calls the generator saturated
+while, over the last ``window`` seconds, CPU use exceeds ``cpu_limit`` of one core or the loop's
+p99 lag exceeds ``lag_limit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import gevent
+import numpy as np
+import psutil
+
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        users: Callable[[], int] | None = None,
+        tick: float = 0.05,
+        window: float = 5.0,
+        cpu_limit: float = 0.9,
+        lag_limit: float = 0.020,
+    ) -> None:
+        self.metrics = metrics
+        self.users = users
+        self.tick = tick
+        self.window = window
+        self.cpu_limit = cpu_limit
+        self.lag_limit = lag_limit
+        self.saturated = False
+        self.saturated_seconds = 0.0
+        self.max_cpu = 0.0
+        self._process = psutil.Process()
+        self._lags: deque[float] = deque(maxlen=int(window / tick))
+        self._cpu: deque[tuple[float, float]] = deque(maxlen=int(window) + 1)  # (wall, cpu seconds)
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> HealthMonitor:
+        self._greenlet = gevent.spawn(self._run)
+        return self
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def _run(self) -> None:
+        next_sample = time.monotonic()
+        while True:
+            due = time.monotonic() + self.tick
+            gevent.sleep(self.tick)
+            lag = max(0.0, time.monotonic() - due)
+            self._lags.append(lag)
+            self.metrics.observe("loadgen_loop_lag", lag, self.metrics.source)
+            if time.monotonic() >= next_sample:
+                next_sample += 1.0
+                self._sample()
+
+    def _sample(self) -> None:
+        now = time.monotonic()
+        times = self._process.cpu_times()
+        self._cpu.append((now, times.user + times.system))
+        cpu = 0.0
+        if len(self._cpu) > 1:
+            (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
+            cpu = (c1 - c0) / max(t1 - t0, 1e-9)
+        self.max_cpu = max(self.max_cpu, cpu)
+        lag_p99 = float(np.percentile(self._lags, 99)) if self._lags else 0.0
+        # judge only over a full window: start-up (imports, loading audio) is not the run
+        full = len(self._lags) == self._lags.maxlen
+        saturated = full and (cpu > self.cpu_limit or lag_p99 > self.lag_limit)
+        if saturated:
+            self.saturated_seconds += 1.0
+        if saturated != self.saturated:
+            self.saturated = saturated
+            if saturated:
+                logger.warning(
+                    "athos-load generator saturated (CPU %.0f%% of a core, loop lag p99 %.0f ms): "
+                    "its timings now include its own delay; add workers or lower the load",
+                    cpu * 100,
+                    lag_p99 * 1000,
+                )
+        if self.users is not None:
+            self.metrics.users = self.users()
+        self.metrics.health[self.metrics.source] = {
+            "cpu_seconds": self._cpu[-1][1],
+            "memory_bytes": float(self._process.memory_info().rss),
+            "saturated": 1.0 if saturated else 0.0,
+            "cpu_ratio": cpu,
+            "loop_lag_p99": lag_p99,
+        }
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "max_cpu_ratio": round(self.max_cpu, 3),
+            "saturated_seconds": self.saturated_seconds,
+        }
