@@ -69,6 +69,10 @@ class LogHistogram:
         """The q-th percentile (0–100), numpy's linear definition, within ~1%; None when empty."""
         if self.count == 0:
             return None
+        if q >= 100:
+            return self.max
+        if q <= 0:
+            return self.min
         rank = q / 100.0 * (self.count - 1)
         cumulative = np.cumsum(self.counts)
         lo = int(np.searchsorted(cumulative, math.floor(rank), side="right"))

@@ -133,6 +133,19 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
+    def declare(self, scenarios: list[str]) -> None:
+        """Create every per-scenario series at zero, so dashboards and ``increase()`` see the
+        first event (a series that appears with its first sample hides that sample from rates)."""
+        for scenario in scenarios:
+            for timing in Timing:
+                self.series.setdefault((timing.value, scenario), Series(BUCKETS[timing]))
+            for family, (_, labels) in COUNTERS.items():
+                if labels == ("scenario",):
+                    self.counters[(family, (scenario,))] += 0
+            for outcome in Outcome:
+                self.counters[("athos_sessions", (scenario, outcome.value))] += 0
+            self.active[self.source][scenario] += 0
+
     # -- recording -------------------------------------------------------------------------------
 
     def observe(self, timing: str, seconds: float, label: str = "") -> None:
@@ -174,7 +187,7 @@ class Metrics:
         Levels (active calls, health) are sent as they are, not as differences.
         """
         delta = {
-            "series": [[name, label, s.to_dict()] for (name, label), s in self.series.items()],
+            "series": [[name, label, s.to_dict()] for (name, label), s in self.series.items() if s.log.count],
             "counters": [[family, list(labels), n] for (family, labels), n in self.counters.items() if n],
             "active": dict(self.active[self.source]),
             "health": self.health.get(self.source, {}),

@@ -63,6 +63,7 @@ class Runtime:
             fail(str(exc) if isinstance(exc, ScenarioError) else f"--athos-sample-rate/--athos-frame-ms: {exc}")
         self.api_key = os.environ.get(opts.athos_api_key_env) or SIM_API_KEY
         self.metrics = Metrics(source="master" if self.is_master else "local")
+        self.metrics.declare([s.name for s in self.scenarios])
         self.health = HealthMonitor(self.metrics, users=lambda: runner.user_count if runner else 0).start()
         self.board = ScoreBoard()
         self.drain = ScoreDrain()

@@ -23,7 +23,7 @@ class SimulatorProcess:
         cmd += list(args)
         self.args = cmd
         self.truth_log = Path(truth_log) if truth_log is not None else None
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None)
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, preexec_fn=_die_with_parent)
         self.url = self._wait_listening(timeout)
 
     def _wait_listening(self, timeout: float) -> str:
@@ -65,3 +65,14 @@ class SimulatorProcess:
         """Vanish at once, as a crashed platform would: no close frames, no flush."""
         self.process.kill()
         self.process.wait(5)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the parent dies, so a killed Locust
+    never leaves a simulator running; elsewhere the parent's quitting handler has to do."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
