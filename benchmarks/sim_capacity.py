@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import os
 import re
@@ -288,6 +289,7 @@ def main() -> int:
     args.levels = [int(x) for x in args.levels.split(",")]
 
     os.sched_setaffinity(0, {args.client_cpu})
+    gc.disable()  # a collection pause in this client would show up as persona lateness; the run is short
     sim = subprocess.Popen(
         [sys.executable, "-m", "athos_load.sim", "--port", "0", *SIM_ARGS, *args.sim_args.split()],
         stdout=subprocess.PIPE,
