@@ -59,9 +59,11 @@ class ApiError(Exception):
 class AthosApi:
     """The platform's REST API. One per Locust user is fine; the HTTP connection is kept alive."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0, verify: bool | str = True) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.verify = verify  # a CA bundle path for a private CA; per request, since REQUESTS_CA_BUNDLE
+        # in the environment would override a session-wide setting
         self._http = requests.Session()
         self._http.headers["Authorization"] = f"Bearer {api_key}"
 
@@ -88,7 +90,9 @@ class AthosApi:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         try:
-            response = self._http.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
+            response = self._http.request(
+                method, self.base_url + path, timeout=self.timeout, verify=self.verify, **kwargs
+            )
         except requests.Timeout as exc:
             raise ApiError(ErrorCode.CONNECT_TIMEOUT, f"{method} {path}: {exc}") from None
         except requests.RequestException as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import select
 import subprocess
@@ -9,8 +10,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-LISTENING = re.compile(rb"athos-sim: listening on (http://\S+)")
+from .protocol import PATH_REALTIME
+
+LISTENING = re.compile(rb"athos-sim: listening on (https?://\S+)")
 
 
 class SimulatorProcess:
@@ -45,10 +49,38 @@ class SimulatorProcess:
         raise RuntimeError(f"athos-sim did not start ({' '.join(self.args)}): {seen.decode(errors='replace')[-500:]}")
 
     @property
-    def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://", 1) + "/v1/realtime"
+    def http_url(self) -> str:
+        return self.url
 
-    def stop(self, timeout: float = 5.0) -> int | None:
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1) + PATH_REALTIME
+
+    @property
+    def api_key(self) -> str:
+        return self._option("--api-key", "sim-key")
+
+    @property
+    def webhook_secret(self) -> str:
+        return self._option("--webhook-secret", "whsec_athos_sim")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def _option(self, name: str, default: str) -> str:
+        """The value the simulator was started with (the last one given wins, as in argparse)."""
+        values = [self.args[i + 1] for i, arg in enumerate(self.args[:-1]) if arg == name]
+        return values[-1] if values else default
+
+    def truth(self) -> list[dict[str, Any]]:
+        """The ground-truth lines written so far (the simulator flushes every 0.5 s)."""
+        if self.truth_log is None or not self.truth_log.exists():
+            return []
+        with self.truth_log.open(encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (the simulator flushes its truth log), then SIGKILL if it does not exit in time."""
         if self.process.poll() is None:
             self.process.terminate()

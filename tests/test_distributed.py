@@ -52,7 +52,9 @@ def test_master_merges_what_two_workers_recorded(tmp_path):
     workers = [
         subprocess.Popen(
             [*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )  # fmt: skip
         for _ in range(2)
     ]

@@ -1,5 +1,6 @@
 """The session client against the real simulator on loopback: events, drops, errors, scores."""
 
+import ssl
 import time
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from athos_load.api import ApiError, AthosApi, ScoreBoard, WebhookReceiver
 from athos_load.protocol import CALL_ID_PREFIX, SDK_EVENTS, AudioFormat, CallStatus, ErrorCode
-from athos_load.session import ReconnectPolicy, RoleplaySession, SessionError
+from athos_load.session import ReconnectPolicy, RoleplaySession, SessionError, shared_ssl_context
 
 FMT = AudioFormat()
 FAST = ["--ready-latency", "fixed:0.05", "--response-latency", "fixed:0.2", "--persona-utterance", "fixed:0.6"]
@@ -270,3 +271,28 @@ def test_connect_to_nothing_is_connect_failed():
         port = probe.getsockname()[1]
     session = RoleplaySession.create(token="t", drill_key="d", url=f"ws://127.0.0.1:{port}/v1/realtime")
     expect_join_error(session, "connect_failed")
+
+
+def test_wss_with_one_shared_tls_context(sim_factory, tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(tmp_path / "server.pem")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    sim = sim_factory(*FAST, "--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.pem"))
+    assert sim.url.startswith("https://") and sim.ws_url.startswith("wss://")
+    api = AthosApi(sim.http_url, sim.api_key, verify=str(tmp_path / "ca.pem"))
+    # Trust the test CA in the process's one shared context: sessions given no context of their own
+    # connect only if they use it (and nothing builds a fresh context per connect).
+    ca.configure_trust(shared_ssl_context())
+    for _ in range(2):
+        session = new_session(sim, api)
+        rec = Recorder(session)
+        session.connect()
+        session.say(clip(("speech", 0.5), ("silence", 0.6))).wait(timeout=10)
+        rec.wait_for("userSpeaking", count=2)
+        session.hangup()
+        assert rec.names[-1] == "ended"
+    # certificates are verified: a context that does not trust the test CA fails to connect
+    stranger = new_session(sim, api, ssl_context=ssl.create_default_context())
+    expect_join_error(stranger, "connect_failed")

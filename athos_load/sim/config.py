@@ -73,6 +73,8 @@ class SimConfig:
     host: str = "127.0.0.1"
     port: int = 0
     api_key: str = "sim-key"
+    tls_cert: str | None = None
+    tls_key: str | None = None
     truth_log: str | None = None
     seed: int | None = None
     ws_reader: str = "tap"
@@ -104,7 +106,7 @@ class SimConfig:
     resume_window: float = 10.0
     resume_fail_rate: float = 0.0
     # scoring and webhooks
-    scorers: int = 4
+    scorers: int = 16  # ~8 calls/s at the default 2 s median: a 200-rep run does not build a backlog
     webhook_url: str | None = None
     webhook_secret: str = "whsec_athos_sim"
     webhook_retries: int = 5
@@ -182,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default=d.host, help="address to listen on")
     g.add_argument("--port", type=int, default=d.port, help="port to listen on; 0 picks a free port")
     g.add_argument("--api-key", default=d.api_key, help="the Bearer key REST calls must present")
+    g.add_argument("--tls-cert", default=None, help="PEM certificate: serve https:// and wss:// (with --tls-key)")
+    g.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
     g.add_argument("--truth-log", default=None, help="write the ground-truth JSON lines here")
     g.add_argument("--seed", type=int, default=None, help="seed for every random draw (latencies, faults)")
     g.add_argument("--log-level", default="warning", help="stderr log level (debug, info, warning, error)")

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
 
@@ -243,8 +244,16 @@ class Server:
             await asyncio.wait(list(self._close_tasks), timeout=SHUTDOWN_TIMEOUT)
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _ssl_context(config: SimConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
 
 
 async def serve(config: SimConfig, on_listening: Callable[[str], None] | None = None) -> None:
@@ -256,10 +265,13 @@ async def serve(config: SimConfig, on_listening: Callable[[str], None] | None = 
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port, backlog=LISTEN_BACKLOG, reuse_address=True)
+        tls = _ssl_context(config)
+        site = web.TCPSite(
+            runner, config.host, config.port, backlog=LISTEN_BACKLOG, reuse_address=True, ssl_context=tls
+        )
         await site.start()
         port = runner.addresses[0][1]
-        url = _url(config.host, port)
+        url = _url(config.host, port, "https" if tls else "http")
         if on_listening is not None:
             on_listening(url)
         stop = asyncio.Event()
