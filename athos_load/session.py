@@ -41,9 +41,12 @@ from .protocol import (
     ErrorCode,
     Event,
 )
+from .wsframes import FrameReader, mask_frames, wire_frames
 
 logger = logging.getLogger(__name__)
 DEFAULT_AUDIO = AudioFormat()
+RECV_BYTES = 65536
+OPCODE_TEXT, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x2, 0x8, 0x9
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,16 +202,16 @@ class RoleplaySession:
         """
         mic = self._pacer.microphone(self, self.audio.frame_seconds, None, start)
         self._mics.append(mic)
-        return mic.say(frames)
+        return mic.say(wire_frames(frames))
 
     def say(self, frames: Sequence[bytes]) -> Utterance:
         """Queue a clip on the session's continuous microphone, which sends silence between clips
         from the first call on, as a real client streams its microphone for the whole call."""
         if self._microphone is None:
-            silence = bytes(self.audio.frame_bytes)
+            silence = mask_frames([bytes(self.audio.frame_bytes)])[0]
             self._microphone = self._pacer.microphone(self, self.audio.frame_seconds, silence)
             self._mics.append(self._microphone)
-        return self._microphone.say(frames)
+        return self._microphone.say(wire_frames(frames))
 
     def hangup(self, timeout: float | None = None) -> None:
         """Hang up and block until ``ended`` (if the server stays silent, end locally at the deadline)."""
@@ -248,11 +251,13 @@ class RoleplaySession:
         return self._protocol.can_send_audio and self._ws is not None
 
     def send_audio_frame(self, frame: bytes) -> bool:
+        """Send one ready-made masked frame (see :mod:`athos_load.wsframes`): one ``sendall``."""
         ws = self._ws
         if ws is None:
             return False
         try:
-            ws.send_bytes(frame)
+            with ws.lock:  # the same lock websocket-client takes, so text frames never interleave
+                ws.sock.sendall(frame)
             return True
         except (OSError, websocket.WebSocketException):
             # The reader sees the same broken socket and starts recovery; this frame is lost.
@@ -282,35 +287,54 @@ class RoleplaySession:
                 return  # the reader will see the socket fail and handle it
 
     def _read_loop(self) -> None:
+        """The one reader: everything the socket holds per ``recv``, parsed in place (FrameReader)."""
         last_heard = time.monotonic()
         while not self._protocol.finished:
             ws = self._ws
             if ws is None:
                 break
-            try:
-                opcode, data = ws.recv_data()
-            except websocket.WebSocketTimeoutException:
-                now = time.monotonic()
-                if now - last_heard > self.idle_timeout and self._protocol.state is CallState.READY:
+            reader = FrameReader()  # a new connection (after a resume) starts a new byte stream
+            while ws is self._ws and not self._protocol.finished:
+                try:
+                    data = ws.sock.recv(RECV_BYTES)
+                except TimeoutError:
+                    if time.monotonic() - last_heard > self.idle_timeout and self.state is CallState.READY:
+                        self._lost(resumable=True)
+                    continue
+                except (OSError, AttributeError):  # reset, or closed under us (sock is None)
                     self._lost(resumable=True)
-                continue
-            except (OSError, websocket.WebSocketException):
-                self._lost(resumable=True)  # no close frame: an abnormal close (1006)
-                continue
-            now = time.monotonic()
-            last_heard = now
-            if opcode == websocket.ABNF.OPCODE_BINARY:
-                self.audio_frames_received += 1
-            elif opcode == websocket.ABNF.OPCODE_TEXT:
-                self._protocol.receive_text(data, now)
-                self._flush_events()
-                self._send_text()
-            elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
-                self._lost(resumable=code in RESUMABLE_CLOSE_CODES)
+                    break
+                if not data:
+                    self._lost(resumable=True)  # EOF without a close frame: an abnormal close (1006)
+                    break
+                last_heard = time.monotonic()
+                try:
+                    messages = reader.feed(data)
+                except ValueError as exc:
+                    self._fail(ErrorCode.REMOTE_PROTOCOL, str(exc))
+                    break
+                for opcode, payload in messages:
+                    if opcode == OPCODE_BINARY:
+                        self.audio_frames_received += 1
+                    elif opcode == OPCODE_TEXT:
+                        self._protocol.receive_text(payload, last_heard)
+                        self._flush_events()
+                        self._send_text()
+                    elif opcode == OPCODE_CLOSE:
+                        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                        self._lost(resumable=code in RESUMABLE_CLOSE_CODES)
+                        break
+                    elif opcode == OPCODE_PING:
+                        self._pong(ws, payload)
         self._close_socket()
         self._ended.set()
         self._ready.set()
+
+    def _pong(self, ws: websocket.WebSocket, payload: bytes) -> None:
+        try:
+            ws.pong(payload)
+        except (OSError, websocket.WebSocketException):
+            pass  # the reader sees the broken socket next
 
     def _lost(self, resumable: bool) -> None:
         """The socket is gone: tell the protocol, then try to resume if the call allows it."""

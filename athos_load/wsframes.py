@@ -1,0 +1,111 @@
+"""Client-to-server WebSocket binary frames, built and masked once per clip with numpy.
+
+Sending a frame through websocket-client costs an ``ABNF`` object, a fresh mask from
+``os.urandom``, a Python-level XOR and a header ``struct.pack`` — per frame, per session, 50 times
+a second. A clip's audio never changes, so its frames are framed and masked once, in one numpy
+pass, each with its own random mask key (RFC 6455 §5.3 asks for an unpredictable key per frame),
+and every session that plays the clip sends the same ready-made bytes with one ``sendall``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+OPCODE_BINARY = 0x2
+FIN = 0x80
+MASKED = 0x80
+MAX_CACHED_CLIPS = 512
+
+_cache: dict[int, tuple[Sequence[bytes], tuple[bytes, ...]]] = {}
+
+
+def header(length: int) -> bytes:
+    """FIN + binary opcode, the mask bit and the payload length (7-bit, 16-bit or 64-bit form)."""
+    if length < 126:
+        return bytes((FIN | OPCODE_BINARY, MASKED | length))
+    if length < 1 << 16:
+        return bytes((FIN | OPCODE_BINARY, MASKED | 126)) + length.to_bytes(2, "big")
+    return bytes((FIN | OPCODE_BINARY, MASKED | 127)) + length.to_bytes(8, "big")
+
+
+def mask_frames(payloads: Sequence[bytes]) -> tuple[bytes, ...]:
+    """Each payload as a complete masked binary frame; payloads of one length go in one numpy pass."""
+    if not payloads:
+        return ()
+    length = len(payloads[0])
+    if any(len(p) != length for p in payloads):
+        return tuple(mask_frames([p])[0] for p in payloads)
+    count = len(payloads)
+    data = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(count, length)
+    keys = np.frombuffer(os.urandom(4 * count), dtype=np.uint8).reshape(count, 4)
+    masked = data ^ np.tile(keys, (1, -(-length // 4)))[:, :length]
+    head = np.frombuffer(header(length), dtype=np.uint8)
+    frames = np.hstack([np.broadcast_to(head, (count, head.size)), keys, masked])
+    return tuple(row.tobytes() for row in frames)
+
+
+def wire_frames(payloads: Sequence[bytes]) -> tuple[bytes, ...]:
+    """:func:`mask_frames`, cached per clip object: clips are loaded once and shared by every user."""
+    entry = _cache.get(id(payloads))
+    if entry is None or entry[0] is not payloads:
+        if len(_cache) >= MAX_CACHED_CLIPS:  # callers passing fresh lists must not grow memory
+            _cache.clear()
+        entry = _cache[id(payloads)] = (payloads, mask_frames(payloads))
+    return entry[1]
+
+
+class FrameReader:
+    """Server-to-client frames (unmasked) parsed out of whatever one ``recv`` returned.
+
+    websocket-client reads a frame with two or three ``recv`` calls and builds an object per frame;
+    with persona audio arriving 50 times a second per session that is most of a generator's CPU.
+    This reads everything the socket holds in one call and walks the frames in place. Returns
+    ``(opcode, payload)`` for each complete message; binary payloads are only counted by callers.
+    """
+
+    __slots__ = ("_buffer", "_opcode", "_parts")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._opcode = 0  # of a fragmented message being collected, else 0
+        self._parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buffer = self._buffer
+        buffer += data
+        out: list[tuple[int, bytes]] = []
+        pos, size = 0, len(buffer)
+        while size - pos >= 2:
+            b0, b1 = buffer[pos], buffer[pos + 1]
+            length, start = b1 & 0x7F, pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, start = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, start = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), pos + 10
+            if b1 & MASKED:
+                raise ValueError("a server must not mask its frames (RFC 6455 §5.1)")
+            end = start + length
+            if end > size:
+                break
+            opcode, payload = b0 & 0x0F, bytes(buffer[start:end])
+            pos = end
+            if opcode >= 0x8:  # control frames may arrive between fragments
+                out.append((opcode, payload))
+            elif not b0 & FIN:  # a fragment: collect until the final one
+                self._opcode = opcode or self._opcode
+                self._parts.append(payload)
+            elif opcode == 0 and self._opcode:  # the final continuation
+                self._parts.append(payload)
+                out.append((self._opcode, b"".join(self._parts)))
+                self._opcode, self._parts = 0, []
+            else:
+                out.append((opcode, payload))
+        del buffer[:pos]
+        return out

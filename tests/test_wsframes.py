@@ -1,0 +1,75 @@
+"""Pre-masked WebSocket frames decode, with websocket-client's own parser, to the payloads."""
+
+import os
+
+import pytest
+from websocket._abnf import ABNF, frame_buffer
+
+from athos_load.wsframes import mask_frames, wire_frames
+
+
+def parse(data: bytes):
+    chunks = [data]
+
+    def recv(n):
+        out, chunks[0] = chunks[0][:n], chunks[0][n:]
+        return out
+
+    buffer = frame_buffer(recv, skip_utf8_validation=True)
+    frames = []
+    while chunks[0]:
+        frames.append(buffer.recv_frame())
+    return frames
+
+
+@pytest.mark.parametrize("length", [0, 5, 125, 126, 640, 65535, 65536])
+def test_frames_parse_back_to_their_payloads(length):
+    payloads = [os.urandom(length) for _ in range(4)]
+    wire = mask_frames(payloads)
+    for frame, payload in zip(parse(b"".join(wire)), payloads, strict=True):
+        assert frame.opcode == ABNF.OPCODE_BINARY and frame.fin and frame.mask
+        assert frame.data == payload
+
+
+def test_every_frame_has_its_own_mask_and_clips_are_framed_once():
+    payloads = tuple(bytes(640) for _ in range(50))
+    wire = wire_frames(payloads)
+    keys = {frame[4:8] for frame in wire}
+    assert len(keys) > 45  # random per frame (collisions of 32-bit keys are vanishingly rare)
+    assert wire_frames(payloads) is wire  # the same clip object: framed once, shared
+    mixed = mask_frames([b"ab", b"abcd"])
+    assert [f.data for f in parse(b"".join(mixed))] == [b"ab", b"abcd"]
+
+
+def server_frame(opcode, payload, fin=True):
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([n])
+    elif n < 65536:
+        head += bytes([126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def test_reader_splits_coalesced_and_partial_frames():
+    from athos_load.wsframes import FrameReader
+
+    stream = (
+        server_frame(0x2, bytes(640))
+        + server_frame(0x1, b'{"type":"userSpeaking","speaking":true}')
+        + server_frame(0x2, bytes(70000))
+        + server_frame(0x1, b"he", fin=False)
+        + server_frame(0x9, b"ping")  # a control frame between fragments
+        + server_frame(0x0, b"llo")
+        + server_frame(0x8, (1000).to_bytes(2, "big"))
+    )
+    reader = FrameReader()
+    got = []
+    for i in range(0, len(stream), 333):  # arbitrary TCP segmentation
+        got += reader.feed(stream[i : i + 333])
+    assert [(op, len(p)) for op, p in got] == [(2, 640), (1, 39), (2, 70000), (9, 4), (1, 5), (8, 2)]
+    assert got[4][1] == b"hello"
+    with pytest.raises(ValueError, match="must not mask"):
+        FrameReader().feed(bytes([0x82, 0x80 | 4]) + bytes(8))
