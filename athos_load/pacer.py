@@ -26,11 +26,11 @@ import gevent.event
 
 
 class FrameSink(Protocol):
-    """Where a microphone's frames go: a session, or anything with these two methods."""
+    """Where a microphone's frames go: a session, or anything with this method."""
 
-    def can_send_audio(self) -> bool: ...
-
-    def send_audio_frame(self, frame: bytes) -> bool: ...
+    def send_audio_frame(self, frame: bytes) -> bool:
+        """Send now if the call takes audio; False means the frame is lost (a drop, the end)."""
+        ...
 
 
 class Utterance:
@@ -112,7 +112,7 @@ class Microphone:
             frame = self.silence
         else:  # one-shot and nothing due now (cannot happen: clips are contiguous)
             return bool(queue)
-        sent = self.sink.can_send_audio() and self.sink.send_audio_frame(frame)
+        sent = self.sink.send_audio_frame(frame)
         if sent and on_lag is not None:
             on_lag(now - due)
         if utterance is not None:

@@ -247,20 +247,20 @@ class RoleplaySession:
 
     # -- FrameSink, for the pacer ----------------------------------------------------------------
 
-    def can_send_audio(self) -> bool:
-        return self._protocol.can_send_audio and self._ws is not None
-
     def send_audio_frame(self, frame: bytes) -> bool:
-        """Send one ready-made masked frame (see :mod:`athos_load.wsframes`): one ``sendall``."""
+        """Send one ready-made masked frame (see :mod:`athos_load.wsframes`) if the call takes
+        audio now; False if it does not (a drop, the end) or the socket failed: that frame is lost."""
         ws = self._ws
-        if ws is None:
+        if ws is None or self._protocol.state is not CallState.READY:
             return False
         try:
-            with ws.lock:  # the same lock websocket-client takes, so text frames never interleave
-                ws.sock.sendall(frame)
+            with ws.lock:  # the lock websocket-client takes for text frames: never interleave
+                sent = ws.sock.send(frame)  # one syscall; a full frame fits unless the buffer is full
+                if sent < len(frame):
+                    ws.sock.sendall(frame[sent:])
             return True
-        except (OSError, websocket.WebSocketException):
-            # The reader sees the same broken socket and starts recovery; this frame is lost.
+        except (OSError, AttributeError):
+            # The reader sees the same broken socket and starts recovery.
             return False
 
     # -- I/O -------------------------------------------------------------------------------------

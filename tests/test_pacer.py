@@ -12,10 +12,9 @@ class RecordingSink:
         self.open = open_
         self.sent: list[tuple[float, bytes]] = []
 
-    def can_send_audio(self):
-        return self.open
-
     def send_audio_frame(self, frame):
+        if not self.open:
+            return False
         self.sent.append((time.monotonic(), frame))
         return True
 
