@@ -296,3 +296,26 @@ def test_wss_with_one_shared_tls_context(sim_factory, tmp_path):
     # certificates are verified: a context that does not trust the test CA fails to connect
     stranger = new_session(sim, api, ssl_context=ssl.create_default_context())
     expect_join_error(stranger, "connect_failed")
+
+
+def test_scores_by_polling_when_no_webhook_reaches_the_tool(fast_sim):
+    from athos_load.api import ScorePoller
+
+    api = AthosApi(fast_sim.http_url, fast_sim.api_key)
+    board = ScoreBoard()
+    poller = ScorePoller(api, board, interval=0.2).start()
+    try:
+        ended = []
+        for _ in range(2):
+            session = new_session(fast_sim, api)
+            session.on("ended", ended.append)
+            session.connect()
+            session.say(clip(("speech", 0.4), ("silence", 0.4))).wait(timeout=10)
+            session.hangup()
+        for event in ended:
+            score = board.wait(event.payload["callId"], timeout=15)
+            assert score is not None and score.via == "poll"
+            assert api.get_call(event.payload["callId"]).score == score.score
+        assert poller.errors == 0
+    finally:
+        poller.stop()
