@@ -2,7 +2,7 @@
 
 Each timing is observed once and lands in a :class:`Series`: classic bucket counts at the usual SLO
 thresholds (so ``le``-ratio SLIs are exact and buckets add across workers and in PromQL) and a
-:class:`~athos_load.histogram.LogHistogram` (1% percentiles for gates, reports and the JSON
+:class:`~athos_load.histogram.LogHistogram` (0.1% percentiles for gates, reports and the JSON
 summary). Everything is plain counts, so a worker's recordings travel to the master as a delta
 (:meth:`Metrics.take_delta`) and merge there by addition (:meth:`Metrics.merge`); the master's
 ``/metrics`` is rendered from the merged counts by a custom collector, in the manner of

@@ -12,6 +12,7 @@ import dataclasses
 import random
 from typing import Any
 
+import gevent
 from locust import User, between, events, task
 
 from .call import Call
@@ -35,6 +36,9 @@ class RoleplayUser(User):
         self._settings = None
 
     def on_start(self) -> None:
+        # Locust starts each second's batch of users in one instant; connecting them all at once
+        # would queue their handshakes in this process and inflate connect→ready. Spread them.
+        gevent.sleep(self.rng.uniform(0.0, 1.0))
         runtime = Runtime.current
         assert runtime is not None, "athos_load.users must be imported by the locustfile"
         self.runtime = runtime

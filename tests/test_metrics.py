@@ -23,7 +23,7 @@ def test_percentiles_within_one_percent_of_numpy(name):
     hist.record_many(values)
     for q in (1, 10, 50, 90, 95, 99, 99.9):
         exact = np.percentile(values, q)
-        assert hist.percentile(q) == pytest.approx(exact, rel=0.01), q
+        assert hist.percentile(q) == pytest.approx(exact, rel=0.001), q
     assert (hist.count, hist.min, hist.max) == (values.size, values.min(), values.max())
 
 
@@ -54,7 +54,7 @@ def test_memory_does_not_grow_with_samples():
     hist = LogHistogram()
     size = hist.counts.nbytes
     hist.record_many(RNG.lognormal(0, 3, 1_000_000))  # a million calls, spread over decades
-    assert hist.counts.nbytes == size < 16_384
+    assert hist.counts.nbytes == size < 128 * 1024  # ~92 KiB, whatever the number of calls
     assert LogHistogram().percentile(50) is None
 
 

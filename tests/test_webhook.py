@@ -100,3 +100,14 @@ def test_score_is_handed_over_across_greenlets():
     gevent.sleep(0.01)
     board.deliver(Score("x", 50.0, 1.0, "webhook"))
     assert waiter.get(timeout=5).score == 50.0
+
+
+def test_score_arriving_as_the_waiter_is_killed_is_kept_for_the_next_waiter():
+    board = ScoreBoard()
+    waiter = gevent.spawn(board.wait, "x", 5)
+    gevent.sleep(0.01)
+    waiter.kill(block=False)  # the run stops this user...
+    board.deliver(Score("x", 70.0, 1.0, "webhook"))  # ...in the same loop turn its score arrives
+    gevent.sleep(0.01)
+    assert waiter.dead
+    assert board.wait("x", timeout=0.5).score == 70.0  # the drain's wait still gets it
