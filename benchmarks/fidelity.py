@@ -64,12 +64,10 @@ The systematic offsets (definitions differ, not the tool being wrong):
 * end_to_score. The tool times from ``ended`` arriving to the webhook arriving at its receiver; the
   simulator stamps ``ended`` when it sends it and ``webhook_attempt`` once the receiver's 200 is
   back, so the truth slightly exceeds what the tool can see: lead = -(the ``ended`` trip), lag =
-  -(the 200's trip back). About -1 ms; ~-40 ms for a few % of calls, whose 200 the tool's receiver
-  (gevent pywsgi: headers and body in two writes, no TCP_NODELAY) delays by Nagle + delayed ACK.
-* The summary's percentiles come from 1%-relative histogram buckets (athos_load/histogram.py): at a
-  p95 near 1 s that is up to +-10 ms, at 2.5 s +-25 ms, so as reported persona_response and
-  end_to_score cannot meet a 5 ms target whatever the measurement; the ``x`` columns show the
-  measurement alone.
+  -(the 200's trip back). About -1 ms. (Before the receiver set TCP_NODELAY, a few % of calls
+  showed ~-40 ms: pywsgi writes headers and body separately, and Nagle met a delayed ACK.)
+* The summary's percentiles come from 0.1%-relative histogram buckets (athos_load/histogram.py):
+  at a p95 near 1 s up to +-1 ms, at 2.5 s +-2.5 ms; the ``x`` columns show the measurement alone.
 """
 
 from __future__ import annotations
@@ -510,11 +508,9 @@ offsets (error = tool - truth; lead = truth start - tool start, lag = tool end -
                     the last speech frame, lag = the personaSpeaking trip.
   end_to_score      truth = sim webhook_attempt (200 received) - sim ended (sent). The tool sees ended one
                     trip later (lead < 0) and the webhook before the 200 travels back (lag < 0): ~ -1 ms.
-                    A few % of calls show lag ~ -40 ms: the receiver (gevent pywsgi) sends the 200's headers
-                    and body in two writes without TCP_NODELAY (Nagle + delayed ACK), after the tool has
-                    stamped the arrival; only the truth's end stamp is late.
-  hist p95          summary p95 - exact p95 of the same samples: the summary histogram's 1% buckets
-                    (+-10 ms at 1 s, +-25 ms at 2.5 s); `x err` is the error without it."""
+                    (Without TCP_NODELAY on the receiver, a few % showed ~ -40 ms: Nagle + delayed ACK.)
+  hist p95          summary p95 - exact p95 of the same samples: the summary histogram's 0.1% buckets
+                    (+-1 ms at 1 s, +-2.5 ms at 2.5 s); `x err` is the error without it."""
 
 
 def _p95_errors(level: Level, key: str) -> list[float | None]:
