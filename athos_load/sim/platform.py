@@ -17,6 +17,7 @@ import time
 
 from athos_load.protocol import (
     CALL_ID_PREFIX,
+    AudioFormat,
     CallStatus,
     Ended,
     Error,
@@ -35,7 +36,7 @@ from athos_load.protocol import (
 from .calls import PERSONA_LINES, Call, CallBook, Phase, Turn
 from .config import Distribution, SimConfig
 from .counters import Counters
-from .link import Link
+from .link import Link, persona_wire_frames
 from .pacer import Pacer
 from .scoring import Scorer
 from .tokens import TokenBucket, TokenStore
@@ -73,6 +74,7 @@ class Platform:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        persona_wire_frames(AudioFormat())  # build the default voice now, not inside the first call's join
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(c) for c in (self.pacer.run(), self.truth.run(), self._housekeeping())]
         await self.scorer.start()
