@@ -110,7 +110,6 @@ SERVER_ERROR_CODES = frozenset(
         ErrorCode.PROTOCOL_ERROR,
     }
 )
-CLIENT_ERROR_CODES = frozenset(ErrorCode) - SERVER_ERROR_CODES
 # HTTP status for each error code a REST endpoint can answer with.
 HTTP_STATUS = {
     ErrorCode.UNAUTHORIZED: 401,

@@ -35,6 +35,8 @@ import time
 import aiohttp
 import numpy as np
 
+from athos_load.wsframes import FrameReader
+
 FRAME_S = 0.020
 RATE = 16000
 SAMPLES = RATE * 20 // 1000
@@ -73,7 +75,8 @@ class Stream(asyncio.Protocol):
     def __init__(self, key: str, lateness: list[float], stats: dict[str, int]) -> None:
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.buf = bytearray()  # the HTTP upgrade response, until it is complete
+        self.reader = FrameReader()
         self.handshaken = asyncio.get_running_loop().create_future()
         self.ready = asyncio.get_running_loop().create_future()
         self.upgraded = False
@@ -97,45 +100,27 @@ class Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
-        buf = self.buf
-        buf += data
         if not self.upgraded:
+            buf = self.buf
+            buf += data
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 return
             head = bytes(buf[:end])
-            del buf[: end + 4]
+            data = bytes(buf[end + 4 :])
+            buf.clear()
             self.upgraded = True
             self.handshaken.set_result(head.startswith(b"HTTP/1.1 101"))
-        pos, size = 0, len(buf)
-        while size - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1] & 0x7F
-            head = 2
-            if b1 == 126:
-                if size - pos < 4:
-                    break
-                b1 = (buf[pos + 2] << 8) | buf[pos + 3]
-                head = 4
-            elif b1 == 127:
-                if size - pos < 10:
-                    break
-                b1 = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = 10
-            if size - pos < head + b1:
-                break
-            op = b0 & 0x0F
+        for op, payload in self.reader.feed(data):  # the tool's own frame parser
             if op == 2:
                 if self.speaking:
                     self.lateness.append(now - (self.t0 + self.k * FRAME_S))
                     self.k += 1
                 self.stats["persona_frames"] += 1
             elif op == 1:
-                self.on_text(bytes(buf[pos + head : pos + head + b1]), now)
+                self.on_text(payload, now)
             elif op == 8:
                 self.stats["closed"] += 1
-            pos += head + b1
-        if pos:
-            del buf[:pos]
 
     def on_text(self, text: bytes, now: float) -> None:
         msg = json.loads(text)
