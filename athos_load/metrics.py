@@ -92,6 +92,11 @@ class Series:
         self.buckets[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
         self.log.record(value)
 
+    def observe_many(self, values: list[float]) -> None:
+        array = np.asarray(values, dtype=np.float64)
+        np.add.at(self.buckets, np.searchsorted(self.bounds, array, side="left"), 1)
+        self.log.record_many(array)
+
     def merge(self, other: Series) -> None:
         self.buckets += other.buckets
         self.log.merge(other.log)
@@ -176,8 +181,13 @@ class Metrics:
     def reconnect(self, scenario: str) -> None:
         self.count("athos_reconnects", scenario)
 
-    def audio_send_lag(self, seconds: float) -> None:
-        self.observe("audio_send_lag", seconds)
+    def audio_send_lags(self, seconds: list[float]) -> None:
+        """A batch of per-frame send lags from the pacer (one numpy pass, not a call per frame)."""
+        key = ("audio_send_lag", "")
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = Series(BUCKETS["audio_send_lag"])
+        series.observe_many(seconds)
 
     # -- distribution: worker deltas, merged on the master -----------------------------------------
 

@@ -100,7 +100,7 @@ class Microphone:
         steps = math.ceil((t - self.next_due) / self.period - 1e-6)  # float noise is not a frame
         return self.next_due + steps * self.period
 
-    def _tick(self, due: float, now: float, on_lag: Callable[[float], None] | None) -> bool:
+    def _tick(self, due: float, now: float, lags: list[float]) -> bool:
         """Send the frame due at ``due``; returns whether the microphone stays scheduled."""
         if self.closed:
             return False
@@ -113,8 +113,8 @@ class Microphone:
         else:  # one-shot and nothing due now (cannot happen: clips are contiguous)
             return bool(queue)
         sent = self.sink.send_audio_frame(frame)
-        if sent and on_lag is not None:
-            on_lag(now - due)
+        if sent:
+            lags.append(now - due)
         if utterance is not None:
             if sent:
                 utterance.sent += 1
@@ -127,14 +127,23 @@ class Microphone:
         return self.silence is not None or bool(queue)
 
 
+LAG_BATCH = 1024
+LAG_FLUSH_S = 0.5
+
+
 class AudioPacer:
     """Sends due frames of every microphone from one greenlet.
 
-    ``on_lag(seconds)`` is called for every frame sent with how late it left versus its due time.
+    ``on_lags(seconds)`` receives, in batches, how late each frame sent left versus its due time:
+    recording a histogram sample per frame would cost as much as a tenth of the frame's send, so
+    the pacer hands them over at most every ``LAG_BATCH`` frames or ``LAG_FLUSH_S`` seconds, and
+    whenever it runs out of work.
     """
 
-    def __init__(self, on_lag: Callable[[float], None] | None = None) -> None:
-        self.on_lag = on_lag
+    def __init__(self, on_lags: Callable[[list[float]], None] | None = None) -> None:
+        self.on_lags = on_lags
+        self._lags: list[float] = []
+        self._flushed = time.monotonic()
         self._heap: list[tuple[float, int, Microphone]] = []
         self._scheduled: set[int] = set()  # ids of microphones in the heap, so none is in it twice
         self._seq = itertools.count()
@@ -169,18 +178,28 @@ class AudioPacer:
         self._wakeup.set()
 
     def _run(self) -> None:
-        heap, on_lag = self._heap, self.on_lag
+        heap, lags = self._heap, self._lags
         while heap:
             now = time.monotonic()
             while heap and heap[0][0] <= now:
                 due, _, mic = heapq.heappop(heap)
-                if mic._tick(due, now, on_lag):
+                if mic._tick(due, now, lags):
                     heapq.heappush(heap, (mic.next_due, next(self._seq), mic))
                 else:
                     self._scheduled.discard(id(mic))
+            if len(lags) >= LAG_BATCH or now - self._flushed >= LAG_FLUSH_S or not heap:
+                self._flush_lags(now)
             if heap:
                 self._wakeup.clear()
                 self._wakeup.wait(heap[0][0] - time.monotonic())
+
+    def _flush_lags(self, now: float) -> None:
+        self._flushed = now
+        if self._lags:
+            batch = self._lags.copy()
+            self._lags.clear()  # in place: the running loop holds this list
+            if self.on_lags is not None:
+                self.on_lags(batch)
 
 
 _default: AudioPacer | None = None

@@ -67,7 +67,7 @@ class Runtime:
         self.health = HealthMonitor(self.metrics, users=lambda: runner.user_count if runner else 0).start()
         self.board = ScoreBoard()
         self.drain = ScoreDrain()
-        self.pacer = AudioPacer(on_lag=self.metrics.audio_send_lag)
+        self.pacer = AudioPacer(on_lags=self.metrics.audio_send_lags)
         self.receiver: WebhookReceiver | None = None
         self.poller: ScorePoller | None = None
         self.simulator: SimulatorProcess | None = None

@@ -58,6 +58,7 @@ def generator(kind: str, n: int, seconds: float, url: str) -> dict:
     import websocket
 
     from athos_load.api import AthosApi
+    from athos_load.metrics import Metrics
     from athos_load.pacer import AudioPacer
     from athos_load.protocol import Join
     from athos_load.session import RoleplaySession
@@ -77,9 +78,12 @@ def generator(kind: str, n: int, seconds: float, url: str) -> dict:
     def in_window(now: float) -> bool:
         return window["start"] <= now < window["end"]
 
-    def on_lag(lag: float) -> None:
+    metrics = Metrics()  # the athos generator records every frame's lag as a Locust run does
+
+    def on_lags(batch: list[float]) -> None:
+        metrics.audio_send_lags(batch)
         if in_window(time.monotonic()):
-            lags.append(lag)
+            lags.extend(batch)
 
     tokens = [api.mint_token("ma-full-sale").token for _ in range(n)]
     received = [0]
@@ -87,7 +91,7 @@ def generator(kind: str, n: int, seconds: float, url: str) -> dict:
     start_at = time.monotonic() + 3.0 + n / 400  # everyone connected by then, phases spread over 2 s
 
     if kind == "athos":
-        pacer = AudioPacer(on_lag=on_lag)
+        pacer = AudioPacer(on_lags=on_lags)
         sessions = []
 
         def start(i: int) -> None:
@@ -159,7 +163,7 @@ def generator(kind: str, n: int, seconds: float, url: str) -> dict:
     gevent.sleep(seconds)
     cpu = time.process_time() - cpu0
     if kind == "athos":
-        frames_sent = len(lags)  # on_lag fires once per frame sent in the window
+        frames_sent = len(lags)  # one lag per frame sent in the window
         received_frames = sum(s.audio_frames_received for s in sessions)
     else:
         frames_sent = len(lags) if kind == "plain" else sent[0]

@@ -85,7 +85,7 @@ def record_some(m: Metrics, seed: int) -> None:
     m.error("concurrency_limit")
     m.error("brand_new_code")
     m.reconnect("a")
-    m.audio_send_lag(0.003)
+    m.audio_send_lags([0.003, 0.001])
 
 
 def test_exposition_names_labels_and_buckets():
@@ -140,3 +140,15 @@ def test_summary_accounts_for_every_call():
     record_some(m, 3)
     calls = m.summary()["calls"]
     assert calls == {"started": 5, "completed": 1, "failed": 1, "aborted": 0, "scored": 1, "score_missing": 0}
+
+
+def test_batched_observations_equal_one_at_a_time():
+    from athos_load.metrics import BUCKETS, Series
+
+    values = [0.0, 0.001, 0.0015, 0.02, 0.02000001, 0.5, 3.0]  # on, just past and between bounds
+    one, batch = Series(BUCKETS["audio_send_lag"]), Series(BUCKETS["audio_send_lag"])
+    for v in values:
+        one.observe(v)
+    batch.observe_many(values)
+    assert one.buckets.tolist() == batch.buckets.tolist()
+    assert np.array_equal(one.log.counts, batch.log.counts) and one.log.count == batch.log.count

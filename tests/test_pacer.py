@@ -21,7 +21,7 @@ class RecordingSink:
 
 def test_frames_leave_in_order_on_an_absolute_schedule():
     lags: list[float] = []
-    pacer = AudioPacer(on_lag=lags.append)
+    pacer = AudioPacer(on_lags=lags.extend)
     sinks = [RecordingSink() for _ in range(50)]
     frames = [bytes([i]) * 4 for i in range(25)]
     start = time.monotonic() + 0.05
