@@ -28,8 +28,10 @@ import requests
 from gevent.pywsgi import WSGIServer
 
 from .protocol import (
+    CURSOR_NOW,
     PATH_CALLS,
     PATH_SESSIONS,
+    PATH_WEBHOOK,
     SIGNATURE_HEADER,
     CallRecord,
     CallStatus,
@@ -191,7 +193,7 @@ class WebhookReceiver:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        path: str = "/webhooks/athos",
+        path: str = PATH_WEBHOOK,
         tolerance: float = 300.0,
         public_url: str | None = None,
         max_seen: int = 100_000,
@@ -285,13 +287,21 @@ class ScorePoller:
     """Polls ``GET /v1/calls?status=scored`` and delivers scores of calls the board waits for.
 
     The fallback when the platform cannot reach a webhook on the load generator. One per process.
+    It starts from the platform's "now" (``after=now``), so it never reads the platform's history,
+    and each pass follows the cursor until a page comes back empty (at most ``max_pages``), so a
+    platform that caps its pages below ``page_limit`` cannot make it fall behind. Any failure is
+    counted and logged, and polling goes on after ``interval``.
     """
 
-    def __init__(self, api: AthosApi, board: ScoreBoard, *, interval: float = 1.0) -> None:
+    def __init__(
+        self, api: AthosApi, board: ScoreBoard, *, interval: float = 1.0, page_limit: int = 500, max_pages: int = 100
+    ) -> None:
         self.api = api
         self.board = board
         self.interval = interval
-        self.errors = 0
+        self.page_limit = page_limit
+        self.max_pages = max_pages
+        self.counts: Counter[str] = Counter()  # polls, pages, delivered, errors
         self._cursor: str | None = None
         self._greenlet: gevent.Greenlet | None = None
 
@@ -305,9 +315,16 @@ class ScorePoller:
 
     def poll_once(self) -> int:
         """One pass over every page of newly scored calls; returns how many were delivered."""
+        if self._cursor is None:
+            self.counts["pages"] += 1
+            _, self._cursor = self.api.list_calls(after=CURSOR_NOW, limit=1)
+            if self._cursor is None:
+                raise ApiError(ErrorCode.REMOTE_PROTOCOL, f"GET {PATH_CALLS}?after={CURSOR_NOW} returned no cursor")
+        self.counts["polls"] += 1
         delivered = 0
-        while True:
-            calls, cursor = self.api.list_calls(status=CallStatus.SCORED, after=self._cursor, limit=500)
+        for _ in range(self.max_pages):
+            calls, cursor = self.api.list_calls(status=CallStatus.SCORED, after=self._cursor, limit=self.page_limit)
+            self.counts["pages"] += 1
             now = time.monotonic()
             for call in calls:
                 if call.score is not None:
@@ -315,14 +332,18 @@ class ScorePoller:
                     delivered += 1
             if cursor is not None:
                 self._cursor = cursor
-            if len(calls) < 500:
-                return delivered
+            if not calls:
+                break
+        else:
+            logger.warning("polling %s: still more after %d pages; scores may arrive late", PATH_CALLS, self.max_pages)
+        self.counts["delivered"] += delivered
+        return delivered
 
     def _run(self) -> None:
         while True:
             try:
                 self.poll_once()
-            except ApiError as exc:
-                self.errors += 1
+            except Exception as exc:  # noqa: BLE001 - any answer, however broken, is counted, not fatal
+                self.counts["errors"] += 1
                 logger.warning("polling %s failed: %s", PATH_CALLS, exc)
             gevent.sleep(self.interval)

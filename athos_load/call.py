@@ -21,7 +21,7 @@ import gevent.event
 import gevent.pool
 
 from .api import ApiError, AthosApi, ScoreBoard
-from .metrics import Metrics, Outcome, Timing
+from .metrics import Metrics, Outcome, ScoreOutcome, Timing
 from .pacer import AudioPacer
 from .protocol import AudioFormat, ErrorCode
 from .scenario import HangupPolicy, Scenario
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 # Locust's request event, as ``report(request_type=…, name=…, response_time=ms|None, exception=…)``.
 Report = Callable[..., Any]
 COMPLETED_REASONS = frozenset({"hangup", "persona", "max_duration"})
+ABORT_HANGUP_SECONDS = 3.0  # at the run's end, how long a call may take to hang up (or resume to do so)
 
 
 class CallFailure(Exception):
@@ -71,16 +72,18 @@ class Call:
         self.ended_at: float | None = None
         self.call_id: str | None = None
         # turn-taking state, updated by listeners in the session's reader greenlet
-        self._rep_stopped_at: float | None = None  # when the rep's last utterance's speech ends
-        self._persona_starts = 0
+        self._rep_stopped_at: float | None = None  # when the rep's last utterance's speech ends (until timed)
+        self._reply_after: float | None = None  # a reply to the rep's last spoken turn starts at or after this
+        self._persona_started_at: float | None = None  # when the persona's latest utterance started
         self._persona_speaking = False
         self._changed = gevent.event.Event()
         self._reconnecting_at: float | None = None
         self._connecting_at: float | None = None
-        self._persona_starts_before = 0
         self._started = time.monotonic()
         self._deadline = self._started + scenario.max_call_seconds
-        self._score_settled = False  # end_to_score or score_missing recorded
+        self._ready_at: float | None = None
+        self._score_settled = False  # end_to_score, score_missing or score_pending recorded
+        self._aborting = False  # the run is ending under this call: what follows is not the platform's
         self.adopted = False  # handed to the drain at the end of the run
 
     # -- the flow --------------------------------------------------------------------------------
@@ -140,33 +143,43 @@ class Call:
             self._step("WS", "connect_ready", elapsed, exc.code)
             self._finish(Outcome.FAILED, exc.code)
             return False
-        ready_at = time.monotonic()
+        ready_at = self._ready_at = time.monotonic()
         self._step("WS", "connect_ready", ready_at - (self._connecting_at or ready_at), None, Timing.CONNECT_READY)
         self._deadline = ready_at + self.scenario.max_call_seconds
         return True
 
     def _converse(self) -> None:
+        """Speak the turns, taking turns with the persona: a turn never starts while the persona
+        speaks, unless it is a barge-in (every wait is bounded by the scenario's reply_timeout)."""
         scenario = self.scenario
+        timeout = scenario.reply_timeout
         for index, turn in enumerate(scenario.turns):
             if self._over():
                 return
             if turn.barge_in is not None:
-                # talk over the persona: wait for it to start, then cut in
-                self._wait(lambda: self._persona_speaking, scenario.reply_timeout)
-                gevent.sleep(turn.barge_in)
-            elif index > 0:
-                self._wait_reply(scenario.reply_timeout)
-                gevent.sleep(scenario.think(self.rng))
-            if turn.pause_before:
-                gevent.sleep(turn.pause_before)
+                # talk over the persona: cut into its reply to the last turn (or, on the first
+                # turn, its greeting) this long after it started
+                started = self._wait_persona(None, timeout) if index == 0 else self._wait_reply_start(timeout)
+                if started and self._persona_started_at is not None:
+                    gevent.sleep(max(0.0, self._persona_started_at + turn.barge_in - time.monotonic()))
+            else:
+                if index > 0:
+                    self._wait_reply(timeout)
+                    gevent.sleep(scenario.think(self.rng))
+                elif scenario.persona_greets:
+                    self._wait_greeting(timeout)
+                if turn.pause_before:
+                    gevent.sleep(turn.pause_before)
+                # the persona may have started (again) meanwhile: let it finish before speaking
+                self._wait(lambda: not self._persona_speaking, timeout)
             if self._over():
                 return
             assert self.session is not None
             utterance = self.session.say(turn.clip.frames)
             if turn.clip.speech_end is not None:
-                # known from the audio itself, so turn latency does not wait for the platform's VAD
-                self._rep_stopped_at = utterance.start + turn.clip.speech_end
-                self._persona_starts_before = self._persona_starts
+                # known from the audio itself, so turn latency does not wait for the platform's VAD;
+                # the reply to this turn is what the persona starts saying after this point
+                self._rep_stopped_at = self._reply_after = utterance.start + turn.clip.speech_end
             utterance.wait(timeout=max(0.0, utterance.end - time.monotonic()) + 5.0)
 
     def _hang_up(self) -> None:
@@ -201,23 +214,28 @@ class Call:
         try:
             score = s.board.wait(self.call_id, timeout)
         except gevent.GreenletExit:
-            if self.adopted:  # the drain time is over: the score is missing
-                score = None
-            else:
+            if not self.adopted:
                 raise
+            # The run's drain time is over before this call's score timeout: the score could still
+            # come, so it is pending, not missing (missing says the platform lost it).
+            self._score_settled = True
+            s.metrics.score_settled(self.scenario.name, ScoreOutcome.PENDING)
+            return
         self._score_settled = True
         if score is None:
-            s.metrics.scored(self.scenario.name, False)
-            self._step("SCORE", "end_to_score", time.monotonic() - self.ended_at, "score_missing")
+            s.metrics.score_settled(self.scenario.name, ScoreOutcome.MISSING)
+            self._step("SCORE", "end_to_score", time.monotonic() - self.ended_at, ScoreOutcome.MISSING)
             return
-        s.metrics.scored(self.scenario.name, True)
+        s.metrics.score_settled(self.scenario.name, ScoreOutcome.SCORED)
         self._step("SCORE", "end_to_score", max(0.0, score.at - self.ended_at), None, Timing.END_TO_SCORE)
 
     def _abort(self) -> None:
-        """The run is ending under this call: hang up cleanly, count it once."""
+        """The run is ending under this call: hang up cleanly (a call in a reconnect resumes just to
+        hang up), count it once, and add no error: what fails now is the stop, not the platform."""
         if self.outcome is None:
+            self._aborting = True
             if self.session is not None and not self.session.wait_ended(0):
-                self.session.hangup(timeout=2.0)
+                self.session.hangup(timeout=ABORT_HANGUP_SECONDS)
             self._finish(Outcome.ABORTED, None)
 
     # -- listeners -------------------------------------------------------------------------------
@@ -229,7 +247,7 @@ class Call:
         speaking = bool(event.payload and event.payload["speaking"])
         self._persona_speaking = speaking
         if speaking:
-            self._persona_starts += 1
+            self._persona_started_at = event.at
             stopped = self._rep_stopped_at
             if stopped is not None and event.at >= stopped:
                 self._rep_stopped_at = None
@@ -247,6 +265,8 @@ class Call:
 
     def _on_error(self, event: SessionEvent) -> None:
         assert event.payload is not None
+        if self._aborting:
+            return
         code = event.payload["code"]
         self.settings.metrics.error(code)
         if self._reconnecting_at is not None:
@@ -266,24 +286,54 @@ class Call:
         return self.session.wait_ended(0) or time.monotonic() >= self._deadline
 
     def _wait(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``condition()`` holds (True), or up to ``timeout``, the call's end or its
+        deadline (False unless it holds by then). Listeners set ``_changed`` on every change."""
         deadline = min(time.monotonic() + timeout, self._deadline)
-        while not condition():
-            if self._over():
-                return False
-            self._changed.clear()
+        while True:
+            self._changed.clear()  # before looking: any change from here on wakes the wait below
+            if condition():
+                return True
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or (not self._changed.wait(remaining) and not condition()):
-                return False
-        return True
+            if remaining <= 0 or self._over():
+                return condition()
+            self._changed.wait(remaining)
 
     def _wait_reply(self, timeout: float) -> None:
-        """Wait until the persona has answered the rep's last turn and finished speaking."""
-        before = self._persona_starts_before
-        replied = self._wait(lambda: self._persona_starts > before and not self._persona_speaking, timeout)
-        if not replied and not self._over():
+        """Wait for the persona's reply to the rep's last spoken turn to start, then to finish
+        (each up to ``timeout``). The reply is an utterance that starts at or after the rep's speech
+        in that turn ended: a greeting, or anything said over the rep, is not it. A reply that never
+        starts is counted as ``no_reply``; one that starts but goes on past ``timeout`` is not."""
+        if self._wait_reply_start(timeout):
+            self._wait(lambda: not self._persona_speaking, timeout)
+
+    def _wait_reply_start(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the reply to the rep's last spoken turn to start; if it does
+        not (and the call goes on), count ``no_reply``."""
+        if self._wait_persona(self._reply_after, timeout):
+            return True
+        if not self._over():
             self.settings.metrics.error(ErrorCode.NO_REPLY)
             self._step("WS", "persona_response", timeout, ErrorCode.NO_REPLY)
             self._rep_stopped_at = None
+        return False
+
+    def _wait_greeting(self, timeout: float) -> None:
+        """The persona speaks first: wait for its greeting to start, then to finish (each up to
+        ``timeout``). A greeting that never comes is not a missing reply: the rep just goes first."""
+        if self._wait_persona(None, timeout):
+            self._wait(lambda: not self._persona_speaking, timeout)
+        elif not self._over():
+            logger.debug("%s: no greeting within %gs; the rep speaks first", self.scenario.name, timeout)
+
+    def _wait_persona(self, after: float | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a persona utterance that started at or after ``after``
+        (None: any since the call began); True if there is one, even if it has ended since."""
+
+        def started() -> bool:
+            at = self._persona_started_at
+            return at is not None and (after is None or at >= after)
+
+        return self._wait(started, timeout)
 
     def _step(self, kind: str, name: str, seconds: float, error: object | None, timing: Timing | None = None) -> None:
         """One Locust entry for one step; a successful timed step also goes to the metrics."""
@@ -292,7 +342,9 @@ class Call:
         self.report(
             request_type=kind,
             name=name,
-            response_time=seconds * 1000.0,
+            # A failed step has no duration worth a percentile (a no_reply would show as its
+            # timeout): Locust counts it without one, as the tool's own table leaves it out.
+            response_time=None if error is not None else seconds * 1000.0,
             response_length=0,
             exception=None if error is None else CallFailure(error),
             context={"scenario": self.scenario.name},
@@ -301,7 +353,9 @@ class Call:
     def _finish(self, outcome: Outcome, error: object | None) -> None:
         """Account for the call once; completed and failed calls are one ``call`` entry each."""
         self.outcome = outcome
-        self.settings.metrics.call_finished(self.scenario.name, outcome)
+        end = self.ended_at or time.monotonic()
+        connected = 0.0 if self._ready_at is None else max(0.0, end - self._ready_at)
+        self.settings.metrics.call_finished(self.scenario.name, outcome, connected)
         if outcome is not Outcome.ABORTED:
             self._step("CALL", "call", time.monotonic() - self._started, error)
 

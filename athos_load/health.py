@@ -4,7 +4,8 @@ A generator whose core is full or whose event loop wakes up late makes every lat
 a lie (the delay is ours, not the platform's). The monitor samples the gevent loop's lateness every
 ``tick`` seconds and the process's CPU and memory every second, and calls the generator saturated
 while, over the last ``window`` seconds, CPU use exceeds ``cpu_limit`` of one core or the loop's
-p99 lag exceeds ``lag_limit``.
+p99 lag exceeds ``lag_limit``. Saturation is judged only while users run (``running``): the
+start-up and a run's end (draining, writing reports) are not the run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class HealthMonitor:
         metrics: Metrics,
         *,
         users: Callable[[], int] | None = None,
+        running: Callable[[], bool] | None = None,
         tick: float = 0.05,
         window: float = 5.0,
         cpu_limit: float = 0.9,
@@ -36,6 +38,7 @@ class HealthMonitor:
     ) -> None:
         self.metrics = metrics
         self.users = users
+        self.running = running
         self.tick = tick
         self.window = window
         self.cpu_limit = cpu_limit
@@ -76,11 +79,18 @@ class HealthMonitor:
         if len(self._cpu) > 1:
             (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
             cpu = (c1 - c0) / max(t1 - t0, 1e-9)
-        self.max_cpu = max(self.max_cpu, cpu)
         lag_p99 = float(np.percentile(self._lags, 99)) if self._lags else 0.0
-        # judge only over a full window: start-up (imports, loading audio) is not the run
-        full = len(self._lags) == self._lags.maxlen
-        saturated = full and (cpu > self.cpu_limit or lag_p99 > self.lag_limit)
+        # judge only over a full window of a running test: start-up (imports, loading audio) and
+        # the end (draining scores, writing reports) are not the run
+        full = len(self._lags) == self._lags.maxlen and len(self._cpu) == self._cpu.maxlen
+        running = self.running is None or self.running()
+        if not running:
+            self._lags.clear()
+            self._cpu.clear()
+            self._cpu.append((now, times.user + times.system))
+        else:
+            self.max_cpu = max(self.max_cpu, cpu)
+        saturated = running and full and (cpu > self.cpu_limit or lag_p99 > self.lag_limit)
         if saturated:
             self.saturated_seconds += 1.0
         if saturated != self.saturated:
@@ -100,6 +110,7 @@ class HealthMonitor:
             "saturated": 1.0 if saturated else 0.0,
             "cpu_ratio": cpu,
             "loop_lag_p99": lag_p99,
+            "saturated_seconds": self.saturated_seconds,
         }
 
     def summary(self) -> dict[str, float]:

@@ -43,6 +43,14 @@ class Outcome(enum.StrEnum):
     ABORTED = "aborted"  # cut off by the end of the run
 
 
+class ScoreOutcome(enum.StrEnum):
+    """What became of a completed call's score; the values are the JSON summary's keys."""
+
+    SCORED = "scored"  # it arrived
+    MISSING = "score_missing"  # the score timeout passed without it: the platform lost it
+    PENDING = "score_pending"  # the run ended first (drain timeout): it could still arrive
+
+
 SUB_SECOND = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 BUCKETS: dict[str, tuple[float, ...]] = {
     Timing.CONNECT_READY: SUB_SECOND,
@@ -69,6 +77,20 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "athos_reconnects": ("transient drops (reconnecting events)", ("scenario",)),
     "athos_scores": ("completed calls whose score arrived", ("scenario",)),
     "athos_scores_missing": ("completed calls never scored within the score timeout", ("scenario",)),
+    "athos_scores_pending": (
+        "completed calls still unscored when the run ended, before their score timeout",
+        ("scenario",),
+    ),
+    "athos_session_seconds": (
+        "seconds of calls from ready to their end; reconnects per session-minute = "
+        "60 * athos_reconnects_total / athos_session_seconds_total",
+        ("scenario",),
+    ),
+}
+SCORE_FAMILIES = {
+    ScoreOutcome.SCORED: "athos_scores",
+    ScoreOutcome.MISSING: "athos_scores_missing",
+    ScoreOutcome.PENDING: "athos_scores_pending",
 }
 
 
@@ -160,20 +182,24 @@ class Metrics:
             series = self.series[key] = Series(BUCKETS[key[0]])
         series.observe(seconds)
 
-    def count(self, family: str, *labels: str, amount: int = 1) -> None:
+    def count(self, family: str, *labels: str, amount: float = 1) -> None:
+        if family not in COUNTERS or len(labels) != len(COUNTERS[family][1]):
+            raise KeyError(f"no counter {family} with {len(labels)} labels")  # a typo would never be exported
         self.counters[(family, labels)] += amount
 
     def call_started(self, scenario: str) -> None:
         self.count("athos_sessions_started", scenario)
         self.active[self.source][scenario] += 1
 
-    def call_finished(self, scenario: str, outcome: Outcome) -> None:
+    def call_finished(self, scenario: str, outcome: Outcome, connected_seconds: float = 0.0) -> None:
+        """A call is accounted for; ``connected_seconds`` from ready to its end count as session time."""
         self.count("athos_sessions", scenario, outcome.value)
         self.active[self.source][scenario] -= 1
+        if connected_seconds > 0:
+            self.count("athos_session_seconds", scenario, amount=connected_seconds)
 
-    def scored(self, scenario: str, scored: bool) -> None:
-        """A completed call's score arrived (True) or never did (False)."""
-        self.count("athos_scores" if scored else "athos_scores_missing", scenario)
+    def score_settled(self, scenario: str, outcome: ScoreOutcome) -> None:
+        self.count(SCORE_FAMILIES[outcome], scenario)
 
     def error(self, code: object) -> None:
         self.count("athos_errors", code_label(code))
@@ -230,7 +256,7 @@ class Metrics:
                 merged.merge(series.log)
         return merged
 
-    def total(self, family: str, **match: str) -> int:
+    def total(self, family: str, **match: str) -> float:
         names = COUNTERS[family][1]
         wanted = {names.index(k): v for k, v in match.items()}
         return sum(
@@ -238,6 +264,11 @@ class Metrics:
             for (fam, labels), n in self.counters.items()
             if fam == family and all(labels[i] == v for i, v in wanted.items())
         )
+
+    def reconnects_per_session_minute(self) -> float | None:
+        """Transient drops per minute of connected call time; None before any call time."""
+        seconds = self.total("athos_session_seconds")
+        return round(60.0 * self.total("athos_reconnects") / seconds, 4) if seconds > 0 else None
 
     def active_calls(self) -> int:
         return sum(sum(per.values()) for per in self.active.values())
@@ -247,13 +278,15 @@ class Metrics:
         calls = {"started": self.total("athos_sessions_started")}
         for outcome in Outcome:
             calls[outcome.value] = self.total("athos_sessions", outcome=outcome.value)
-        calls["scored"] = self.total("athos_scores")
-        calls["score_missing"] = self.total("athos_scores_missing")
+        for outcome, family in SCORE_FAMILIES.items():
+            calls[outcome.value] = self.total(family)
         errors = {labels[0]: n for (fam, labels), n in sorted(self.counters.items()) if fam == "athos_errors" and n}
         return {
             **{t.value: self.timing(t).summary() for t in Timing},
             "calls": calls,
             "reconnects": self.total("athos_reconnects"),
+            "reconnects_per_session_minute": self.reconnects_per_session_minute(),
+            "session_minutes": round(self.total("athos_session_seconds") / 60.0, 3),
             "errors": errors,
             "audio_send_lag": self.timing("audio_send_lag").summary(),
         }

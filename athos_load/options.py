@@ -1,104 +1,323 @@
-"""The tool's ``--athos-*`` options, added to Locust's own parser.
+"""The tool's ``--athos-*`` options: declared once, checked once.
 
-Locust turns each into a ``LOCUST_ATHOS_*`` environment variable and a ``locust.conf`` key, and
-lists them in ``locust --help``. Secrets are read from environment variables named by an option,
-never from the command line, where ``ps`` and CI logs would show them.
+Each option is an :class:`Option` in :data:`OPTIONS`. :func:`add_options` adds them to Locust's
+parser with their ``LOCUST_ATHOS_*`` environment variable (Locust declares one per option; a
+``locust.conf`` key works through the same parser), so precedence is Locust's own: command line,
+then environment, then config file, then default. :meth:`AthosOptions.parse` turns a parsed
+namespace into typed, checked values; it runs at start-up and again at every test start, because
+the web UI's form and a master's spawn message change the namespace without Locust's parser.
+
+Secrets are read from environment variables named by an option, never from the command line,
+where ``ps`` and CI logs would show them. ``athos-load options`` prints every option (Locust
+prints its ``--help`` before it imports a locustfile, so ours cannot appear there).
 """
 
 from __future__ import annotations
 
+import argparse
+import math
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
-SIM_API_KEY = "sim-key"  # the built-in simulator's defaults
-SIM_WEBHOOK_SECRET = "whsec_athos_sim"
+from .protocol import AudioFormat
+
+
+class OptionError(ValueError):
+    """A bad option value; the text names the option and what is wrong, in one line."""
+
+
+# -- value checkers: text in, a typed value out, ValueError with what is wrong -----------------------
+
+
+def _seconds(minimum: float, *, inclusive: bool = True) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number of seconds") from None
+        ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+        if not ok:
+            raise ValueError(f"{text!r}: must be a finite number {'>=' if inclusive else '>'} {minimum:g}")
+        return value
+
+    return parse
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise ValueError(f"{value} is not within {low}..{high}")
+        return value
+
+    return parse
+
+
+def _env_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise ValueError(f"{text!r} is not an environment variable name")
+    return text
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text:
+            return text
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"{text!r} is not a {'/'.join(schemes)} URL with a host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
+        return text
+
+    return parse
+
+
+def _listen(text: str) -> str:
+    if text == "off":
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: expected HOST:PORT (port 0..65535, 0 = a free port) or 'off'")
+    return text
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _sim_args(text: str) -> str:
+    from .sim.config import build_parser  # the simulator's own parser: one definition of its knobs
+
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+    parser = build_parser()
+
+    def error(message: str) -> None:
+        raise ValueError(message)
+
+    parser.error = error  # type: ignore[method-assign]  # raise instead of printing usage and exiting
+    parser.parse_args(argv)
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``--athos-*`` option."""
+
+    name: str  # the attribute on AthosOptions; the flag is --athos-<name with dashes>
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+    web_ui: bool = False  # shown in Locust's start form: an option that makes sense per run
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--athos-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "athos_" + self.name
+
+    @property
+    def env_var(self) -> str:
+        return "LOCUST_ATHOS_" + self.name.upper()
+
+    def check(self, value: object) -> Any:
+        """The typed value, or :class:`OptionError` naming the option."""
+        text = value if isinstance(value, str) else str(value)
+        if self.choices is not None and text not in self.choices:
+            shown = ", ".join(repr(choice) for choice in self.choices)
+            raise OptionError(f"{self.flag}: {text!r} is not one of {shown}")
+        try:
+            return self.parse(text)
+        except ValueError as exc:
+            raise OptionError(f"{self.flag}: {exc}") from None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("scenario", "scenarios", "Scenario YAML file, or a directory of them mixed by weight", _non_empty, True),
+    Option(
+        "api_key_env",
+        "ATHOS_API_KEY",
+        "Environment variable holding the Athos API key (the built-in simulator is given the same key)",
+        _env_name,
+    ),
+    Option(
+        "webhook_secret_env",
+        "ATHOS_WEBHOOK_SECRET",
+        "Environment variable holding the call.scored webhook signing secret",
+        _env_name,
+    ),
+    Option(
+        "ws_url", "", "Realtime WebSocket URL (default: the host with ws(s):// and /v1/realtime)", _url("ws", "wss")
+    ),
+    Option(
+        "webhook_listen",
+        "127.0.0.1:0",
+        "HOST:PORT where the call.scored receiver listens (path /webhooks/athos; port 0 = a free one); "
+        "'off' to rely on polling",
+        _listen,
+    ),
+    Option(
+        "webhook_url",
+        "",
+        "Public URL the platform should POST webhooks to, when it differs from the listen address",
+        _url("http", "https"),
+    ),
+    Option(
+        "poll_interval",
+        0.0,
+        "Seconds between GET /v1/calls polls for scores; 0 = poll only when the webhook is off",
+        _seconds(0.0),
+    ),
+    Option(
+        "score_timeout",
+        120.0,
+        "Seconds after ended to wait for a score before counting it missing",
+        _seconds(0.0, inclusive=False),
+        True,
+    ),
+    Option(
+        "drain_timeout",
+        30.0,
+        "At the end of a run, seconds to wait for scores of calls that already ended (unsettled ones count pending)",
+        _seconds(0.0),
+        True,
+    ),
+    Option("sample_rate", 16000, "Wire audio sample rate", _int_in(1, 1_000_000)),
+    Option("frame_ms", 20, "Wire audio frame length in ms", _int_in(1, 10_000)),
+    Option("summary", "", "Write the run's JSON summary (timings and call outcomes) to this path at the end"),
+    Option("metrics_port", 0, "Serve Prometheus /metrics on this port (0 = off)", _int_in(0, 65535)),
+    Option("metrics_host", "127.0.0.1", "Address for /metrics", _non_empty),
+    Option(
+        "metrics_file",
+        "",
+        "At the end, write the final Prometheus exposition (what /metrics would show) to this path",
+    ),
+    Option(
+        "sim_args",
+        "",
+        "Options for the built-in simulator started when no --host is given, "
+        "e.g. '--drops-per-minute 2 --max-calls 50' (athos-sim --help)",
+        _sim_args,
+    ),
+    Option(
+        "shape",
+        "",
+        "Load shape: ramp, steps, spike, soak or capacity; empty = Locust's own -u/-r/-t",
+        choices=("", "ramp", "steps", "spike", "soak", "capacity"),
+    ),
+    Option(
+        "shape_params",
+        "",
+        "Shape parameters as key=value,... e.g. 'start=10,step=10,step_seconds=60,steps=5' (README: Load shapes)",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class AthosOptions:
+    """The checked values of every option (field names are :data:`OPTIONS`' names)."""
+
+    scenario: str
+    api_key_env: str
+    webhook_secret_env: str
+    ws_url: str
+    webhook_listen: str
+    webhook_url: str
+    poll_interval: float
+    score_timeout: float
+    drain_timeout: float
+    sample_rate: int
+    frame_ms: int
+    summary: str
+    metrics_port: int
+    metrics_host: str
+    metrics_file: str
+    sim_args: str
+    shape: str
+    shape_params: str
+
+    @classmethod
+    def parse(cls, namespace: Any) -> AthosOptions:
+        """Check every option of a parsed namespace; the first bad one raises :class:`OptionError`."""
+        values = {option.name: option.check(getattr(namespace, option.dest, option.default)) for option in OPTIONS}
+        options = cls(**values)
+        try:
+            options.audio.check()
+        except ValueError as exc:
+            raise OptionError(f"--athos-sample-rate/--athos-frame-ms: {exc}") from None
+        return options
+
+    @property
+    def audio(self) -> AudioFormat:
+        return AudioFormat(sample_rate=self.sample_rate, frame_ms=self.frame_ms)
+
+    @property
+    def webhook_address(self) -> tuple[str, int] | None:
+        """Where the receiver listens, or None when it is off."""
+        if self.webhook_listen == "off":
+            return None
+        host, _, port = self.webhook_listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
+assert [f.name for f in fields(AthosOptions)] == [o.name for o in OPTIONS], "AthosOptions and OPTIONS must agree"
 
 
 def add_options(parser: Any) -> None:
-    """Listener for ``events.init_command_line_parser``."""
-    group = parser.add_argument_group("athos-load", "Options of the Athos roleplay load test")
-    group.add_argument(
-        "--athos-scenario",
-        default="scenarios",
-        help="Scenario YAML file, or a directory of them mixed by weight (default: scenarios)",
-    )
-    group.add_argument(
-        "--athos-api-key-env",
-        default="ATHOS_API_KEY",
-        help="Environment variable holding the Athos API key (default: ATHOS_API_KEY; "
-        "the built-in simulator needs none)",
-    )
-    group.add_argument(
-        "--athos-webhook-secret-env",
-        default="ATHOS_WEBHOOK_SECRET",
-        help="Environment variable holding the call.scored webhook signing secret (default: ATHOS_WEBHOOK_SECRET)",
-    )
-    group.add_argument(
-        "--athos-ws-url",
-        default="",
-        help="Realtime WebSocket URL (default: the host with ws(s):// and /v1/realtime)",
-    )
-    group.add_argument(
-        "--athos-webhook-listen",
-        default="127.0.0.1:0",
-        help="HOST:PORT where the call.scored webhook receiver listens; 'off' to rely on polling "
-        "(default: 127.0.0.1 on a free port)",
-    )
-    group.add_argument(
-        "--athos-webhook-url",
-        default="",
-        help="Public URL the platform should POST webhooks to, when it differs from the listen address",
-    )
-    group.add_argument(
-        "--athos-poll-interval",
-        type=float,
-        default=0.0,
-        help="Seconds between GET /v1/calls polls for scores; 0 = only when the webhook is off (default: 0)",
-    )
-    group.add_argument(
-        "--athos-score-timeout",
-        type=float,
-        default=120.0,
-        help="Seconds after ended to wait for a score before counting it missing (default: 120)",
-    )
-    group.add_argument(
-        "--athos-drain-timeout",
-        type=float,
-        default=30.0,
-        help="At the end of a run, seconds to wait for scores of calls that already ended (default: 30)",
-    )
-    group.add_argument("--athos-sample-rate", type=int, default=16000, help="Wire audio sample rate (default: 16000)")
-    group.add_argument("--athos-frame-ms", type=int, default=20, help="Wire audio frame length in ms (default: 20)")
-    group.add_argument(
-        "--athos-summary",
-        default="",
-        help="Write the run's JSON summary (timings and call outcomes) to this path at the end",
-    )
-    group.add_argument(
-        "--athos-metrics-port",
-        type=int,
-        default=0,
-        help="Serve Prometheus /metrics on this port (0 = off)",
-    )
-    group.add_argument(
-        "--athos-metrics-file",
-        default="",
-        help="At the end, write the final Prometheus exposition (what /metrics would show) to this path",
-    )
-    group.add_argument("--athos-metrics-host", default="127.0.0.1", help="Address for /metrics (default: 127.0.0.1)")
-    group.add_argument(
-        "--athos-sim-args",
-        default="",
-        help="Extra options for the built-in simulator started when no --host is given, "
-        "e.g. '--drops-per-minute 2 --max-calls 50' (see athos-sim --help)",
-    )
-    group.add_argument(
-        "--athos-shape",
-        default="",
-        choices=["", "ramp", "steps", "spike", "soak", "capacity"],
-        help="Load shape; empty = Locust's own -u/-r/-t (see the README for each shape's parameters)",
-    )
-    group.add_argument(
-        "--athos-shape-params",
-        default="",
-        help="Shape parameters as key=value,key=value (e.g. 'step_users=20,step_seconds=60,steps=5')",
-    )
+    """Listener for ``events.init_command_line_parser``: every option, with its env variable."""
+    group = parser.add_argument_group("athos-load", "Options of the Athos roleplay load test (athos-load options)")
+    for option in OPTIONS:
+        action = group.add_argument(
+            option.flag,
+            default=option.default,
+            type=_argparse_type(option),
+            env_var=option.env_var,
+            help=f"{option.help} (default: {option.default!r}; env {option.env_var})",
+        )
+        # what Locust's own add_argument sets; an argument group's add_argument does not
+        action.include_in_web_ui = option.web_ui
+        action.is_secret = action.is_required = action.is_multiple = False
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return option.check(text)
+        except OptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(option.flag + ": ")) from None
+
+    convert.__name__ = option.name  # argparse names the type in some messages
+    return convert
+
+
+def describe() -> str:
+    """Every option with its default, environment variable and help: ``athos-load options``."""
+    lines = [
+        "athos-load options for `locust -f locustfile.py` (also LOCUST_ATHOS_* variables and locust.conf keys;",
+        "precedence as Locust's own: command line, environment, config file, default).",
+        "Options marked [web UI] appear in Locust's start form and apply to the run started from it.",
+        "",
+    ]
+    for option in OPTIONS:
+        marks = " [web UI]" if option.web_ui else ""
+        lines.append(f"  {option.flag}{marks}")
+        lines.append(f"      {option.help}")
+        lines.append(f"      default: {option.default!r}   env: {option.env_var}   locust.conf: {option.flag[2:]}")
+    return "\n".join(lines)

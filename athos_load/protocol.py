@@ -34,6 +34,8 @@ from typing import Any, ClassVar
 PATH_SESSIONS = "/v1/sessions"
 PATH_REALTIME = "/v1/realtime"
 PATH_CALLS = "/v1/calls"
+CURSOR_NOW = "now"  # GET /v1/calls?after=now: no calls, and the cursor of the newest change
+PATH_WEBHOOK = "/webhooks/athos"  # where athos-load's receiver takes call.scored
 SIGNATURE_HEADER = "Athos-Signature"
 EVENT_ID_HEADER = "Athos-Event-Id"
 CALL_ID_PREFIX = "athos_call_"
@@ -472,9 +474,11 @@ TRANSITIONS: dict[tuple[CallState, str], CallState] = {
     (CallState.RECONNECTING, "error"): CallState.ENDED,  # resume refused: error, then ended
     (CallState.RECONNECTING, "lost"): CallState.RECONNECTING,
     (CallState.RECONNECTING, "ended"): CallState.ENDED,
-    (CallState.RECONNECTING, "hangup"): CallState.ENDED,  # nobody to tell: end locally
+    (CallState.RECONNECTING, "hangup"): CallState.HANGING_UP,  # told once a resume gets through
     (CallState.HANGING_UP, "personaSpeaking"): CallState.HANGING_UP,
     (CallState.HANGING_UP, "userSpeaking"): CallState.HANGING_UP,
+    (CallState.HANGING_UP, "resume"): CallState.HANGING_UP,  # resumed only to hang up
+    (CallState.HANGING_UP, "reconnected"): CallState.HANGING_UP,
     (CallState.HANGING_UP, "ended"): CallState.ENDED,
     (CallState.HANGING_UP, "error"): CallState.HANGING_UP,
     (CallState.HANGING_UP, "lost"): CallState.ENDED,  # hung up and gone: the call is over
@@ -503,6 +507,7 @@ class ClientProtocol:
     ready_at: float | None = None
     end_reason: str | None = None
     error: Error | None = None  # the last error event, kept for the caller to read
+    hangup_unsent: bool = False  # hung up during a drop: the hangup goes out right after a resume
     _events: list[Event] = field(default_factory=list)
     _outgoing: list[str] = field(default_factory=list)
 
@@ -526,6 +531,11 @@ class ClientProtocol:
     def finished(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    @property
+    def wants_resume(self) -> bool:
+        """The connection is down and the call needs one: to go on, or to deliver its hangup."""
+        return self.state is CallState.RECONNECTING or (self.state is CallState.HANGING_UP and self.hangup_unsent)
+
     # -- commands --------------------------------------------------------------------------------
 
     def connect(self, now: float) -> None:
@@ -538,14 +548,18 @@ class ClientProtocol:
         self._step("resume")
         assert self.resume_token is not None and self.call_id is not None
         self._outgoing.append(Resume(self.resume_token, self.call_id).serialize())
+        if self.hangup_unsent:  # the platform keeps a dropped call for its resume window: end it now
+            self.hangup_unsent = False
+            self._outgoing.append(Hangup().serialize())
 
     def hangup(self, now: float) -> None:
-        if self.state is CallState.RECONNECTING:
-            self._step("hangup")
-            self._end(now, "hangup")
-            return
+        """Ask the server to end the call. During a drop it is sent right after the next resume."""
+        reconnecting = self.state is CallState.RECONNECTING
         self._step("hangup")
-        self._outgoing.append(Hangup().serialize())
+        if reconnecting:
+            self.hangup_unsent = True
+        else:
+            self._outgoing.append(Hangup().serialize())
 
     def fail(self, now: float, code: ErrorCode | str, message: str) -> None:
         """The I/O layer gives up (connect failed, resume attempts exhausted, a deadline passed).
@@ -585,10 +599,12 @@ class ClientProtocol:
             if was_ready:
                 self._events.append(Reconnecting())
             return
-        if self.state is CallState.HANGING_UP:
+        if self.state is CallState.HANGING_UP and not (resumable and self.hangup_unsent):
             self._step("lost")
             self._end(now, "hangup")
             return
+        if self.state is CallState.HANGING_UP:
+            return  # still dropped, hangup not yet delivered: the next resume carries it
         self.fail(now, ErrorCode.RECONNECT_FAILED, "connection closed and not resumable")
 
     def _receive(self, message: ServerMessage, now: float) -> None:

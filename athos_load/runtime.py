@@ -1,12 +1,15 @@
 """The process-wide side of a Locust run: what every user shares, and the run's start and end.
 
-Built once per process on Locust's ``init`` event from the ``--athos-*`` options. What a process
-holds depends on its role:
+One :class:`Runtime` per Locust process, built on Locust's ``init`` event and kept on the
+environment as ``environment.athos``. What a process holds depends on its role:
 
-* every process: the scenarios (loaded, validated and framed before any user starts, so a bad file
-  stops the run at once), the metrics and the health monitor;
-* a local runner or a master: the built-in simulator when no ``--host`` is given, the webhook
-  receiver (or the poller), ``/metrics``, the JSON summary;
+* every process: the metrics, the health monitor, and the :class:`RunPlan` of the current test
+  (options, scenarios, call settings), rebuilt at every ``test_start`` from the options as they
+  are then: a run started from the web UI's form, or a worker given its master's options in the
+  spawn message, runs with those;
+* a local runner or a master: every option and file checked, and the target checked, before any
+  user starts (one line and exit code 2 for a mistake); the built-in simulator when no ``--host``
+  is given, the webhook receiver (or the poller), ``/metrics``, the JSON summary;
 * a process that runs users (local or worker): the audio pacer and the score drain.
 
 At ``test_stop`` the scores of calls that already ended are drained, then the summary is written
@@ -16,136 +19,313 @@ and, in a headless run, the table printed. On a master this waits for every work
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 from prometheus_client import start_http_server, write_to_textfile
 
-from .api import AthosApi, ScoreBoard, ScorePoller, WebhookReceiver
+from .api import ApiError, AthosApi, ScoreBoard, ScorePoller, WebhookReceiver
 from .call import CallSettings, ScoreDrain
 from .distributed import MasterHub, WorkerLink
 from .health import HealthMonitor
-from .metrics import Metrics
-from .options import SIM_API_KEY, SIM_WEBHOOK_SECRET
+from .metrics import Metrics, Outcome, Timing
+from .options import AthosOptions, OptionError
 from .pacer import AudioPacer
-from .protocol import PATH_REALTIME, AudioFormat
+from .protocol import CURSOR_NOW, PATH_REALTIME, AudioFormat, ErrorCode
 from .report import format_table
 from .scenario import Scenario, ScenarioError, load_scenarios
+from .sim.config import SIM_API_KEY, SIM_WEBHOOK_SECRET
 from .simproc import SimulatorProcess
+from .verdict import ExitCode
 
 logger = logging.getLogger(__name__)
 
+PREFLIGHT_TIMEOUT = 5.0  # seconds the start-up check of --host may take
+SETUP_FAILURES = 5  # this many failed calls and none ready yet: the target is wrong, stop the run
+SETUP_CODES = frozenset(
+    {
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.CONNECT_FAILED,
+        ErrorCode.CONNECT_TIMEOUT,
+        ErrorCode.UNKNOWN_DRILL,
+        ErrorCode.BAD_AUDIO_FORMAT,
+        ErrorCode.REMOTE_PROTOCOL,
+    }
+)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the calls of one test share, from the options in force when it started."""
+
+    options: AthosOptions
+    scenarios: list[Scenario]
+    settings: CallSettings | None  # None on a master, which runs no users
+
 
 class Runtime:
-    """Everything the users of one Locust process share. ``Runtime.current`` is the live one."""
-
-    current: Runtime | None = None
+    """Everything the users of one Locust process share (``environment.athos``)."""
 
     def __init__(self, environment: Any, runner: Any) -> None:
         self.environment = environment
         self.runner = runner
-        opts = self.options = environment.parsed_options
         self.is_master = isinstance(runner, MasterRunner)
         self.is_worker = isinstance(runner, WorkerRunner)
-        self.audio = AudioFormat(sample_rate=opts.athos_sample_rate, frame_ms=opts.athos_frame_ms)
-        try:
-            self.audio.check()
-            self.scenarios: list[Scenario] = load_scenarios(self._scenario_path(), self.audio)
-        except ValueError as exc:  # ScenarioError is a ValueError too
-            fail(str(exc) if isinstance(exc, ScenarioError) else f"--athos-sample-rate/--athos-frame-ms: {exc}")
-        self.api_key = os.environ.get(opts.athos_api_key_env) or SIM_API_KEY
+        self.options = AthosOptions.parse(environment.parsed_options)
+        self.api_key = os.environ.get(self.options.api_key_env, "")
         self.metrics = Metrics(source="master" if self.is_master else "local")
-        self.metrics.declare([s.name for s in self.scenarios])
-        self.health = HealthMonitor(self.metrics, users=lambda: runner.user_count if runner else 0).start()
+        self.health = HealthMonitor(
+            self.metrics, users=lambda: runner.user_count if runner else 0, running=self._running
+        ).start()
         self.board = ScoreBoard()
         self.drain = ScoreDrain()
         self.pacer = AudioPacer(on_lags=self.metrics.audio_send_lags)
+        self.plan: RunPlan | None = None
+        self.exit_code: ExitCode | None = None
         self.receiver: WebhookReceiver | None = None
         self.poller: ScorePoller | None = None
         self.simulator: SimulatorProcess | None = None
         self.hub: MasterHub | None = None
         self.link: WorkerLink | None = None
-        self._settings: CallSettings | None = None
+        self._scenario_cache: dict[tuple[Path, AudioFormat], list[Scenario]] = {}
+        self._watch: gevent.Greenlet | None = None
+        environment.athos = self
         if self.is_worker:
+            # Scenarios and settings come with the master's options, at test_start. The API key
+            # does not travel: each worker reads its own (the built-in simulator's when unset).
+            self.api_key = self.api_key or SIM_API_KEY
             self.link = WorkerLink(runner, self.metrics, self.board)
-        else:
+            return
+        # Everything a user can get wrong is checked before anything starts.
+        self._check_outputs(self.options)
+        self._check_shape(self.options)
+        if environment.host:
+            self._check_host(environment.host)
+        self.metrics.declare([s.name for s in self._scenarios(self.options)])
+        try:
             self._start_scoring_and_target()
-            if self.is_master:
-                self.hub = MasterHub(runner, self.metrics, self.board, score_timeout=opts.athos_score_timeout)
-            if opts.athos_metrics_port:
-                start_http_server(opts.athos_metrics_port, addr=opts.athos_metrics_host, registry=self.metrics.registry)
-        Runtime.current = self
+            if self.options.metrics_port:
+                self._serve_metrics()
+        except BaseException:
+            self.on_quitting()
+            raise
+        if self.is_master:
+            self.hub = MasterHub(runner, self.metrics, self.board, score_timeout=self.options.score_timeout)
 
-    def _scenario_path(self) -> Path:
-        """``--athos-scenario`` as given, or beside the locustfile when the default is not in the cwd."""
-        path = Path(self.options.athos_scenario)
+    # -- checks before the run -------------------------------------------------------------------
+
+    def _scenarios(self, options: AthosOptions) -> list[Scenario]:
+        """The scenarios of ``options`` (loaded, validated and framed once per path and format)."""
+        key = (self._scenario_path(options.scenario).resolve(), options.audio)
+        if key not in self._scenario_cache:
+            self._scenario_cache[key] = load_scenarios(key[0], options.audio)
+        return self._scenario_cache[key]
+
+    def _scenario_path(self, scenario: str) -> Path:
+        """``--athos-scenario`` as given, or beside the locustfile when it is not in the cwd."""
+        path = Path(scenario)
         if not path.exists() and not path.is_absolute():
-            for locustfile in getattr(self.options, "locustfile", "").split(","):
+            for locustfile in (getattr(self.environment.parsed_options, "locustfile", "") or "").split(","):
                 candidate = Path(locustfile).resolve().parent / path
                 if locustfile and candidate.exists():
                     return candidate
         return path
 
+    @staticmethod
+    def _check_outputs(options: AthosOptions) -> None:
+        """A summary that cannot be written would be lost after the whole run: find out now."""
+        for flag, value in (("--athos-summary", options.summary), ("--athos-metrics-file", options.metrics_file)):
+            if not value:
+                continue
+            path = Path(value)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                existed = path.exists()
+                with path.open("a"):
+                    pass
+                if not existed:
+                    path.unlink()
+            except OSError as exc:
+                raise OptionError(f"{flag} {value}: cannot write there ({exc.strerror or exc})") from None
+
+    @staticmethod
+    def _check_shape(options: AthosOptions) -> None:
+        from .shapes import parse_params  # the shape module owns its parameters
+
+        try:
+            parse_params(options.shape or "ramp", options.shape_params)
+        except ValueError as exc:
+            raise OptionError(str(exc)) from None
+
+    def _check_host(self, host: str) -> None:
+        """A garbage or unreachable ``--host`` or a refused API key: one line now, not a failed run."""
+        parts = urlsplit(host)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise OptionError(f"--host {host!r}: expected http(s)://HOST[:PORT]")
+        if not self.api_key:
+            raise OptionError(f"--host {host}: set the platform's API key in ${self.options.api_key_env}")
+        api = AthosApi(host, self.api_key, timeout=PREFLIGHT_TIMEOUT)
+        try:
+            api.list_calls(after=CURSOR_NOW, limit=1)
+        except ApiError as exc:
+            if exc.code == ErrorCode.UNAUTHORIZED:
+                raise OptionError(
+                    f"--host {host}: the platform refused the API key in ${self.options.api_key_env} "
+                    f"({exc.status} {exc.code})"
+                ) from None
+            if exc.code in (ErrorCode.CONNECT_FAILED, ErrorCode.CONNECT_TIMEOUT):
+                raise OptionError(f"--host {host}: cannot reach the platform ({_reason(exc.message)})") from None
+            logger.info("--host %s answered the start-up check with %s; going on", host, exc.code)
+        except Exception as exc:  # noqa: BLE001 - it answered, if strangely: the calls will tell
+            logger.info("--host %s answered the start-up check oddly (%s); going on", host, exc)
+        finally:
+            api.close()
+
+    # -- what a local runner or master starts ------------------------------------------------------
+
     def _start_scoring_and_target(self) -> None:
         """The webhook receiver (or poller) and, with no --host, the simulator that posts to it."""
         opts = self.options
-        secret = os.environ.get(opts.athos_webhook_secret_env) or SIM_WEBHOOK_SECRET
-        if opts.athos_webhook_listen != "off":
-            host, _, port = opts.athos_webhook_listen.rpartition(":")
-            self.receiver = WebhookReceiver(
-                self.board,
-                secret,
-                host=host or "127.0.0.1",
-                port=int(port or 0),
-                public_url=opts.athos_webhook_url or None,
-            ).start()
-        if not self.environment.host:
-            sim_args = shlex.split(opts.athos_sim_args)
+        builtin = not self.environment.host
+        secret = os.environ.get(opts.webhook_secret_env) or SIM_WEBHOOK_SECRET
+        if builtin and not self.api_key:
+            self.api_key = SIM_API_KEY
+        address = opts.webhook_address
+        if address is not None:
+            try:
+                self.receiver = WebhookReceiver(
+                    self.board, secret, host=address[0], port=address[1], public_url=opts.webhook_url or None
+                ).start()
+            except OSError as exc:
+                raise OptionError(
+                    f"--athos-webhook-listen {opts.webhook_listen}: cannot listen ({exc.strerror})"
+                ) from None
+            print(f"athos-load: call.scored webhooks are received at {self.receiver.url}", flush=True)
+            if not builtin and not opts.webhook_url and address[0] in ("127.0.0.1", "localhost", "::1"):
+                print(
+                    f"athos-load: the webhook receiver listens on loopback only: the platform at "
+                    f"{self.environment.host} must reach {self.receiver.url} (--athos-webhook-listen, "
+                    "--athos-webhook-url), or use --athos-webhook-listen off to poll for scores",
+                    flush=True,
+                )
+        if builtin:
+            sim_args = shlex.split(opts.sim_args)
             if self.receiver is not None:
-                sim_args = ["--webhook-url", self.receiver.url, "--webhook-secret", secret, *sim_args]
-            self.simulator = SimulatorProcess(sim_args)
+                sim_args = ["--webhook-url", self.receiver.url, *sim_args]
+            try:
+                self.simulator = SimulatorProcess(sim_args, api_key=self.api_key, webhook_secret=secret)
+            except RuntimeError as exc:
+                raise OptionError(f"--athos-sim-args: {exc}") from None
             self.environment.host = self.simulator.url
             print(f"athos-load: no --host given, started the built-in simulator at {self.simulator.url}", flush=True)
-        if opts.athos_poll_interval > 0 or self.receiver is None:
+        if opts.poll_interval > 0 or self.receiver is None:
             api = AthosApi(self.environment.host, self.api_key)
-            self.poller = ScorePoller(api, self.board, interval=opts.athos_poll_interval or 1.0).start()
+            self.poller = ScorePoller(api, self.board, interval=opts.poll_interval or 1.0).start()
 
-    def settings(self) -> CallSettings:
-        """What calls share; built on first use, when the host is known (workers learn it late)."""
-        if self._settings is None:
-            host = self.environment.host
-            if not host:
-                raise RuntimeError("no host: give --host, or run without it to use the built-in simulator")
-            ws_url = self.options.athos_ws_url or host.replace("http", "ws", 1).rstrip("/") + PATH_REALTIME
-            self._settings = CallSettings(
-                api=AthosApi(host, self.api_key),
-                ws_url=ws_url,
-                board=self.board,
-                metrics=self.metrics,
-                pacer=self.pacer,
-                audio=self.audio,
-                drain=self.drain,
-                score_timeout=self.options.athos_score_timeout,
-                announce=self.link.announce if self.link is not None else None,
-            )
-        return self._settings
+    def _serve_metrics(self) -> None:
+        opts = self.options
+        try:
+            start_http_server(opts.metrics_port, addr=opts.metrics_host, registry=self.metrics.registry)
+        except OSError as exc:
+            where = f"{opts.metrics_host}:{opts.metrics_port}"
+            raise OptionError(f"--athos-metrics-port {opts.metrics_port}: cannot listen on {where} ({exc})") from None
+
+    # -- a test's start ----------------------------------------------------------------------------
+
+    def on_test_start(self) -> None:
+        """Build this test's plan from the options in force now (web UI form, master's spawn)."""
+        try:
+            options = AthosOptions.parse(self.environment.parsed_options)
+            if not self.is_worker:
+                self._check_shape(options)
+            scenarios = self._scenarios(options)
+        except (OptionError, ScenarioError) as exc:
+            self._refuse(str(exc))
+            return
+        self.options = options
+        self.metrics.declare([s.name for s in scenarios])
+        settings = None
+        if not self.is_master:
+            settings = self._settings(options)
+        self.plan = RunPlan(options, scenarios, settings)
+        if not self.is_worker and (self._watch is None or self._watch.dead):
+            self._watch = gevent.spawn(self._watch_setup)
+
+    def _settings(self, options: AthosOptions) -> CallSettings:
+        host = self.environment.host
+        ws_url = options.ws_url or host.replace("http", "ws", 1).rstrip("/") + PATH_REALTIME
+        return CallSettings(
+            api=self.api(),
+            ws_url=ws_url,
+            board=self.board,
+            metrics=self.metrics,
+            pacer=self.pacer,
+            audio=options.audio,
+            drain=self.drain,
+            score_timeout=options.score_timeout,
+            announce=self.link.announce if self.link is not None else None,
+        )
+
+    def user_settings(self) -> tuple[CallSettings, list[Scenario]]:
+        """A user's own copy of the call settings (its own REST connection) and the scenarios."""
+        plan = self.plan
+        if plan is None or plan.settings is None:
+            raise RuntimeError("athos-load: no run plan in this process (see the log for why the run was refused)")
+        return dataclasses.replace(plan.settings, api=self.api()), plan.scenarios
 
     def api(self) -> AthosApi:
         """A REST client for one user (each keeps its own keep-alive connection)."""
         return AthosApi(self.environment.host, self.api_key)
 
+    def _refuse(self, message: str) -> None:
+        """This test cannot run with the options it was given: say so and stop it (a worker quits)."""
+        self.plan = None
+        where = "worker cannot run with the master's options: " if self.is_worker else ""
+        sys.stderr.write(f"athos-load: {where}{message}\n")
+        logger.error("athos-load: %s%s", where, message)
+        self.exit_code = ExitCode.USAGE
+        gevent.spawn(self.runner.quit if self.is_worker or _headless(self.environment) else self.runner.stop)
+
+    def _watch_setup(self) -> None:
+        """Stop a run whose first calls all fail to set up (wrong host, ws URL or key)."""
+        while self._running():
+            gevent.sleep(1.0)
+            if self.metrics.timing(Timing.CONNECT_READY).count:
+                return  # a call got through: the target works
+            failed = self.metrics.total("athos_sessions", outcome=Outcome.FAILED.value)
+            errors = {code: self.metrics.total("athos_errors", code=code) for code in SETUP_CODES}
+            if failed < SETUP_FAILURES or sum(errors.values()) < SETUP_FAILURES:
+                continue
+            shown = ", ".join(f"{code} {n:g}" for code, n in sorted(errors.items()) if n)
+            message = (
+                f"the first {failed:g} calls all failed before ready ({shown}): check --host "
+                f"{self.environment.host}, --athos-ws-url and the API key in ${self.options.api_key_env}; "
+                "stopping the run"
+            )
+            sys.stderr.write(f"athos-load: {message}\n")
+            logger.error("athos-load: %s", message)
+            self.exit_code = ExitCode.USAGE
+            (self.runner.quit if _headless(self.environment) else self.runner.stop)()
+            return
+
+    def _running(self) -> bool:
+        return self.runner is not None and self.runner.state in (STATE_SPAWNING, STATE_RUNNING)
+
     # -- the end of a run --------------------------------------------------------------------------
 
     def on_test_stop(self) -> None:
-        timeout = self.options.athos_drain_timeout
+        timeout = self.options.drain_timeout
         if self.is_worker:
             # This runs inside the worker's message loop, which must keep delivering scores from
             # the master while we drain: drain in a greenlet of its own, then send the final delta.
@@ -156,25 +336,40 @@ class Runtime:
             missing = self.hub.wait_for_finals(timeout + 10.0)
             if missing:
                 logger.warning("no final report from %d worker(s): their last seconds are missing", len(missing))
-        summary = self.metrics.summary()
-        summary["loadgen"] = self.health.summary()
-        if self.receiver is not None:
-            summary["webhooks"] = dict(self.receiver.counts)
-        if self.options.athos_summary:
-            path = Path(self.options.athos_summary)
+        summary = self.summary()
+        if self.options.summary:
+            path = Path(self.options.summary)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(summary, indent=2) + "\n")
-        if self.options.athos_metrics_file:
-            write_to_textfile(self.options.athos_metrics_file, self.metrics.registry)
-        if getattr(self.options, "headless", False):
+        if self.options.metrics_file:
+            write_to_textfile(self.options.metrics_file, self.metrics.registry)
+        if _headless(self.environment):
             print(format_table(summary), flush=True)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary: the metrics' own, the generator's health, scoring and the shape's result."""
+        summary = self.metrics.summary()
+        health = self.health.summary()
+        # every process's saturated time (workers report theirs); the worst one says how long
+        # some of the run's latencies include a generator's own delay
+        saturated = [h.get("saturated_seconds", 0.0) for h in self.metrics.health.values()]
+        summary["saturated_seconds"] = max([health["saturated_seconds"], *saturated])
+        summary["loadgen"] = health
+        if self.receiver is not None:
+            summary["webhooks"] = dict(self.receiver.counts)
+        if self.poller is not None:
+            summary["polling"] = dict(self.poller.counts)
+        capacity = getattr(self.environment.shape_class, "capacity_result", None)
+        if capacity is not None:
+            summary["capacity"] = capacity
+        return summary
 
     def _drain(self, timeout: float) -> None:
         pending = self.drain.pending
         if pending:
             logger.info("waiting up to %ss for the scores of %d ended calls", timeout, pending)
         self.drain.wait(timeout)
-        if pending and getattr(self.options, "csv_prefix", None):
+        if pending and getattr(self.environment.parsed_options, "csv_prefix", None):
             # Locust's CSV writer runs every CSV_STATS_INTERVAL_SEC; let it see the drained entries
             gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.2)
 
@@ -185,15 +380,27 @@ class Runtime:
 
     def on_quitting(self) -> None:
         self.health.stop()
+        if self._watch is not None:
+            self._watch.kill(block=False)
         if self.poller is not None:
             self.poller.stop()
         if self.receiver is not None:
             self.receiver.stop()
         if self.simulator is not None:
             self.simulator.stop()
+        capacity = getattr(self.environment.shape_class, "capacity_result", None)
+        if self.exit_code is None and capacity is not None:
+            # the search is the verdict: a level found passes, none found fails
+            self.exit_code = ExitCode.PASSED if capacity["last_good_users"] is not None else ExitCode.GATE_FAILED
+        if self.exit_code is not None:
+            self.environment.process_exit_code = int(self.exit_code)
 
 
-def fail(message: str) -> None:
-    """Stop before any user starts, with the message a user can act on."""
-    sys.stderr.write(f"athos-load: {message}\n")
-    raise SystemExit(2)
+def _headless(environment: Any) -> bool:
+    return bool(getattr(environment.parsed_options, "headless", False))
+
+
+def _reason(message: str) -> str:
+    """The innermost cause of a requests error ('Name or service not known'), not its wrapper."""
+    inner = message.rsplit("(", 1)[-1].rstrip(")'\" ")
+    return inner.split(": ", 1)[-1] if ": " in inner else message

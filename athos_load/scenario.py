@@ -7,6 +7,7 @@ A scenario is what one synthetic rep says in one call, turn by turn::
     weight: 3                     # relative weight when several scenarios run together (default 1)
     description: M&A advisory full sales call
     think_time: [0.3, 1.2]        # seconds, uniform, after the persona finishes before the rep speaks
+    persona_greets: false         # true: the persona speaks first; the rep waits for its greeting
     turns:
       - audio: audio/ma-full-sale/01-opening.wav   # relative to this file
       - audio: audio/ma-full-sale/02-discovery.wav
@@ -18,12 +19,16 @@ A scenario is what one synthetic rep says in one call, turn by turn::
     max_call_seconds: 180         # hard cap on the call
     reply_timeout: 15             # how long the rep waits for the persona to answer a turn
 
-How a call plays it: the first turn starts once the call is ready; each later turn waits up to
-``reply_timeout`` for the persona to answer the previous one, then ``think_time``, then
-``pause_before``. A ``barge_in`` turn instead waits for the persona to start speaking and cuts in
-that many seconds later. A ``silence`` turn streams silent frames (an open microphone, no speech).
-``think_time`` may also be a single number. Defaults: weight 1, think_time [0.3, 1.2], hangup
-after_last_reply, max_call_seconds 300, reply_timeout 15.
+How a call plays it: the first turn starts once the call is ready or, with ``persona_greets``, once
+the persona's greeting has started and finished (each waited for up to ``reply_timeout``). Each
+later turn waits up to ``reply_timeout`` for the persona's reply to the previous turn to start (a
+persona utterance that starts after the rep's speech in that turn ended; none is ``no_reply``),
+then for it to finish, then ``think_time``, then ``pause_before``. Whatever the wait, a turn never
+starts while the persona speaks: it waits (up to ``reply_timeout``) for it to finish. A
+``barge_in`` turn instead waits for the reply (on the first turn: the greeting) to start and cuts
+in that many seconds later, talking over it. A ``silence`` turn streams silent frames (an open
+microphone, no speech). ``think_time`` may also be a single number. Defaults: weight 1, think_time
+[0.3, 1.2], persona_greets false, hangup after_last_reply, max_call_seconds 300, reply_timeout 15.
 
 Checking is two passes: :data:`SCHEMA` (JSON Schema, via ``jsonschema``) for shape and types, then
 the checks a schema cannot express (files exist and hold speech, barge_in placement, ranges). Every
@@ -84,6 +89,11 @@ SCHEMA: dict[str, Any] = {
         "hangup": {"enum": [p.value for p in HangupPolicy]},
         "max_call_seconds": _POSITIVE,
         "reply_timeout": _POSITIVE,
+        "persona_greets": {
+            "type": "boolean",
+            "description": "The persona speaks first: before its first turn the rep waits (up to reply_timeout) "
+            "for the greeting to start and finish, unless that turn is a barge_in. Default false.",
+        },
     },
     "$defs": {
         "turn": {
@@ -131,6 +141,7 @@ class Scenario:
     hangup: HangupPolicy = HangupPolicy.AFTER_LAST_REPLY
     max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS
     reply_timeout: float = DEFAULT_REPLY_TIMEOUT
+    persona_greets: bool = False  # the persona speaks first: the first turn waits for its greeting
     path: Path | None = None  # the YAML file it came from
 
     def think(self, rng: random.Random) -> float:
@@ -196,6 +207,7 @@ def load_scenario(path: str | os.PathLike[str], fmt: AudioFormat) -> Scenario:
     if think[0] > think[1]:
         raise fail("think_time", f"min {think[0]} is greater than max {think[1]}")
 
+    greets = bool(doc.get("persona_greets", False))
     turns: list[Turn] = []
     for i, raw in enumerate(doc["turns"]):
         where = f"turns[{i}]"
@@ -203,8 +215,11 @@ def load_scenario(path: str | os.PathLike[str], fmt: AudioFormat) -> Scenario:
             raise fail(where, "needs exactly one of audio or silence")
         barge_in = raw.get("barge_in")
         if barge_in is not None:
-            if i == 0:
-                raise fail(f"{where}.barge_in", "not allowed on the first turn: the persona has not answered yet")
+            if i == 0 and not greets:
+                raise fail(
+                    f"{where}.barge_in",
+                    "not allowed on the first turn: the persona has not answered yet (unless persona_greets: true)",
+                )
             if "silence" in raw:
                 raise fail(f"{where}.barge_in", "a silent turn cannot talk over the persona")
             if raw.get("pause_before"):
@@ -237,6 +252,7 @@ def load_scenario(path: str | os.PathLike[str], fmt: AudioFormat) -> Scenario:
         hangup=HangupPolicy(doc.get("hangup", HangupPolicy.AFTER_LAST_REPLY)),
         max_call_seconds=max_call,
         reply_timeout=float(doc.get("reply_timeout", DEFAULT_REPLY_TIMEOUT)),
+        persona_greets=greets,
         path=file,
     )
 

@@ -223,6 +223,7 @@ class RoleplaySession:
             self.close()  # no call to end yet
             return
         if self._protocol.state in (CallState.READY, CallState.RECONNECTING):
+            # during a drop the reader's reconnect loop resumes and delivers the hangup
             self._protocol.hangup(time.monotonic())
             self._send_text()
             self._flush_events()
@@ -353,12 +354,12 @@ class RoleplaySession:
         self._close_socket()
         self._protocol.connection_lost(time.monotonic(), resumable=resumable)
         self._flush_events()
-        if self._protocol.state is not CallState.RECONNECTING:
+        if not self._protocol.wants_resume:
             return
         for attempt in range(self.reconnect.max_attempts):
             gevent.sleep(self.reconnect.delay(attempt))
-            if self._protocol.state is not CallState.RECONNECTING:
-                return  # hung up meanwhile
+            if not self._protocol.wants_resume:
+                return  # ended meanwhile
             try:
                 self._ws = self._open(time.monotonic() + self.connect_timeout)
             except (OSError, websocket.WebSocketException):

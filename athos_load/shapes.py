@@ -18,6 +18,7 @@ serves every shape.
 from __future__ import annotations
 
 import logging
+import math
 import operator
 import re
 from collections.abc import Callable
@@ -38,6 +39,8 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "soak": {"ramp_seconds": 300, "hold_seconds": 0},
     "capacity": {"start": 10, "step": 10, "step_seconds": 60, "steps": 20, "min_samples": 20},
 }
+# parameters that must be above zero (a step of 0 seconds divides by zero); every other one >= 0
+POSITIVE = frozenset({"step_seconds", "steps", "min_samples"})
 GATE = re.compile(r"^(\w+)\.(p50|p95|p99|max)\s*(<=|<)\s*([0-9.]+)$")
 
 
@@ -55,9 +58,14 @@ def parse_params(shape: str, text: str) -> dict[str, Any]:
             known = ", ".join(sorted(params)) or "none"
             raise ValueError(f"--athos-shape-params: {key!r} is not a parameter of {shape} (known: {known})")
         try:
-            params[key] = float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"--athos-shape-params: {key}={value!r} is not a number") from None
+        low_ok = number > 0 if key in POSITIVE else number >= 0
+        if not (math.isfinite(number) and low_ok):
+            bound = "> 0" if key in POSITIVE else ">= 0"
+            raise ValueError(f"--athos-shape-params: {key}={value!r} must be a finite number {bound}")
+        params[key] = number
     if shape == "capacity" and "gate" not in params:
         raise ValueError("--athos-shape capacity needs gate=TIMING.STAT<SECONDS, e.g. gate=connect_ready.p95<1.0")
     return params
@@ -139,12 +147,14 @@ class AthosShape(LoadTestShape):
             ramp = users / p["ramp_seconds"] if p["ramp_seconds"] else rate
             return users, max(ramp, 0.01)
         if self._capacity is None:
-            from .runtime import Runtime
-
-            assert Runtime.current is not None
-            metrics = Runtime.current.metrics
+            metrics = self.runner.environment.athos.metrics
             self._capacity = CapacitySearch(p, lambda: metrics.timing(p["gate"].timing))
         return self._capacity.tick(t, rate)
+
+    @property
+    def capacity_result(self) -> dict[str, Any] | None:
+        """The capacity search's verdict once it has one (for the JSON summary and the exit code)."""
+        return None if self._capacity is None else self._capacity.verdict()
 
 
 class CapacitySearch:
@@ -189,14 +199,34 @@ class CapacitySearch:
                 logger.info("capacity: %d users hold %s (%.3fs)", users, self.gate, value)
             else:
                 shown = "no data" if value is None else f"{value:.3f}s"
-                self.result = {"gate": str(self.gate), "last_good_users": self.last_good, "broke_at": users}
+                self.result = self._result(users, value, window.count)
                 logger.warning("capacity: %d users break %s (%s, %d samples)", users, self.gate, shown, window.count)
-                print(f"athos-load capacity: last good level {self.last_good} users; {users} broke {self.gate}")
+                if self.last_good is None:
+                    print(f"athos-load capacity: no step held {self.gate}: the first, {users} users, gave {shown}")
+                else:
+                    print(f"athos-load capacity: last good level {self.last_good} users; {users} broke {self.gate}")
                 return None
             self.index = index
             self._snapshot = self._copy()
             if self.index >= self.p["steps"]:
-                self.result = {"gate": str(self.gate), "last_good_users": self.last_good, "broke_at": None}
+                self.result = self._result(None, value, window.count)
                 print(f"athos-load capacity: every step held {self.gate}; last good level {self.last_good} users")
                 return None
         return self.users(self.index), rate
+
+    def _result(self, broke_at: int | None, value: float | None, samples: int) -> dict[str, Any]:
+        """``value`` and ``samples``: the gate's figure on the step that broke (or the last one)."""
+        return {
+            "gate": str(self.gate),
+            "last_good_users": self.last_good,
+            "broke_at": broke_at,
+            "value": value,
+            "samples": samples,
+            "finished": True,
+        }
+
+    def verdict(self) -> dict[str, Any]:
+        """The result, or what is known when the run ended first (``-t``) with the search unfinished."""
+        if self.result is not None:
+            return self.result
+        return {**self._result(None, None, 0), "finished": False}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
+import shlex
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .protocol import PATH_REALTIME
+from .sim.config import API_KEY_ENV, SIM_API_KEY, SIM_WEBHOOK_SECRET, WEBHOOK_SECRET_ENV
 
 LISTENING = re.compile(rb"athos-sim: listening on (https?://\S+)")
 
@@ -20,14 +23,33 @@ LISTENING = re.compile(rb"athos-sim: listening on (https?://\S+)")
 class SimulatorProcess:
     """An ``athos-sim`` child process on loopback, from start to a bounded stop."""
 
-    def __init__(self, args: Sequence[str] = (), *, truth_log: str | Path | None = None, timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        *,
+        truth_log: str | Path | None = None,
+        timeout: float = 15.0,
+        api_key: str | None = None,
+        webhook_secret: str | None = None,
+    ) -> None:
+        """``api_key`` and ``webhook_secret`` reach the child through its environment, not its
+        command line, where ``ps`` would show them."""
         cmd = [sys.executable, "-m", "athos_load.sim", "--host", "127.0.0.1", "--port", "0"]
         if truth_log is not None:
             cmd += ["--truth-log", str(truth_log)]
         cmd += list(args)
         self.args = cmd
         self.truth_log = Path(truth_log) if truth_log is not None else None
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, preexec_fn=_die_with_parent)
+        env = dict(os.environ)
+        env.pop(API_KEY_ENV, None)
+        env.pop(WEBHOOK_SECRET_ENV, None)
+        if api_key:
+            env[API_KEY_ENV] = api_key
+        if webhook_secret:
+            env[WEBHOOK_SECRET_ENV] = webhook_secret
+        self.api_key = self._option("--api-key") or api_key or SIM_API_KEY
+        self.webhook_secret = self._option("--webhook-secret") or webhook_secret or SIM_WEBHOOK_SECRET
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, env=env, preexec_fn=_die_with_parent)
         self.url = self._wait_listening(timeout)
 
     def _wait_listening(self, timeout: float) -> str:
@@ -46,7 +68,9 @@ class SimulatorProcess:
             if match:
                 return match.group(1).decode()
         self.stop()
-        raise RuntimeError(f"athos-sim did not start ({' '.join(self.args)}): {seen.decode(errors='replace')[-500:]}")
+        raise RuntimeError(
+            f"athos-sim did not start ({shlex.join(self.args[3:])}): {seen.decode(errors='replace')[-500:]}"
+        )
 
     @property
     def http_url(self) -> str:
@@ -57,21 +81,13 @@ class SimulatorProcess:
         return self.url.replace("http", "ws", 1) + PATH_REALTIME
 
     @property
-    def api_key(self) -> str:
-        return self._option("--api-key", "sim-key")
-
-    @property
-    def webhook_secret(self) -> str:
-        return self._option("--webhook-secret", "whsec_athos_sim")
-
-    @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
 
-    def _option(self, name: str, default: str) -> str:
-        """The value the simulator was started with (the last one given wins, as in argparse)."""
+    def _option(self, name: str) -> str | None:
+        """A value given on the command line (the last one wins, as in argparse)."""
         values = [self.args[i + 1] for i, arg in enumerate(self.args[:-1]) if arg == name]
-        return values[-1] if values else default
+        return values[-1] if values else None
 
     def truth(self) -> list[dict[str, Any]]:
         """The ground-truth lines written so far (the simulator flushes every 0.5 s)."""

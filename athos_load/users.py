@@ -1,28 +1,37 @@
-"""Locust users: each is one synthetic sales rep making roleplay calls, one call per task.
+"""The Locust side of the tool: the user class, and :func:`install`, which wires the tool into Locust.
 
-``locust -f locustfile.py`` runs :class:`RoleplayUser`. Subclass it to change the pause between
-calls or to pin a scenario. The user owns nothing but its REST connection and a random generator;
-the call flow is :class:`~athos_load.call.Call`, the shared services live in
-:class:`~athos_load.runtime.Runtime`, and results reach Locust only through its request event.
+A locustfile calls :func:`install` once and defines a concrete subclass of :class:`RoleplayUser`
+(the shipped ``locustfile.py`` does exactly that). Importing this module registers nothing. Each
+user is one synthetic sales rep; it owns nothing but its REST connection and a random generator:
+the call flow is :class:`~athos_load.call.Call`, the shared services live in the process's
+:class:`~athos_load.runtime.Runtime` (``environment.athos``), and results reach Locust only
+through its request event.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
+import sys
 from typing import Any
 
 import gevent
 from locust import User, between, events, task
 
 from .call import Call
-from .options import add_options
+from .options import OptionError, add_options
 from .runtime import Runtime
-from .scenario import pick
+from .scenario import ScenarioError, pick
+from .verdict import ExitCode
 
 
 class RoleplayUser(User):
-    """A rep who makes one roleplay call after another, with a short pause between them."""
+    """A rep who makes one roleplay call after another, with a short pause between them.
+
+    Abstract: subclass it in a locustfile (to change the pause between calls or to pin a
+    scenario); Locust runs the subclasses only.
+    """
+
+    abstract = True
 
     wait_time = between(0.5, 2.0)
     """Pause between two calls of the same rep."""
@@ -39,11 +48,10 @@ class RoleplayUser(User):
         # Locust starts each second's batch of users in one instant; connecting them all at once
         # would queue their handshakes in this process and inflate connect→ready. Spread them.
         gevent.sleep(self.rng.uniform(0.0, 1.0))
-        runtime = Runtime.current
-        assert runtime is not None, "athos_load.users must be imported by the locustfile"
-        self.runtime = runtime
-        self._settings = dataclasses.replace(runtime.settings(), api=runtime.api())
-        scenarios = runtime.scenarios
+        runtime: Runtime | None = getattr(self.environment, "athos", None)
+        if runtime is None:
+            raise RuntimeError("athos-load is not installed: call athos_load.users.install() in the locustfile")
+        self._settings, scenarios = runtime.user_settings()
         if self.scenario_name is not None:
             scenarios = [s for s in scenarios if s.name == self.scenario_name]
             if not scenarios:
@@ -60,24 +68,54 @@ class RoleplayUser(User):
         Call(self._settings, scenario, self.environment.events.request.fire, self.rng).run()
 
 
-@events.init_command_line_parser.add_listener
+_installed = False
+
+
+def install() -> None:
+    """Add the ``--athos-*`` options and the tool's start and end of a run to Locust's events.
+
+    Call it once, at the top level of the locustfile; calling it again does nothing.
+    """
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    events.init_command_line_parser.add_listener(_add_options)
+    events.init.add_listener(_init)
+    events.test_start.add_listener(_test_start)
+    events.test_stop.add_listener(_test_stop)
+    events.quitting.add_listener(_quitting)
+
+
 def _add_options(parser: Any, **_: Any) -> None:
     add_options(parser)
 
 
-@events.init.add_listener
 def _init(environment: Any, runner: Any = None, **_: Any) -> None:
-    if environment.parsed_options is not None:
+    if environment.parsed_options is None:
+        return
+    try:
         Runtime(environment, runner)
+    except (OptionError, ScenarioError) as exc:
+        # before any user starts: one line, no traceback, Locust's exit code for bad input
+        sys.stderr.write(f"athos-load: {exc}\n")
+        raise SystemExit(int(ExitCode.USAGE)) from None
 
 
-@events.test_stop.add_listener
+def _runtime(environment: Any) -> Runtime | None:
+    return getattr(environment, "athos", None)
+
+
+def _test_start(environment: Any, **_: Any) -> None:
+    if (runtime := _runtime(environment)) is not None:
+        runtime.on_test_start()
+
+
 def _test_stop(environment: Any, **_: Any) -> None:
-    if Runtime.current is not None:
-        Runtime.current.on_test_stop()
+    if (runtime := _runtime(environment)) is not None:
+        runtime.on_test_stop()
 
 
-@events.quitting.add_listener
 def _quitting(environment: Any, **_: Any) -> None:
-    if Runtime.current is not None:
-        Runtime.current.on_quitting()
+    if (runtime := _runtime(environment)) is not None:
+        runtime.on_quitting()

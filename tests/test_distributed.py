@@ -1,42 +1,21 @@
-"""Locust master + two workers as real processes: the master's merged numbers add up."""
+"""Locust master + two workers as real processes: the master's options reach the workers, and the
+master's merged numbers add up."""
 
 import csv
 import json
-import socket
 import subprocess
-import sys
-from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCUST = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfile.py"), "--athos-scenario", "scenarios/smoke"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def samples(path: Path) -> dict[tuple[str, tuple], float]:
-    """Every sample of an exposition file, keyed by name and sorted labels."""
-    out = {}
-    for family in text_string_to_metric_families(path.read_text()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(values: dict, name: str, **match: str) -> float:
-    return sum(v for (n, labels), v in values.items() if n == name and match.items() <= dict(labels).items())
+import yaml
+from support.locust_run import LOCUST, ROOT, check_accounting, free_port, locust_env, samples, total
 
 
 def test_master_merges_what_two_workers_recorded(tmp_path):
     port = free_port()
+    # The options are the master's only (as in the README): workers run with them, not their defaults.
     master = subprocess.Popen(
         [
             *LOCUST,
+            "--athos-scenario", "scenarios/smoke",
             "--master",
             "--master-bind-host", "127.0.0.1",
             "--master-bind-port", str(port),
@@ -47,16 +26,18 @@ def test_master_merges_what_two_workers_recorded(tmp_path):
             "--athos-metrics-file", str(tmp_path / "final.prom"),
             "--athos-drain-timeout", "15",
         ],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=locust_env(),
     )  # fmt: skip
+    logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(2)]
     workers = [
         subprocess.Popen(
             [*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=locust_env(),
         )  # fmt: skip
-        for _ in range(2)
+        for log in logs
     ]
     try:
         out, _ = master.communicate(timeout=150)
@@ -66,15 +47,25 @@ def test_master_merges_what_two_workers_recorded(tmp_path):
         for proc in (master, *workers):
             if proc.poll() is None:
                 proc.kill()
+        for log in logs:
+            log.close()
     assert master.returncode == 0, out[-3000:]
+    worker_logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    for log in (out, *worker_logs):
+        assert "generator saturated" not in log  # 12 users, then idle: never saturated
+        assert "Traceback" not in log, log[-3000:]
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     calls = summary["calls"]
-    assert calls["started"] == calls["completed"] + calls["failed"] + calls["aborted"] > 0
-    assert calls["completed"] == calls["scored"] + calls["score_missing"]
+    check_accounting(summary)
+    assert calls["started"] > 0
     assert calls["scored"] > 0 and summary["webhooks"]["accepted"] >= calls["scored"]  # scores came via the master
 
     prom = samples(tmp_path / "final.prom")
+    # the workers ran the master's scenarios, not the three full drills of their own default
+    smoke = {yaml.safe_load(p.read_text())["name"] for p in (ROOT / "scenarios" / "smoke").glob("*.yaml")}
+    started = {dict(labels)["scenario"]: v for (n, labels), v in prom.items() if n == "athos_sessions_started_total"}
+    assert {name for name, n in started.items() if n} <= smoke and sum(started.values()) == calls["started"]
     assert total(prom, "athos_sessions_started_total") == calls["started"]
     for outcome in ("completed", "failed", "aborted"):
         assert total(prom, "athos_sessions_total", outcome=outcome) == calls[outcome]

@@ -2,32 +2,18 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.locust_run import check_accounting
+from support.locust_run import run_locust as run
 
-ROOT = Path(__file__).resolve().parent.parent
-LOCUST = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfile.py")]
 
-
-def run_locust(tmp_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            *LOCUST,
-            "--headless",
-            "--csv",
-            str(tmp_path / "run"),
-            "--athos-summary",
-            str(tmp_path / "summary.json"),
-            *args,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_locust(tmp_path: Path, *args: str, timeout: float = 120, env: dict | None = None):
+    return run(
+        "--headless", "--csv", str(tmp_path / "run"), "--athos-summary", str(tmp_path / "summary.json"), *args,
+        timeout=timeout, env=env,
+    )  # fmt: skip
 
 
 def stats(tmp_path: Path) -> dict[str, dict[str, str]]:
@@ -38,12 +24,6 @@ def stats(tmp_path: Path) -> dict[str, dict[str, str]]:
 def failures(tmp_path: Path) -> list[dict[str, str]]:
     with open(tmp_path / "run_failures.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def check_accounting(summary: dict) -> None:
-    calls = summary["calls"]
-    assert calls["started"] == calls["completed"] + calls["failed"] + calls["aborted"]
-    assert calls["completed"] == calls["scored"] + calls["score_missing"]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +37,9 @@ def test_headless_run_against_the_built_in_simulator(smoke_run):
     tmp_path, result = smoke_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert "started the built-in simulator at http://127.0.0.1:" in result.stdout
+    assert "call.scored webhooks are received at http://127.0.0.1:" in result.stdout  # path included:
+    assert "/webhooks/athos" in result.stdout
+    assert "generator saturated" not in result.stderr  # 20 users are nothing; the stop is not the run
     rows = stats(tmp_path)
     for name in ("connect_ready", "end_to_score", "persona_response", "token_mint", "call"):
         assert int(rows[name]["Request Count"]) > 0, name
@@ -69,6 +52,9 @@ def test_headless_run_against_the_built_in_simulator(smoke_run):
         assert stats_["count"] > 0 and 0 < stats_["min"] <= stats_["p50"] <= stats_["p95"] <= stats_["max"]
     # the headless table is printed from the same recordings
     assert "athos timing" in result.stdout and f"scored {summary['calls']['scored']}" in result.stdout
+    assert "reconnects per session-minute" in result.stdout and "score_pending" in result.stdout
+    assert summary["saturated_seconds"] == 0 and summary["session_minutes"] > 0
+    assert summary["reconnects_per_session_minute"] == 0
 
 
 def test_faults_show_reconnects_and_errors_by_code(tmp_path):
@@ -94,7 +80,13 @@ def test_faults_show_reconnects_and_errors_by_code(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     check_accounting(summary)
     assert summary["reconnects"] > 0 and summary["reconnect"]["count"] > 0
+    per_minute = summary["reconnects"] / summary["session_minutes"]
+    assert summary["reconnects_per_session_minute"] == pytest.approx(per_minute, rel=0.01) and per_minute > 0
     assert summary["errors"]["concurrency_limit"] == summary["calls"]["failed"] > 0
+    # a failed step is counted by Locust without a response time, as the tool's table leaves it out
+    refused = rows["connect_ready"]
+    assert int(refused["Failure Count"]) == summary["errors"]["concurrency_limit"]
+    assert int(refused["Request Count"]) == summary["connect_ready"]["count"] + int(refused["Failure Count"])
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from athos_load.histogram import LogHistogram
-from athos_load.metrics import Metrics, Outcome, Timing
+from athos_load.metrics import Metrics, Outcome, ScoreOutcome, Timing
 
 RNG = np.random.default_rng(20261125)
 DISTRIBUTIONS = {
@@ -79,9 +79,9 @@ def record_some(m: Metrics, seed: int) -> None:
         m.observe(Timing.CONNECT_READY, float(v), "a" if v < 0.4 else "b")
     for _ in range(5):
         m.call_started("a")
-    m.call_finished("a", Outcome.COMPLETED)
-    m.call_finished("a", Outcome.FAILED)
-    m.scored("a", True)
+    m.call_finished("a", Outcome.COMPLETED, connected_seconds=90.0)
+    m.call_finished("a", Outcome.FAILED, connected_seconds=30.0)
+    m.score_settled("a", ScoreOutcome.SCORED)
     m.error("concurrency_limit")
     m.error("brand_new_code")
     m.reconnect("a")
@@ -128,7 +128,13 @@ def test_declared_scenarios_exist_at_zero():
     m = Metrics()
     m.declare(["quick"])
     values = exposition(m)
-    for name in ("athos_reconnects_total", "athos_scores_missing_total", "athos_scores_total"):
+    for name in (
+        "athos_reconnects_total",
+        "athos_scores_missing_total",
+        "athos_scores_total",
+        "athos_scores_pending_total",
+        "athos_session_seconds_total",
+    ):
         assert values[(name, (("scenario", "quick"),))] == 0
     assert values[("athos_sessions_total", (("outcome", "aborted"), ("scenario", "quick")))] == 0
     assert values[("athos_reconnect_seconds_bucket", (("le", "+Inf"), ("scenario", "quick")))] == 0
@@ -138,8 +144,38 @@ def test_declared_scenarios_exist_at_zero():
 def test_summary_accounts_for_every_call():
     m = Metrics()
     record_some(m, 3)
+    summary = m.summary()
+    assert summary["calls"] == {
+        "started": 5,
+        "completed": 1,
+        "failed": 1,
+        "aborted": 0,
+        "scored": 1,
+        "score_missing": 0,
+        "score_pending": 0,
+    }
+    # one reconnect in two minutes of connected calls
+    assert summary["reconnects_per_session_minute"] == 0.5 and summary["session_minutes"] == 2.0
+
+
+def test_a_pending_score_is_not_a_missing_one():
+    m = Metrics()
+    m.declare(["a"])
+    m.call_started("a")
+    m.call_finished("a", Outcome.COMPLETED, connected_seconds=10.0)
+    m.score_settled("a", ScoreOutcome.PENDING)
     calls = m.summary()["calls"]
-    assert calls == {"started": 5, "completed": 1, "failed": 1, "aborted": 0, "scored": 1, "score_missing": 0}
+    assert calls["completed"] == calls["scored"] + calls["score_missing"] + calls["score_pending"] == 1
+    assert calls["score_pending"] == 1 and calls["score_missing"] == 0
+    values = exposition(m)
+    assert values[("athos_scores_pending_total", (("scenario", "a"),))] == 1
+    assert values[("athos_scores_missing_total", (("scenario", "a"),))] == 0
+    assert values[("athos_session_seconds_total", (("scenario", "a"),))] == 10.0
+
+
+def test_a_misspelt_counter_is_an_error_not_a_lost_series():
+    with pytest.raises(KeyError, match="athos_scores_mising"):
+        Metrics().count("athos_scores_mising", "a")
 
 
 def test_batched_observations_equal_one_at_a_time():

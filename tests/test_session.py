@@ -316,6 +316,28 @@ def test_scores_by_polling_when_no_webhook_reaches_the_tool(fast_sim):
             score = board.wait(event.payload["callId"], timeout=15)
             assert score is not None and score.via == "poll"
             assert api.get_call(event.payload["callId"]).score == score.score
-        assert poller.errors == 0
+        assert poller.counts["errors"] == 0 and poller.counts["pages"] >= poller.counts["polls"] > 0
     finally:
         poller.stop()
+
+
+def test_hanging_up_during_a_drop_resumes_to_tell_the_platform(sim_factory):
+    """A call hung up while it reconnects (the run stopping under it) must reach the platform, or the
+    platform keeps it until its resume window ends (reason `dropped`)."""
+    sim = sim_factory(*FAST, "--drop-after", "0.5", "--resume-window", "30")
+    session = new_session(sim, reconnect=ReconnectPolicy(initial_delay=0.6, max_delay=0.6))
+    rec = Recorder(session)
+    session.connect()
+    rec.wait_for("reconnecting", timeout=5)
+    started = time.monotonic()
+    session.hangup(timeout=5)  # from inside the reconnect back-off (0.3–0.6 s)
+    assert time.monotonic() - started < 3
+    assert "error" not in rec.names and rec.names[-1] == "ended"
+    call_id = session.call_id
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        ended = [t for t in sim.truth() if t["event"] == "ended" and t["callId"] == call_id]
+        if ended:
+            break
+        time.sleep(0.2)
+    assert ended and ended[0]["reason"] == "hangup"  # told, not left to the 30 s resume window

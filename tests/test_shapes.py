@@ -62,6 +62,11 @@ def test_soak_ramps_over_its_ramp_time_and_holds():
         ("capacity", "", "needs gate="),
         ("capacity", "gate=conect_ready.p95<1", "unknown timing 'conect_ready'"),
         ("capacity", "gate=connect_ready.p42<1", "expected TIMING.STAT<SECONDS"),
+        ("steps", "step_seconds=0", "step_seconds='0' must be a finite number > 0"),
+        ("steps", "steps=0", "steps='0' must be a finite number > 0"),
+        ("spike", "peak=-5", "peak='-5' must be a finite number >= 0"),
+        ("soak", "ramp_seconds=nan", "ramp_seconds='nan' must be a finite number >= 0"),
+        ("steps", "step_users=20", "'step_users' is not a parameter of steps"),
     ],
 )
 def test_bad_parameters_say_what_is_wrong(shape, params, message):
@@ -80,7 +85,15 @@ def test_capacity_search_reports_the_last_good_level():
             hist.record(latency)
     # an earlier step's slow samples must not leak into a later window, and vice versa
     assert search.tick(180, 5.0) is None
-    assert search.result == {"gate": "connect_ready.p95<1", "last_good_users": 20, "broke_at": 30}
+    result = search.verdict()
+    assert {k: result[k] for k in ("gate", "last_good_users", "broke_at", "samples", "finished")} == {
+        "gate": "connect_ready.p95<1",
+        "last_good_users": 20,
+        "broke_at": 30,
+        "samples": 50,
+        "finished": True,
+    }
+    assert abs(result["value"] - 1.4) < 0.01  # the broken step's own p95, not the whole run's
 
 
 def test_capacity_step_without_enough_samples_breaks_the_search():

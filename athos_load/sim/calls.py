@@ -282,6 +282,11 @@ class CallBook:
         while len(self._scored) > self._max_retained:
             self._forget(self._scored.popitem(last=False)[0])
 
+    @property
+    def head(self) -> int:
+        """The cursor of the newest change: listing after it shows only later changes."""
+        return self._seq
+
     def changes(self, after: int, status: CallStatus | None, limit: int) -> tuple[list[CallRecord], int]:
         """Records changed after sequence ``after``, oldest change first, and the next cursor.
 

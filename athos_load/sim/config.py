@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,18 @@ DEFAULT_DRILLS: dict[str, str] = {
     "cold-call-discovery": "Marcus Lee",
     "objection-handling": "Priya Raman",
     "renewal-upsell": "Tom Becker",
+    "callback-discovery": "Nina Alvarez",
 }
 ANY_DRILL_PERSONA = "Alex Morgan"
+# Drills whose persona greets the rep right after ready, with the greeting's length in seconds
+# (``--greeting-drills``; the other drills greet for ``--greeting`` seconds, by default not at all).
+DEFAULT_GREETING_DRILLS: dict[str, float] = {"callback-discovery": 1.5}
+# The built-in simulator's public credentials, for runs against it only. A launcher hands others
+# through these environment variables, never on the command line (``ps`` shows command lines).
+SIM_API_KEY = "sim-key"
+SIM_WEBHOOK_SECRET = "whsec_athos_sim"
+API_KEY_ENV = "ATHOS_SIM_API_KEY"
+WEBHOOK_SECRET_ENV = "ATHOS_SIM_WEBHOOK_SECRET"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +83,7 @@ class SimConfig:
 
     host: str = "127.0.0.1"
     port: int = 0
-    api_key: str = "sim-key"
+    api_key: str = SIM_API_KEY
     tls_cert: str | None = None
     tls_key: str | None = None
     truth_log: str | None = None
@@ -96,6 +107,7 @@ class SimConfig:
     load_slowdown: float = 0.5
     # conversation
     greeting: float = 0.0
+    greeting_drills: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GREETING_DRILLS))
     persona_turns: int = 0
     max_call_seconds: float = 600.0
     vad_threshold_db: float = -40.0
@@ -108,7 +120,7 @@ class SimConfig:
     # scoring and webhooks
     scorers: int = 16  # ~8 calls/s at the default 2 s median: a 200-rep run does not build a backlog
     webhook_url: str | None = None
-    webhook_secret: str = "whsec_athos_sim"
+    webhook_secret: str = SIM_WEBHOOK_SECRET
     webhook_retries: int = 5
     webhook_failure_rate: float = 0.0
     webhook_duplicate_rate: float = 0.0
@@ -122,10 +134,21 @@ class SimConfig:
             return ANY_DRILL_PERSONA
         return persona
 
+    def greeting_for(self, drill_key: str) -> float:
+        """Seconds the persona greets for right after ready on this drill; 0 = no greeting."""
+        return self.greeting_drills.get(drill_key, self.greeting)
+
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> SimConfig:
-        ns = build_parser().parse_args(argv)
+        parser = build_parser()
+        ns = parser.parse_args(argv)
+        unknown = sorted(set(ns.greeting_drills) - set(ns.drills))
+        # a typo would silently never greet; the default is left alone when --drills replaces its drill
+        if unknown and not ns.any_drill and ns.greeting_drills != DEFAULT_GREETING_DRILLS:
+            parser.error(f"--greeting-drills: unknown drill(s) {', '.join(unknown)} (not in --drills)")
         values: dict[str, Any] = {k: v for k, v in vars(ns).items() if k != "log_level"}
+        values["api_key"] = values["api_key"] or os.environ.get(API_KEY_ENV) or SIM_API_KEY
+        values["webhook_secret"] = values["webhook_secret"] or os.environ.get(WEBHOOK_SECRET_ENV) or SIM_WEBHOOK_SECRET
         return cls(**values)
 
 
@@ -172,6 +195,19 @@ def _drills(text: str) -> dict[str, str]:
     return drills
 
 
+def _greeting_drills(text: str) -> dict[str, float]:
+    greetings: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, seconds = item.partition("=")
+        if not sep or not key.strip() or not seconds.strip():
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=SECONDS")
+        try:
+            greetings[key.strip()] = _non_negative(seconds.strip())
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"{item!r}: SECONDS must be a finite number >= 0") from None
+    return greetings  # empty ('') is allowed: no drill greets but by --greeting
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = SimConfig()
     p = argparse.ArgumentParser(
@@ -183,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("server")
     g.add_argument("--host", default=d.host, help="address to listen on")
     g.add_argument("--port", type=int, default=d.port, help="port to listen on; 0 picks a free port")
-    g.add_argument("--api-key", default=d.api_key, help="the Bearer key REST calls must present")
+    g.add_argument(
+        "--api-key",
+        default=None,
+        help=f"the Bearer key REST calls must present; default: ${API_KEY_ENV}, else {d.api_key!r} "
+        "(the variable keeps a real key off the command line)",
+    )
     g.add_argument("--tls-cert", default=None, help="PEM certificate: serve https:// and wss:// (with --tls-key)")
     g.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
     g.add_argument("--truth-log", default=None, help="write the ground-truth JSON lines here")
@@ -267,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds the persona speaks right after ready; 0 = no greeting",
     )
     g.add_argument(
+        "--greeting-drills",
+        type=_greeting_drills,
+        default=",".join(f"{key}={seconds:g}" for key, seconds in d.greeting_drills.items()),  # argparse applies type
+        metavar="KEY=SECONDS,...",
+        help="per-drill greetings, overriding --greeting for those drills (KEY=0: that drill does not "
+        "greet; '' for none)",
+    )
+    g.add_argument(
         "--persona-turns",
         type=_count,
         default=d.persona_turns,
@@ -319,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--webhook-url", default=None, help="where call.scored is POSTed when the mint request names no webhookUrl"
     )
-    g.add_argument("--webhook-secret", default=d.webhook_secret, help="HMAC secret of the webhook signature")
+    g.add_argument(
+        "--webhook-secret",
+        default=None,
+        help=f"HMAC secret of the webhook signature; default: ${WEBHOOK_SECRET_ENV}, else {d.webhook_secret!r}",
+    )
     g.add_argument(
         "--webhook-retries",
         type=_count,

@@ -184,9 +184,10 @@ class Platform:
         if cfg.drop_after > 0:
             call.set_timer("drop_after", cfg.drop_after, lambda: self.drop(call, "drop_after"))
         self._arm_random_drop(call)
-        if cfg.greeting > 0:
+        greeting = cfg.greeting_for(call.drill_key)
+        if greeting > 0:
             self.truth.record("persona_speaking", call.id, speaking=True, latency=None, greeting=True)
-            call.start_speaking(call.ready_at, cfg.greeting, PERSONA_LINES[0], greeting=True)
+            call.start_speaking(call.ready_at, greeting, PERSONA_LINES[0], greeting=True)
         return call
 
     def resume(self, resume: Resume, link: Link) -> Call | Error:

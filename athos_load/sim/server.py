@@ -20,6 +20,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from athos_load.protocol import (
+    CURSOR_NOW,
     HTTP_STATUS,
     PATH_CALLS,
     PATH_REALTIME,
@@ -108,12 +109,16 @@ class Server:
         query = request.query
         try:
             status = CallStatus(query["status"]) if query.get("status") else None
-            after = int(query.get("after") or 0)
+            # after=now: an empty page whose cursor is the end of the change log (a poller's start)
+            now = query.get("after") == CURSOR_NOW
+            after = 0 if now else int(query.get("after") or 0)
             limit = int(query.get("limit") or DEFAULT_LIST_LIMIT)
             if after < 0 or limit < 1:
                 raise ValueError("after must be >= 0 and limit >= 1")
         except ValueError as exc:
             return _error(ErrorCode.PROTOCOL_ERROR, f"bad query: {exc}")
+        if now:
+            return _json(200, call_list_body([], str(self.platform.book.head)))
         records, cursor = self.platform.book.changes(after, status, min(limit, MAX_LIST_LIMIT))
         return _json(200, call_list_body(records, str(cursor)))
 

@@ -1,0 +1,54 @@
+"""Running ``locust -f locustfile.py`` as a user does: real processes, on 127.0.0.1, bounded in time."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCUST = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfile.py")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def locust_env(**extra: str) -> dict[str, str]:
+    """The environment a run gets: this one without LOCUST_*/ATHOS_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "ATHOS_"))}
+    env.update(extra)
+    return env
+
+
+def run_locust(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``locust -f locustfile.py ARGS`` to its end; stdout and stderr captured as text."""
+    return subprocess.run(
+        [*LOCUST, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or locust_env()
+    )
+
+
+def samples(path: Path) -> dict[tuple[str, tuple], float]:
+    """Every sample of a Prometheus exposition file, keyed by name and sorted labels."""
+    out = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(values: dict, name: str, **match: str) -> float:
+    return sum(v for (n, labels), v in values.items() if n == name and match.items() <= dict(labels).items())
+
+
+def check_accounting(summary: dict) -> None:
+    """Every started call is accounted for once, and every completed call's score too."""
+    calls = summary["calls"]
+    assert calls["started"] == calls["completed"] + calls["failed"] + calls["aborted"] + calls.get("lost", 0)
+    assert calls["completed"] == calls["scored"] + calls["score_missing"] + calls["score_pending"]
