@@ -254,6 +254,8 @@ class Runtime:
             self._refuse(str(exc))
             return
         self.options = options
+        if not self.environment.host and self.simulator is not None:
+            self.environment.host = self.simulator.url  # the web UI's form was posted with no host
         self.metrics.declare([s.name for s in scenarios])
         settings = None
         if not self.is_master:
