@@ -115,6 +115,7 @@ class Call:
             token = s.api.mint_token(self.scenario.drill).token
         except ApiError as exc:
             self.settings.metrics.error(exc.code)
+            self.settings.metrics.count("athos_setup_failed", self.scenario.name)
             self._step("POST", "token_mint", time.perf_counter() - started, exc.code)
             self._finish(Outcome.FAILED, exc.code)
             return False
@@ -139,6 +140,7 @@ class Call:
         try:
             session.connect()
         except SessionError as exc:
+            self.settings.metrics.count("athos_setup_failed", self.scenario.name)
             elapsed = time.monotonic() - (self._connecting_at or time.monotonic())
             self._step("WS", "connect_ready", elapsed, exc.code)
             self._finish(Outcome.FAILED, exc.code)

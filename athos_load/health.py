@@ -50,6 +50,8 @@ class HealthMonitor:
         self._lags: deque[float] = deque(maxlen=int(window / tick))
         self._cpu: deque[tuple[float, float]] = deque(maxlen=int(window) + 1)  # (wall, cpu seconds)
         self._greenlet: gevent.Greenlet | None = None
+        self._running_since: float | None = None
+        self._last_sample: float | None = None
 
     def start(self) -> HealthMonitor:
         self._greenlet = gevent.spawn(self._run)
@@ -67,12 +69,14 @@ class HealthMonitor:
             lag = max(0.0, time.monotonic() - due)
             self._lags.append(lag)
             self.metrics.observe("loadgen_loop_lag", lag, self.metrics.source)
-            if time.monotonic() >= next_sample:
-                next_sample += 1.0
+            now = time.monotonic()
+            if now >= next_sample:
+                next_sample = max(next_sample + 1.0, now)  # a late loop samples late, not in a burst
                 self._sample()
 
     def _sample(self) -> None:
         now = time.monotonic()
+        since, self._last_sample = self._last_sample, now
         times = self._process.cpu_times()
         self._cpu.append((now, times.user + times.system))
         cpu = 0.0
@@ -80,19 +84,23 @@ class HealthMonitor:
             (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
             cpu = (c1 - c0) / max(t1 - t0, 1e-9)
         lag_p99 = float(np.percentile(self._lags, 99)) if self._lags else 0.0
-        # judge only over a full window of a running test: start-up (imports, loading audio) and
-        # the end (draining scores, writing reports) are not the run
-        full = len(self._lags) == self._lags.maxlen and len(self._cpu) == self._cpu.maxlen
+        # judge only once a test has run for a whole window: start-up (imports, loading audio) and
+        # the end (draining scores, writing reports) are not the run. Time, not a count of ticks:
+        # a saturated loop ticks late, and would otherwise take far longer to be judged.
         running = self.running is None or self.running()
         if not running:
+            self._running_since = None
             self._lags.clear()
             self._cpu.clear()
             self._cpu.append((now, times.user + times.system))
-        else:
+        elif self._running_since is None:
+            self._running_since = now
+        full = self._running_since is not None and now - self._running_since >= self.window
+        if running:
             self.max_cpu = max(self.max_cpu, cpu)
         saturated = running and full and (cpu > self.cpu_limit or lag_p99 > self.lag_limit)
-        if saturated:
-            self.saturated_seconds += 1.0
+        if saturated and since is not None:
+            self.saturated_seconds += now - since  # wall time, however late this sample came
         if saturated != self.saturated:
             self.saturated = saturated
             if saturated:

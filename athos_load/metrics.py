@@ -76,6 +76,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "athos_errors": ("error events and failed steps by code", ("code",)),
     "athos_reconnects": ("transient drops (reconnecting events)", ("scenario",)),
     "athos_scores": ("completed calls whose score arrived", ("scenario",)),
+    "athos_setup_failed": ("calls that failed before ready (mint or connect)", ("scenario",)),
     "athos_scores_missing": ("completed calls never scored within the score timeout", ("scenario",)),
     "athos_scores_pending": (
         "completed calls still unscored when the run ended, before their score timeout",
@@ -248,11 +249,11 @@ class Metrics:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def timing(self, timing: str) -> LogHistogram:
-        """One timing over every scenario."""
+    def timing(self, timing: str, scenario: str | None = None) -> LogHistogram:
+        """One timing over every scenario, or one scenario's."""
         merged = LogHistogram()
-        for (name, _), series in self.series.items():
-            if name == timing:
+        for (name, label), series in self.series.items():
+            if name == timing and (scenario is None or label == scenario):
                 merged.merge(series.log)
         return merged
 

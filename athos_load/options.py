@@ -217,6 +217,19 @@ OPTIONS: tuple[Option, ...] = (
         _sim_args,
     ),
     Option(
+        "gates",
+        "",
+        "YAML file of k6-style thresholds (docs/ci.md); when given, they decide the exit code: "
+        "0 passed, 3 a gate failed, 4 the run cannot be trusted",
+        web_ui=True,
+    ),
+    Option("junit", "", "At the end, write a JUnit XML report (one test case per gate, one for run validity)"),
+    Option(
+        "markdown",
+        "",
+        "At the end, write a Markdown summary for a CI job (also appended to $GITHUB_STEP_SUMMARY when set)",
+    ),
+    Option(
         "shape",
         "",
         "Load shape: ramp, steps, spike, soak or capacity; empty = Locust's own -u/-r/-t",
@@ -250,6 +263,9 @@ class AthosOptions:
     metrics_host: str
     metrics_file: str
     sim_args: str
+    gates: str
+    junit: str
+    markdown: str
     shape: str
     shape_params: str
 

@@ -37,3 +37,70 @@ def _ms(seconds: float | None) -> str:
 
 def _n(value: float) -> str:
     return f"{value:g}"
+
+
+# -- CI reports ------------------------------------------------------------------------------------
+
+
+def junit_xml(summary: dict[str, Any]) -> str:
+    """JUnit XML: one test case per gate (failure: observed versus threshold), one for run validity."""
+    from xml.etree import ElementTree as ET
+
+    gates = summary.get("gates", [])
+    verdict = summary.get("verdict", {"status": "passed", "reasons": []})
+    invalid = verdict["status"] == "invalid"
+    suite = ET.Element("testsuite", name="athos-load", tests=str(len(gates) + 1))
+    failures = errors = 0
+    validity = ET.SubElement(suite, "testcase", classname="athos-load.run", name="run is valid")
+    if invalid:
+        errors += 1
+        reasons = "; ".join(verdict["reasons"])
+        ET.SubElement(validity, "error", message=f"invalid run: {reasons}", type="invalid").text = reasons
+    for gate in gates:
+        case = ET.SubElement(
+            suite, "testcase", classname="athos-load.gates", name=f"{gate['metric']}: {gate['threshold']}"
+        )
+        observed = _observed(gate)
+        if gate["passed"] is False:
+            failures += 1
+            message = f"{gate['metric']} {gate['threshold']} failed: observed {observed} ({gate['samples']} samples)"
+            ET.SubElement(case, "failure", message=message, type="gate").text = message
+        elif gate["passed"] is None:
+            ET.SubElement(case, "skipped", message=f"{gate['samples']} samples, {gate['min_samples']} needed")
+        ET.SubElement(case, "system-out").text = f"observed {observed}"
+    suite.set("failures", str(failures))
+    suite.set("errors", str(errors))
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """A CI job summary: the verdict first, then gates, timings and the calls' accounting."""
+    verdict = summary.get("verdict", {"status": "passed", "reasons": []})
+    icon = {"passed": "✅", "failed": "❌", "invalid": "⚠️"}[verdict["status"]]
+    lines = [f"## athos-load: {icon} {verdict['status']}", ""]
+    lines += [f"- {reason}" for reason in verdict["reasons"]]
+    if verdict.get("aborted"):
+        lines.append(f"- {verdict['aborted']}")
+    if summary.get("gates"):
+        lines += ["", "| gate | threshold | observed | samples | result |", "|---|---|---|---|---|"]
+        for gate in summary["gates"]:
+            result = {True: "✅ pass", False: "❌ fail", None: "⚠️ too few samples"}[gate["passed"]]
+            lines.append(
+                f"| `{gate['metric']}` | `{gate['threshold']}` | {_observed(gate)} | {gate['samples']} | {result} |"
+            )
+    lines += ["", "| timing | count | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
+    for timing in Timing:
+        stats = summary[timing.value]
+        cells = " | ".join(_ms(stats[k]) for k in ("p50", "p95", "p99", "max"))
+        lines.append(f"| {timing.value} | {stats['count']} | {cells} |")
+    calls = summary["calls"]
+    lines += ["", "calls: " + ", ".join(f"{k} {_n(v)}" for k, v in calls.items())]
+    rate = summary.get("reconnects_per_session_minute")
+    lines.append(f"reconnects per session-minute: {'-' if rate is None else f'{rate:.3g}'}")
+    if summary.get("errors"):
+        lines.append("errors: " + ", ".join(f"{k} {_n(v)}" for k, v in summary["errors"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def _observed(gate: dict[str, Any]) -> str:
+    return "no data" if gate["observed"] is None else gate.get("shown") or f"{gate['observed']:.4g}"

@@ -25,6 +25,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,13 @@ from prometheus_client import start_http_server, write_to_textfile
 from .api import ApiError, AthosApi, ScoreBoard, ScorePoller, WebhookReceiver
 from .call import CallSettings, ScoreDrain
 from .distributed import MasterHub, WorkerLink
+from .gates import Gate, GateResult, GatesError, load_gates, verdict
 from .health import HealthMonitor
 from .metrics import Metrics, Outcome, Timing
 from .options import AthosOptions, OptionError
 from .pacer import AudioPacer
 from .protocol import CURSOR_NOW, PATH_REALTIME, AudioFormat, ErrorCode
-from .report import format_table
+from .report import format_table, junit_xml, markdown
 from .scenario import Scenario, ScenarioError, load_scenarios
 from .sim.config import SIM_API_KEY, SIM_WEBHOOK_SECRET
 from .simproc import SimulatorProcess
@@ -72,6 +74,7 @@ class RunPlan:
     options: AthosOptions
     scenarios: list[Scenario]
     settings: CallSettings | None  # None on a master, which runs no users
+    gates: list[Gate]  # judged where the whole run's numbers are: a local runner or the master
 
 
 class Runtime:
@@ -100,6 +103,9 @@ class Runtime:
         self.link: WorkerLink | None = None
         self._scenario_cache: dict[tuple[Path, AudioFormat], list[Scenario]] = {}
         self._watch: gevent.Greenlet | None = None
+        self._gates_watch: gevent.Greenlet | None = None
+        self._started_at: float | None = None
+        self._aborted_by: GateResult | None = None
         environment.athos = self
         if self.is_worker:
             # Scenarios and settings come with the master's options, at test_start. The API key
@@ -110,6 +116,7 @@ class Runtime:
         # Everything a user can get wrong is checked before anything starts.
         self._check_outputs(self.options)
         self._check_shape(self.options)
+        self._gates(self.options)
         if environment.host:
             self._check_host(environment.host)
         self.metrics.declare([s.name for s in self._scenarios(self.options)])
@@ -143,9 +150,22 @@ class Runtime:
         return path
 
     @staticmethod
+    def _gates(options: AthosOptions) -> list[Gate]:
+        try:
+            return load_gates(options.gates) if options.gates else []
+        except GatesError as exc:
+            raise OptionError(f"--athos-gates {exc}") from None
+
+    @staticmethod
     def _check_outputs(options: AthosOptions) -> None:
         """A summary that cannot be written would be lost after the whole run: find out now."""
-        for flag, value in (("--athos-summary", options.summary), ("--athos-metrics-file", options.metrics_file)):
+        outputs = (
+            ("--athos-summary", options.summary),
+            ("--athos-metrics-file", options.metrics_file),
+            ("--athos-junit", options.junit),
+            ("--athos-markdown", options.markdown),
+        )
+        for flag, value in outputs:
             if not value:
                 continue
             path = Path(value)
@@ -247,8 +267,10 @@ class Runtime:
         """Build this test's plan from the options in force now (web UI form, master's spawn)."""
         try:
             options = AthosOptions.parse(self.environment.parsed_options)
+            gates: list[Gate] = []
             if not self.is_worker:
                 self._check_shape(options)
+                gates = self._gates(options)
             scenarios = self._scenarios(options)
         except (OptionError, ScenarioError) as exc:
             self._refuse(str(exc))
@@ -260,9 +282,13 @@ class Runtime:
         settings = None
         if not self.is_master:
             settings = self._settings(options)
-        self.plan = RunPlan(options, scenarios, settings)
+        self.plan = RunPlan(options, scenarios, settings, gates)
+        self._started_at = time.monotonic()
+        self._aborted_by = None
         if not self.is_worker and (self._watch is None or self._watch.dead):
             self._watch = gevent.spawn(self._watch_setup)
+        if any(gate.abort_on_fail for gate in gates) and (self._gates_watch is None or self._gates_watch.dead):
+            self._gates_watch = gevent.spawn(self._watch_gates, gates)
 
     def _settings(self, options: AthosOptions) -> CallSettings:
         host = self.environment.host
@@ -321,6 +347,24 @@ class Runtime:
             (self.runner.quit if _headless(self.environment) else self.runner.stop)()
             return
 
+    def _watch_gates(self, gates: list[Gate]) -> None:
+        """k6's abort_on_fail: stop the run once such a gate has failed on enough samples, after
+        its delay_abort_eval (the master judges the merged numbers every second)."""
+        watched = [gate for gate in gates if gate.abort_on_fail]
+        while self._running():
+            gevent.sleep(1.0)
+            elapsed = time.monotonic() - (self._started_at or time.monotonic())
+            for gate in watched:
+                if elapsed < gate.delay_abort_eval:
+                    continue
+                result = gate.evaluate(self.metrics)
+                if result.passed is False:
+                    self._aborted_by = result
+                    logger.warning("athos-load: gate %s failed (abort_on_fail): stopping the run", gate)
+                    print(f"athos-load: gate {gate} failed with abort_on_fail: stopping the run", flush=True)
+                    (self.runner.quit if _headless(self.environment) else self.runner.stop)()
+                    return
+
     def _running(self) -> bool:
         return self.runner is not None and self.runner.state in (STATE_SPAWNING, STATE_RUNNING)
 
@@ -339,14 +383,50 @@ class Runtime:
             if missing:
                 logger.warning("no final report from %d worker(s): their last seconds are missing", len(missing))
         summary = self.summary()
-        if self.options.summary:
-            path = Path(self.options.summary)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(summary, indent=2) + "\n")
+        self._judge(summary)
+        reports = (
+            (self.options.summary, lambda: json.dumps(summary, indent=2) + "\n"),
+            (self.options.junit, lambda: junit_xml(summary)),
+            (self.options.markdown, lambda: markdown(summary)),
+        )
+        for target, render in reports:
+            if target:
+                path = Path(target)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(render(), encoding="utf-8")
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if step_summary and self.plan is not None and self.plan.gates:
+            with open(step_summary, "a", encoding="utf-8") as f:
+                f.write(markdown(summary))
         if self.options.metrics_file:
             write_to_textfile(self.options.metrics_file, self.metrics.registry)
         if _headless(self.environment):
             print(format_table(summary), flush=True)
+
+    def _judge(self, summary: dict[str, Any]) -> None:
+        """The gates on the whole run's numbers, and the verdict; with gates, it is the exit code."""
+        gates = self.plan.gates if self.plan is not None else []
+        results = [gate.evaluate(self.metrics) for gate in gates]
+        duration = time.monotonic() - self._started_at if self._started_at is not None else 0.0
+        summary["verdict"] = verdict(
+            results,
+            summary,
+            duration=duration,
+            frame_seconds=self.options.audio.frame_seconds,
+            aborted_by=self._aborted_by,
+        )
+        summary["gates"] = [result.to_dict() for result in results]
+        if gates and self.exit_code is None:
+            status = summary["verdict"]["status"]
+            self.exit_code = {
+                "passed": ExitCode.PASSED,
+                "failed": ExitCode.GATE_FAILED,
+                "invalid": ExitCode.INVALID,
+            }[status]
+        if gates:
+            print(f"athos-load verdict: {summary['verdict']['status']}", flush=True)
+            for reason in summary["verdict"]["reasons"]:
+                print(f"  {reason}", flush=True)
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary: the metrics' own, the generator's health, scoring and the shape's result."""
@@ -382,8 +462,9 @@ class Runtime:
 
     def on_quitting(self) -> None:
         self.health.stop()
-        if self._watch is not None:
-            self._watch.kill(block=False)
+        for watch in (self._watch, self._gates_watch):
+            if watch is not None:
+                watch.kill(block=False)
         if self.poller is not None:
             self.poller.stop()
         if self.receiver is not None:

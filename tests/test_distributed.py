@@ -11,6 +11,8 @@ from support.locust_run import LOCUST, ROOT, check_accounting, free_port, locust
 
 def test_master_merges_what_two_workers_recorded(tmp_path):
     port = free_port()
+    gates = tmp_path / "gates.yaml"
+    gates.write_text('connect_ready: ["p(90) < 10s", "count > 0"]\ncall_setup: ["rate > 0.5"]\n')
     # The options are the master's only (as in the README): workers run with them, not their defaults.
     master = subprocess.Popen(
         [
@@ -25,6 +27,7 @@ def test_master_merges_what_two_workers_recorded(tmp_path):
             "--athos-summary", str(tmp_path / "summary.json"),
             "--athos-metrics-file", str(tmp_path / "final.prom"),
             "--athos-drain-timeout", "15",
+            "--athos-gates", str(gates), "--athos-junit", str(tmp_path / "junit.xml"),
         ],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=locust_env(),
     )  # fmt: skip
@@ -60,6 +63,11 @@ def test_master_merges_what_two_workers_recorded(tmp_path):
     check_accounting(summary)
     assert calls["started"] > 0
     assert calls["scored"] > 0 and summary["webhooks"]["accepted"] >= calls["scored"]  # scores came via the master
+
+    # the master judged the gates on the merged numbers: every worker's samples, no more
+    assert summary["verdict"]["status"] == "passed", summary["verdict"]
+    assert summary["gates"][0]["samples"] == summary["connect_ready"]["count"] > 0
+    assert summary["gates"][1]["observed"] == summary["connect_ready"]["count"]
 
     prom = samples(tmp_path / "final.prom")
     # the workers ran the master's scenarios, not the three full drills of their own default

@@ -1,0 +1,338 @@
+"""CI gates: k6-style thresholds on the tool's own recordings, and the run's verdict.
+
+A gates file is YAML, a mapping from metric to a list of thresholds, as k6 users write them::
+
+    connect_ready: ["p(95) < 1.5s", "p(99) < 3s"]
+    persona_response{scenario:ma-full-sale}: ["med < 800ms"]
+    errors: ["rate < 0.01"]
+    errors{code:no_reply}: ["count == 0"]
+    scores_missing: ["count == 0"]
+    call_setup: ["rate > 0.99"]
+    reconnects_per_session_minute: ["value < 0.05"]
+    end_to_score:
+      - threshold: "p(99) < 90s"
+        abort_on_fail: true       # stop the run as soon as this fails on enough samples
+        delay_abort_eval: 30s     # not before 30 s into the run
+
+A timing (:class:`~athos_load.metrics.Timing`, or ``audio_send_lag``) takes ``avg``, ``min``,
+``max``, ``med``, ``p(N)`` and ``count``, with a unit on every duration (``ms``, ``s``, ``m``: a
+bare number would be read as milliseconds by a k6 user and as seconds by anyone else). The counted
+metrics take ``count`` and ``rate`` (:data:`RATES` says rate of what); ``reconnects_per_session_minute``
+takes ``value``. Values are the tool's 0.1% histograms and exact counters, never Locust's percentiles.
+
+A gate needs enough samples to mean something: ``p(N)`` needs ``ceil(100 / (100 - N))`` (p(95): 20,
+p(99): 100), every other aggregate at least one. A gate without them is *insufficient*, and the run is
+then invalid rather than passed or failed.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .metrics import KNOWN_CODES, Metrics, Outcome, Timing
+
+TIMINGS = (*(t.value for t in Timing), "audio_send_lag")
+# counted metric -> (what ``count`` is, what ``rate`` is)
+RATES = {
+    "errors": "error events (of one code with {code:X}) per call started",
+    "scores_missing": "completed calls whose score never came, over completed calls",
+    "call_setup": "calls that reached ready over calls that tried (ready + failed before ready)",
+}
+VALUES = {"reconnects_per_session_minute": "transient drops per minute of connected call time"}
+METRICS = (*TIMINGS, *RATES, *VALUES)
+FILTERS = {"scenario": (*TIMINGS, "scores_missing", "call_setup"), "code": ("errors",)}
+
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0}
+_METRIC = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<key>\w+):(?P<value>[^{}]+)\})?$")
+_EXPRESSION = re.compile(
+    r"^\s*(?P<agg>avg|min|max|med|count|rate|value|p\((?P<q>[0-9.]+)\))\s*"
+    r"(?P<op><=|>=|==|!=|<|>)\s*(?P<number>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?P<unit>ms|s|m)?\s*$"
+)
+_DURATION = re.compile(r"^\s*(?P<number>[0-9]*\.?[0-9]+)\s*(?P<unit>ms|s|m)\s*$")
+
+
+class GatesError(ValueError):
+    """A gates file with a mistake; the text reads ``FILE:LINE: what is wrong``."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One threshold on one metric."""
+
+    metric: str  # as written, e.g. "connect_ready{scenario:quick}"
+    name: str  # the metric alone
+    filter: tuple[str, str] | None  # ("scenario", "quick")
+    expression: str  # as written, e.g. "p(95) < 1.5s"
+    aggregate: str  # avg, min, max, med, p, count, rate, value
+    quantile: float | None  # for p(N)
+    op: str
+    limit: float  # in seconds for durations
+    abort_on_fail: bool = False
+    delay_abort_eval: float = 0.0
+    line: int = 0
+
+    @property
+    def min_samples(self) -> int:
+        if self.aggregate == "p" and self.quantile is not None:
+            return max(1, math.ceil(100.0 / (100.0 - self.quantile) - 1e-9)) if self.quantile < 100 else 1
+        return 1
+
+    def evaluate(self, metrics: Metrics) -> GateResult:
+        observed, samples = observe(metrics, self)
+        enough = observed is not None and samples >= self.min_samples
+        passed = bool(enough and OPERATORS[self.op](observed, self.limit))
+        return GateResult(self, observed, samples, passed if enough else None)
+
+    def __str__(self) -> str:
+        return f"{self.metric}: {self.expression}"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: Gate
+    observed: float | None
+    samples: int
+    passed: bool | None  # None: too few samples to judge
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.gate.metric,
+            "threshold": self.gate.expression,
+            "observed": self.observed,
+            "shown": format_value(self),
+            "samples": self.samples,
+            "min_samples": self.gate.min_samples,
+            "passed": self.passed,
+            "abort_on_fail": self.gate.abort_on_fail,
+        }
+
+
+# -- reading a file --------------------------------------------------------------------------------
+
+
+def load_gates(path: str | Path) -> list[Gate]:
+    """Every gate of a file, or :class:`GatesError` naming the file, the line and the mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GatesError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise GatesError(f"{where}: not YAML ({getattr(exc, 'problem', exc)})") from None
+    if root is None:
+        raise GatesError(f"{path}: empty; expected a mapping from metric to thresholds")
+    if not isinstance(root, yaml.MappingNode):
+        raise GatesError(f"{path}:{root.start_mark.line + 1}: expected a mapping from metric to thresholds")
+    gates: list[Gate] = []
+    for key_node, value_node in root.value:
+        where = f"{path}:{key_node.start_mark.line + 1}"
+        metric = str(key_node.value).strip()
+        name, filt = _parse_metric(metric, where)
+        items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        if isinstance(value_node, yaml.MappingNode):
+            items = [value_node]
+        if not items:
+            raise GatesError(f"{where}: {metric}: no thresholds")
+        for item in items:
+            line = item.start_mark.line + 1
+            gates.append(_parse_threshold(metric, name, filt, item, f"{path}:{line}", line))
+    return gates
+
+
+def _parse_metric(metric: str, where: str) -> tuple[str, tuple[str, str] | None]:
+    match = _METRIC.match(metric)
+    if not match:
+        raise GatesError(f"{where}: {metric!r}: expected METRIC or METRIC{{scenario:NAME}}")
+    name = match["name"]
+    if name not in METRICS:
+        raise GatesError(f"{where}: unknown metric {name!r} (known: {', '.join(METRICS)})")
+    if match["key"] is None:
+        return name, None
+    key, value = match["key"], match["value"].strip()
+    if name not in FILTERS.get(key, ()):
+        allowed = [k for k, names in FILTERS.items() if name in names]
+        hint = f"{name} takes {{{allowed[0]}:…}}" if allowed else f"{name} takes no filter"
+        raise GatesError(f"{where}: {metric!r}: cannot filter by {key!r} ({hint})")
+    if key == "code" and value not in KNOWN_CODES:
+        raise GatesError(f"{where}: {metric!r}: unknown error code {value!r}")
+    return name, (key, value)
+
+
+def _parse_threshold(
+    metric: str, name: str, filt: tuple[str, str] | None, node: yaml.Node, where: str, line: int
+) -> Gate:
+    abort, delay = False, 0.0
+    if isinstance(node, yaml.MappingNode):
+        fields = {str(k.value): v for k, v in node.value}
+        unknown = set(fields) - {"threshold", "abort_on_fail", "delay_abort_eval"}
+        if unknown or "threshold" not in fields:
+            raise GatesError(
+                f"{where}: a threshold object has 'threshold' and optionally 'abort_on_fail', 'delay_abort_eval'"
+                + (f" (not {', '.join(sorted(unknown))})" if unknown else "")
+            )
+        abort_text = str(fields["abort_on_fail"].value) if "abort_on_fail" in fields else "false"
+        if abort_text not in ("true", "false"):
+            raise GatesError(f"{where}: abort_on_fail: expected true or false, got {abort_text!r}")
+        abort = abort_text == "true"
+        if "delay_abort_eval" in fields:
+            text = str(fields["delay_abort_eval"].value)
+            match = _DURATION.match(text)
+            if not match:
+                raise GatesError(f"{where}: delay_abort_eval: {text!r} is not a duration like 30s or 500ms")
+            delay = float(match["number"]) * UNITS[match["unit"]]
+        node = fields["threshold"]
+    if not isinstance(node, yaml.ScalarNode):
+        raise GatesError(f'{where}: {metric}: a threshold is a string like "p(95) < 1.5s"')
+    expression = str(node.value)
+    match = _EXPRESSION.match(expression)
+    if not match:
+        raise GatesError(
+            f'{where}: {metric}: {expression!r}: expected AGGREGATE OP VALUE, e.g. "p(95) < 1.5s" '
+            "(avg, min, max, med, p(N), count, rate, value; <, <=, >, >=, ==, !=)"
+        )
+    aggregate = "p" if match["q"] is not None else match["agg"]
+    quantile = float(match["q"]) if match["q"] is not None else None
+    if quantile is not None and not 0 < quantile <= 100:
+        raise GatesError(f"{where}: {metric}: {expression!r}: p(N) needs 0 < N <= 100")
+    allowed = _aggregates(name)
+    if aggregate not in allowed:
+        raise GatesError(f"{where}: {metric}: {expression!r}: {name} takes {', '.join(allowed)}")
+    limit = float(match["number"])
+    unit = match["unit"]
+    if name in TIMINGS and aggregate != "count":
+        if unit is None:
+            raise GatesError(f"{where}: {metric}: {expression!r}: give the unit (ms, s or m)")
+        limit *= UNITS[unit]
+    elif unit is not None:
+        raise GatesError(f"{where}: {metric}: {expression!r}: {aggregate} takes no unit")
+    return Gate(metric, name, filt, expression, aggregate, quantile, match["op"], limit, abort, delay, line)
+
+
+def _aggregates(name: str) -> tuple[str, ...]:
+    if name in TIMINGS:
+        return ("avg", "min", "max", "med", "p", "count")
+    if name in RATES:
+        return ("count", "rate")
+    return ("value",)
+
+
+# -- observing -------------------------------------------------------------------------------------
+
+
+def observe(metrics: Metrics, gate: Gate) -> tuple[float | None, int]:
+    """The gate's observed value and the samples behind it (None when there is nothing to judge)."""
+    scenario = gate.filter[1] if gate.filter and gate.filter[0] == "scenario" else None
+    if gate.name in TIMINGS:
+        hist = metrics.timing(gate.name, scenario)
+        if gate.aggregate == "count":
+            return float(hist.count), max(1, hist.count)
+        if hist.count == 0:
+            return None, 0
+        value = {
+            "avg": lambda: hist.sum / hist.count,
+            "min": lambda: hist.min,
+            "max": lambda: hist.max,
+            "med": lambda: hist.percentile(50),
+            "p": lambda: hist.percentile(gate.quantile or 0.0),
+        }[gate.aggregate]()
+        return value, hist.count
+    if gate.name == "reconnects_per_session_minute":
+        value = metrics.reconnects_per_session_minute()
+        return value, 0 if value is None else 1
+    match = {"scenario": scenario} if scenario else {}
+    if gate.name == "errors":
+        code = gate.filter[1] if gate.filter else None
+        count = metrics.total("athos_errors", code=code) if code else metrics.total("athos_errors")
+        denominator = metrics.total("athos_sessions_started")
+    elif gate.name == "scores_missing":
+        count = metrics.total("athos_scores_missing", **match)
+        denominator = metrics.total("athos_sessions", outcome=Outcome.COMPLETED.value, **match)
+    else:  # call_setup
+        count = metrics.timing(Timing.CONNECT_READY, scenario).count
+        denominator = count + metrics.total("athos_setup_failed", **match)
+    if gate.aggregate == "count":
+        return float(count), 1
+    if denominator == 0:
+        return None, 0
+    return count / denominator, int(denominator)
+
+
+# -- the verdict -----------------------------------------------------------------------------------
+
+SATURATED_SHARE = 0.10  # a run saturated longer than this share of its time is invalid
+
+
+def verdict(
+    results: list[GateResult],
+    summary: dict[str, Any],
+    *,
+    duration: float,
+    frame_seconds: float,
+    aborted_by: GateResult | None = None,
+) -> dict[str, Any]:
+    """``passed``, ``failed`` or ``invalid``, with the reasons, for the JSON summary.
+
+    Invalid (the numbers cannot be trusted) wins over failed: no call completed, a gate had too few
+    samples, a generator was saturated for more than :data:`SATURATED_SHARE` of the run, or the
+    audio send lag p99 exceeded one frame. A run stopped by an ``abort_on_fail`` gate has failed.
+    """
+    invalid: list[str] = []
+    if summary["calls"]["completed"] == 0:
+        invalid.append("no call completed")
+    for result in results:
+        if result.passed is None:
+            invalid.append(
+                f"{result.gate}: {result.samples} samples, at least {result.gate.min_samples} needed to judge it"
+            )
+    saturated = summary.get("saturated_seconds") or 0.0
+    if duration > 0 and saturated > SATURATED_SHARE * duration:
+        invalid.append(
+            f"the generator was saturated for {saturated:.0f} s of {duration:.0f} s "
+            f"(more than {SATURATED_SHARE:.0%}): its latencies include its own delay"
+        )
+    lag = (summary.get("audio_send_lag") or {}).get("p99")
+    if lag is not None and lag > frame_seconds:
+        invalid.append(f"audio send lag p99 {lag * 1000:.1f} ms exceeded one frame ({frame_seconds * 1000:.0f} ms)")
+    failed = [f"{r.gate}: observed {format_value(r)}" for r in results if r.passed is False]
+    if aborted_by is not None:
+        # stopped because a gate failed on enough samples: that failure stands, however short the run
+        failed = failed or [f"{aborted_by.gate}: observed {format_value(aborted_by)}"]
+        return {
+            "status": "failed",
+            "reasons": failed,
+            "aborted": f"stopped early: {aborted_by.gate} failed (observed {format_value(aborted_by)})",
+        }
+    status = "invalid" if invalid else "failed" if failed else "passed"
+    return {"status": status, "reasons": invalid if invalid else failed}
+
+
+def format_value(result: GateResult) -> str:
+    """The observed value in the gate's own terms (durations in ms or s)."""
+    value = result.observed
+    if value is None:
+        return "no data"
+    if result.gate.name in TIMINGS and result.gate.aggregate != "count":
+        return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.3f}s"
+    if result.gate.aggregate == "count":
+        return f"{value:g}"
+    return f"{value:.4g}"
