@@ -183,13 +183,19 @@ def _count(text: str) -> int:
     return value
 
 
-def _drills(text: str) -> dict[str, str]:
-    drills: dict[str, str] = {}
+def _pairs(text: str, what: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE,...`` as (key, value) pairs; ``what`` names the value in the error."""
+    pairs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, persona = item.partition("=")
-        if not sep or not key.strip() or not persona.strip():
-            raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=PERSONA")
-        drills[key.strip()] = persona.strip()
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(f"{item!r}: expected KEY={what}")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def _drills(text: str) -> dict[str, str]:
+    drills = dict(_pairs(text, "PERSONA"))
     if not drills:
         raise argparse.ArgumentTypeError("at least one KEY=PERSONA is needed")
     return drills
@@ -197,14 +203,11 @@ def _drills(text: str) -> dict[str, str]:
 
 def _greeting_drills(text: str) -> dict[str, float]:
     greetings: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, seconds = item.partition("=")
-        if not sep or not key.strip() or not seconds.strip():
-            raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=SECONDS")
+    for key, seconds in _pairs(text, "SECONDS"):
         try:
-            greetings[key.strip()] = _non_negative(seconds.strip())
+            greetings[key] = _non_negative(seconds)
         except (ValueError, argparse.ArgumentTypeError):
-            raise argparse.ArgumentTypeError(f"{item!r}: SECONDS must be a finite number >= 0") from None
+            raise argparse.ArgumentTypeError(f"{key}={seconds!r}: SECONDS must be a finite number >= 0") from None
     return greetings  # empty ('') is allowed: no drill greets but by --greeting
 
 
