@@ -99,8 +99,8 @@ class HealthMonitor:
         if running:
             self.max_cpu = max(self.max_cpu, cpu)
         saturated = running and full and (cpu > self.cpu_limit or lag_p99 > self.lag_limit)
-        if saturated and since is not None:
-            self.saturated_seconds += now - since  # wall time, however late this sample came
+        saturated_for = now - since if saturated and since is not None else 0.0
+        self.saturated_seconds += saturated_for  # wall time, however late this sample came
         if saturated != self.saturated:
             self.saturated = saturated
             if saturated:
@@ -112,7 +112,7 @@ class HealthMonitor:
                 )
         if self.users is not None:
             self.metrics.users = self.users()
-        self.metrics.health[self.metrics.source] = {
+        sample = {
             "cpu_seconds": self._cpu[-1][1],
             "memory_bytes": float(self._process.memory_info().rss),
             "saturated": 1.0 if saturated else 0.0,
@@ -120,6 +120,7 @@ class HealthMonitor:
             "loop_lag_p99": lag_p99,
             "saturated_seconds": self.saturated_seconds,
         }
+        self.metrics.record_health(sample, saturated_for=saturated_for)
 
     def summary(self) -> dict[str, float]:
         return {

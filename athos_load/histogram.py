@@ -20,14 +20,31 @@ MAX_VALUE = 86_400.0  # a day; larger values are counted in the highest bucket
 
 
 class LogHistogram:
-    """Counts of non-negative values (seconds) in log-spaced buckets, plus exact count/sum/min/max."""
+    """Counts of non-negative values (seconds) in log-spaced buckets, plus exact count/sum/min/max.
+
+    A subclass sets another ``relative_accuracy`` (its bucket layout follows); histograms of
+    different accuracies do not merge.
+    """
 
     __slots__ = ("counts", "count", "sum", "min", "max")
 
-    _gamma = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
-    _log_gamma = math.log(_gamma)
-    _offset = math.ceil(math.log(MIN_VALUE) / _log_gamma)
-    size = math.ceil(math.log(MAX_VALUE) / _log_gamma) - _offset + 1
+    relative_accuracy = RELATIVE_ACCURACY
+    _gamma: float
+    _log_gamma: float
+    _offset: int
+    size: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._layout()
+
+    @classmethod
+    def _layout(cls) -> None:
+        a = cls.relative_accuracy
+        cls._gamma = (1 + a) / (1 - a)
+        cls._log_gamma = math.log(cls._gamma)
+        cls._offset = math.ceil(math.log(MIN_VALUE) / cls._log_gamma)
+        cls.size = math.ceil(math.log(MAX_VALUE) / cls._log_gamma) - cls._offset + 1
 
     def __init__(self) -> None:
         self.counts = np.zeros(self.size, dtype=np.int64)
@@ -59,6 +76,8 @@ class LogHistogram:
         self.max = max(self.max, float(values.max()))
 
     def merge(self, other: LogHistogram) -> None:
+        if other.size != self.size:
+            raise ValueError("histograms of different accuracies do not merge")
         self.counts += other.counts
         self.count += other.count
         self.sum += other.sum
@@ -118,3 +137,6 @@ class LogHistogram:
         if hist.count:
             hist.min, hist.max = float(data["lo"]), float(data["hi"])
         return hist
+
+
+LogHistogram._layout()

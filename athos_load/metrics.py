@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .histogram import LogHistogram
 from .protocol import ErrorCode
+from .timeline import Timeline
 
 
 class Timing(enum.StrEnum):
@@ -115,7 +116,7 @@ class Series:
         self.buckets[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
         self.log.record(value)
 
-    def observe_many(self, values: list[float]) -> None:
+    def observe_many(self, values: list[float] | np.ndarray) -> None:
         array = np.asarray(values, dtype=np.float64)
         np.add.at(self.buckets, np.searchsorted(self.bounds, array, side="left"), 1)
         self.log.record_many(array)
@@ -156,6 +157,7 @@ class Metrics:
         self.active: dict[str, Counter[str]] = {source: Counter()}  # source -> scenario -> calls
         self.health: dict[str, dict[str, float]] = {}  # source -> cpu_seconds, memory_bytes, saturated
         self.users = 0
+        self.timeline = Timeline()  # the same recordings over time, for reports and baselines
         for code in (*KNOWN_CODES, "other"):
             self.counters[("athos_errors", (code,))] += 0  # known codes exist at zero from the start
         self.registry = CollectorRegistry(auto_describe=False)
@@ -182,19 +184,26 @@ class Metrics:
         if series is None:
             series = self.series[key] = Series(BUCKETS[key[0]])
         series.observe(seconds)
+        self.timeline.observe(key[0], seconds)
 
     def count(self, family: str, *labels: str, amount: float = 1) -> None:
         if family not in COUNTERS or len(labels) != len(COUNTERS[family][1]):
             raise KeyError(f"no counter {family} with {len(labels)} labels")  # a typo would never be exported
         self.counters[(family, labels)] += amount
+        self.timeline.count(family, labels, amount)
 
     def call_started(self, scenario: str) -> None:
         self.count("athos_sessions_started", scenario)
         self.active[self.source][scenario] += 1
+        self._peak_active()
+
+    def _peak_active(self) -> None:
+        self.timeline.peak("active_calls", self.source, sum(self.active[self.source].values()))
 
     def call_finished(self, scenario: str, outcome: Outcome, connected_seconds: float = 0.0) -> None:
         """A call is accounted for; ``connected_seconds`` from ready to its end count as session time."""
         self.count("athos_sessions", scenario, outcome.value)
+        self._peak_active()  # the level this call was part of
         self.active[self.source][scenario] -= 1
         if connected_seconds > 0:
             self.count("athos_session_seconds", scenario, amount=connected_seconds)
@@ -208,13 +217,24 @@ class Metrics:
     def reconnect(self, scenario: str) -> None:
         self.count("athos_reconnects", scenario)
 
-    def audio_send_lags(self, seconds: list[float]) -> None:
+    def audio_send_lags(self, seconds: list[float] | np.ndarray) -> None:
         """A batch of per-frame send lags from the pacer (one numpy pass, not a call per frame)."""
         key = ("audio_send_lag", "")
         series = self.series.get(key)
         if series is None:
             series = self.series[key] = Series(BUCKETS["audio_send_lag"])
-        series.observe_many(seconds)
+        array = np.asarray(seconds, dtype=np.float64)
+        series.observe_many(array)
+        self.timeline.observe_many("audio_send_lag", array)
+
+    def record_health(self, sample: dict[str, float], *, saturated_for: float = 0.0) -> None:
+        """The generator's latest health sample; ``saturated_for`` seconds since the last were saturated."""
+        self.health[self.source] = sample
+        self.timeline.peak("cpu_ratio", self.source, sample.get("cpu_ratio", 0.0))
+        self.timeline.peak("users", self.source, self.users)
+        self._peak_active()  # every second, so a window of long calls with no start or end shows them
+        if saturated_for:
+            self.timeline.count("saturated_seconds", (), saturated_for)
 
     # -- distribution: worker deltas, merged on the master -----------------------------------------
 
@@ -228,6 +248,7 @@ class Metrics:
             "counters": [[family, list(labels), n] for (family, labels), n in self.counters.items() if n],
             "active": dict(self.active[self.source]),
             "health": self.health.get(self.source, {}),
+            "timeline": self.timeline.take_delta(),
         }
         self.series = {}
         self.counters = Counter()
@@ -244,6 +265,7 @@ class Metrics:
         for family, labels, n in delta["counters"]:
             self.counters[(family, tuple(labels))] += n
         self.active[source] = Counter(delta["active"])
+        self.timeline.merge(delta["timeline"], source)
         if delta["health"]:
             self.health[source] = delta["health"]
 
@@ -258,13 +280,7 @@ class Metrics:
         return merged
 
     def total(self, family: str, **match: str) -> float:
-        names = COUNTERS[family][1]
-        wanted = {names.index(k): v for k, v in match.items()}
-        return sum(
-            n
-            for (fam, labels), n in self.counters.items()
-            if fam == family and all(labels[i] == v for i, v in wanted.items())
-        )
+        return total(self.counters, family, **match)
 
     def reconnects_per_session_minute(self) -> float | None:
         """Transient drops per minute of connected call time; None before any call time."""
@@ -276,21 +292,57 @@ class Metrics:
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary: per timing count/min/p50/p95/p99/max (seconds), calls, errors."""
-        calls = {"started": self.total("athos_sessions_started")}
-        for outcome in Outcome:
-            calls[outcome.value] = self.total("athos_sessions", outcome=outcome.value)
-        for outcome, family in SCORE_FAMILIES.items():
-            calls[outcome.value] = self.total(family)
-        errors = {labels[0]: n for (fam, labels), n in sorted(self.counters.items()) if fam == "athos_errors" and n}
+        accounting = _accounting(self.counters)
         return {
             **{t.value: self.timing(t).summary() for t in Timing},
-            "calls": calls,
-            "reconnects": self.total("athos_reconnects"),
+            "calls": accounting["calls"],
+            "reconnects": accounting["reconnects"],
             "reconnects_per_session_minute": self.reconnects_per_session_minute(),
-            "session_minutes": round(self.total("athos_session_seconds") / 60.0, 3),
-            "errors": errors,
+            "session_minutes": round(accounting["session_seconds"] / 60.0, 3),
+            "errors": accounting["errors"],
             "audio_send_lag": self.timing("audio_send_lag").summary(),
         }
+
+    def timeline_summary(self) -> dict[str, Any]:
+        """The run over time, for the JSON summary: per window (``start`` in epoch seconds) each
+        timing's count and percentiles with its histogram (``h``, what baselines compare), the
+        calls, errors, reconnects, session and saturated seconds, and the peaks of the levels."""
+        windows = []
+        for start, window in self.timeline:
+            entry: dict[str, Any] = {"start": start}
+            for name, hist in sorted(window.timings.items()):
+                entry[name] = {**hist.summary(), "h": hist.to_dict()}
+            entry.update(_accounting(window.counters))
+            entry["saturated_seconds"] = window.counters[("saturated_seconds", ())]
+            entry["active_calls"] = window.level("active_calls")
+            entry["users"] = window.level("users", max)  # a master counts every worker's users
+            entry["cpu_ratio"] = window.level("cpu_ratio", max)
+            windows.append(entry)
+        return {"window_seconds": self.timeline.width, "windows": windows}
+
+
+def total(counters: Counter[tuple[str, tuple[str, ...]]], family: str, **match: str) -> float:
+    """The sum of a counter family's values whose labels match, by name: ``outcome="failed"``."""
+    names = COUNTERS[family][1]
+    wanted = {names.index(k): v for k, v in match.items()}
+    return sum(
+        n for (fam, labels), n in counters.items() if fam == family and all(labels[i] == v for i, v in wanted.items())
+    )
+
+
+def _accounting(counters: Counter[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
+    """Calls by outcome and score, errors by code, reconnects and session seconds, from counts."""
+    calls = {"started": total(counters, "athos_sessions_started")}
+    for outcome in Outcome:
+        calls[outcome.value] = total(counters, "athos_sessions", outcome=outcome.value)
+    for outcome, family in SCORE_FAMILIES.items():
+        calls[outcome.value] = total(counters, family)
+    return {
+        "calls": calls,
+        "errors": {labels[0]: n for (fam, labels), n in sorted(counters.items()) if fam == "athos_errors" and n},
+        "reconnects": total(counters, "athos_reconnects"),
+        "session_seconds": total(counters, "athos_session_seconds"),
+    }
 
 
 class _Collector:

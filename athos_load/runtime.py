@@ -50,6 +50,7 @@ from .scenario import Scenario, ScenarioError, load_scenarios
 from .sim.config import SIM_API_KEY, SIM_WEBHOOK_SECRET
 from .simproc import SimulatorProcess
 from .verdict import ExitCode
+from .webui import install_tab
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ class Runtime:
             raise
         if self.is_master:
             self.hub = MasterHub(runner, self.metrics, self.board, score_timeout=self.options.score_timeout)
+        if getattr(environment, "web_ui", None) is not None:
+            install_tab(environment, self)
 
     # -- checks before the run -------------------------------------------------------------------
 
@@ -444,7 +447,23 @@ class Runtime:
         capacity = getattr(self.environment.shape_class, "capacity_result", None)
         if capacity is not None:
             summary["capacity"] = capacity
+        summary["settings"] = self._run_settings()
+        summary["timeline"] = self.metrics.timeline_summary()
         return summary
+
+    def _run_settings(self) -> dict[str, Any]:
+        """What this run was asked to do: the report's "settings" and a baseline's comparability check."""
+        parsed = self.environment.parsed_options
+        runner = self.runner
+        return {
+            "host": self.environment.host,
+            "users": getattr(parsed, "num_users", None),
+            "spawn_rate": getattr(parsed, "spawn_rate", None),
+            "run_time": getattr(parsed, "run_time", None),
+            "workers": runner.worker_count if self.is_master else 0,
+            "scenarios": [s.name for s in self.plan.scenarios] if self.plan is not None else [],
+            "athos": {k: v for k, v in dataclasses.asdict(self.options).items() if v not in ("", None)},
+        }
 
     def _drain(self, timeout: float) -> None:
         pending = self.drain.pending

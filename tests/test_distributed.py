@@ -90,3 +90,9 @@ def test_master_merges_what_two_workers_recorded(tmp_path):
         # the histogram holds one sample per Locust entry the workers reported, no more, no less
         assert total(prom, f"athos_{timing}_seconds_count") == count == locust_counts[timing], timing
         assert total(prom, f"athos_{timing}_seconds_bucket", le="+Inf") == count
+        # the time windows hold every worker's samples too, however they were binned
+        windows = summary["timeline"]["windows"]
+        assert sum(w[timing]["count"] for w in windows if timing in w) == count, timing
+    windows = summary["timeline"]["windows"]
+    assert sum(w["calls"]["started"] for w in windows) == calls["started"]
+    assert max(w["active_calls"] or 0 for w in windows) > 0  # the workers' calls, summed at the master

@@ -1,0 +1,93 @@
+"""Time windows: bounded however long the run, nothing dropped when they coarsen, and a worker's
+windows folding exactly into the master's."""
+
+import numpy as np
+
+from athos_load.metrics import Metrics, Outcome, Timing
+from athos_load.timeline import BASE_SECONDS, Timeline
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_long_run_keeps_a_bounded_number_of_windows_and_every_sample():
+    clock = Clock()
+    timeline = Timeline(clock=clock, max_windows=50)
+    values = []
+    for second in range(10_000):  # almost three hours, one sample a second, slower as it goes
+        clock.t += 1.0
+        value = 0.1 + second / 10_000
+        timeline.observe("connect_ready", value)
+        timeline.count("athos_errors", ("no_reply",))
+        values.append(value)
+        assert len(timeline.windows) <= 50
+    assert timeline.width >= 10_000 / 50  # it coarsened ...
+    hists = [w.timings["connect_ready"] for _, w in timeline]
+    assert sum(h.count for h in hists) == 10_000  # ... merging, never dropping
+    assert sum(w.counters[("athos_errors", ("no_reply",))] for _, w in timeline) == 10_000
+    # each window holds exactly the samples of its own span, in order
+    starts = [start for start, _ in timeline]
+    assert starts == sorted(starts) and all(s % timeline.width == 0 for s in starts)
+    medians = [h.percentile(50) for h in hists]
+    assert medians == sorted(medians) and medians[0] < 0.2 and medians[-1] > 1.0
+
+
+def test_worker_windows_fold_into_a_coarser_master():
+    clock = Clock()
+    master = Metrics(source="master")
+    master.timeline.clock = clock
+    workers = [Metrics(source="local"), Metrics(source="local")]
+    for worker in workers:
+        worker.timeline.clock = clock
+    # the master has already coarsened (a long run): its windows are 8 s wide
+    master.timeline.width = 8 * BASE_SECONDS
+    expected = []
+    for step in range(40):
+        clock.t += 0.5
+        for i, worker in enumerate(workers):
+            worker.observe(Timing.CONNECT_READY, 0.2 + i, "s")
+            expected.append(0.2 + i)
+            if step % 10 == 0:
+                worker.call_started("s")
+        if step % 6 == 5:  # a worker report every 3 s
+            for i, worker in enumerate(workers):
+                master.merge(worker.take_delta(), f"w{i}")
+    for i, worker in enumerate(workers):
+        master.merge(worker.take_delta(), f"w{i}")
+    assert master.timeline.width == 8 * BASE_SECONDS
+    summary = master.timeline_summary()
+    assert summary["window_seconds"] == 8.0
+    windows = summary["windows"]
+    assert len(windows) == 3 or len(windows) == 4  # 20 s of samples on an 8 s grid
+    assert sum(w["connect_ready"]["count"] for w in windows) == len(expected)
+    assert sum(w["calls"]["started"] for w in windows) == 8
+    # the levels stay per worker and add up: both workers' calls were active at once
+    assert [w["active_calls"] for w in windows if w["active_calls"] is not None][-1] == 8
+    run = master.timing(Timing.CONNECT_READY)
+    merged = np.concatenate([[0.2] * 40, [1.2] * 40])
+    assert abs(run.percentile(50) - np.percentile(merged, 50)) <= 0.001 * np.percentile(merged, 50)
+
+
+def test_a_window_accounts_calls_and_health():
+    clock = Clock()
+    m = Metrics()
+    m.timeline.clock = clock
+    m.declare(["s"])
+    m.call_started("s")
+    m.call_started("s")
+    clock.t += 1.0
+    m.call_finished("s", Outcome.COMPLETED, 30.0)
+    m.error("no_reply")
+    m.users = 2
+    m.record_health({"cpu_ratio": 0.97}, saturated_for=0.8)
+    first, second = m.timeline_summary()["windows"]
+    assert first["calls"]["started"] == 2 and first["active_calls"] == 2 and first["calls"]["completed"] == 0
+    assert second["calls"]["completed"] == 1 and second["errors"] == {"no_reply": 1}
+    assert second["session_seconds"] == 30.0 and second["saturated_seconds"] == 0.8
+    assert second["cpu_ratio"] == 0.97 and second["users"] == 2
+    assert second["active_calls"] == 2  # the level the finished call was part of
