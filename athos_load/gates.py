@@ -20,6 +20,14 @@ bare number would be read as milliseconds by a k6 user and as seconds by anyone 
 metrics take ``count`` and ``rate`` (:data:`RATES` says rate of what); ``reconnects_per_session_minute``
 takes ``value``. Values are the tool's 0.1% histograms and exact counters, never Locust's percentiles.
 
+With ``--athos-baseline`` (a previous run's JSON summary), a ``regression`` entry holds relative
+limits, ``TIMING.STAT: N%`` with STAT ``pN``, ``med`` or ``avg``::
+
+    regression: {connect_ready.p95: 10%, persona_response.p50: 10%}
+
+and the run fails when it is worse than the baseline by more than N% with 95% confidence
+(:mod:`athos_load.baseline` says how); :data:`DEFAULT_REGRESSION` applies when the file has none.
+
 A gate needs enough samples to mean something: ``p(N)`` needs ``ceil(100 / (100 - N))`` (p(95): 20,
 p(99): 100), every other aggregate at least one. A gate without them is *insufficient*, and the run is
 then invalid rather than passed or failed.
@@ -31,12 +39,13 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from .baseline import CONFIDENCE, MIN_WINDOWS, RESAMPLES, Baseline, Comparison, compare
 from .metrics import KNOWN_CODES, Metrics, Outcome, Timing
 
 TIMINGS = (*(t.value for t in Timing), "audio_send_lag")
@@ -64,6 +73,9 @@ _EXPRESSION = re.compile(
     r"^\s*(?P<agg>avg|min|max|med|count|rate|value|p\((?P<q>[0-9.]+)\))\s*"
     r"(?P<op><=|>=|==|!=|<|>)\s*(?P<number>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?P<unit>ms|s|m)?\s*$"
 )
+_REGRESSION = re.compile(r"^(?P<name>[a-z_]+)\.(?P<stat>avg|med|p(?P<q>[0-9]+(?:\.[0-9]+)?))$")
+_PERCENT = re.compile(r"^\s*(?P<number>[0-9]*\.?[0-9]+)\s*%\s*$")
+DEFAULT_REGRESSION = {"connect_ready.p95": "10%", "persona_response.p50": "10%", "persona_response.p95": "10%"}
 _DURATION = re.compile(r"^\s*(?P<number>[0-9]*\.?[0-9]+)\s*(?P<unit>ms|s|m)\s*$")
 
 
@@ -89,9 +101,7 @@ class Gate:
 
     @property
     def min_samples(self) -> int:
-        if self.aggregate == "p" and self.quantile is not None:
-            return max(1, math.ceil(100.0 / (100.0 - self.quantile) - 1e-9)) if self.quantile < 100 else 1
-        return 1
+        return _min_samples(self.quantile if self.aggregate == "p" else None)
 
     def evaluate(self, metrics: Metrics) -> GateResult:
         observed, samples = observe(metrics, self)
@@ -110,6 +120,9 @@ class GateResult:
     samples: int
     passed: bool | None  # None: too few samples to judge
 
+    def shortfall(self) -> str:
+        return f"{self.samples} samples, at least {self.gate.min_samples} needed to judge it"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.gate.metric,
@@ -123,10 +136,106 @@ class GateResult:
         }
 
 
+def _min_samples(quantile: float | None) -> int:
+    """p(N) needs ceil(100 / (100 - N)) samples; anything else one."""
+    if quantile is None or quantile >= 100:
+        return 1
+    return max(1, math.ceil(100.0 / (100.0 - quantile) - 1e-9))
+
+
+@dataclass(frozen=True)
+class Regression:
+    """A relative limit against the baseline run: ``connect_ready.p95: 10%``."""
+
+    metric: str  # as written, e.g. "connect_ready.p95"
+    name: str  # the timing
+    quantile: float | None  # None: the mean
+    limit: float  # 0.10 for 10%
+    line: int = 0
+    baseline: Baseline | None = field(default=None, compare=False)  # bound from --athos-baseline
+    abort_on_fail: ClassVar[bool] = False
+    delay_abort_eval: ClassVar[float] = 0.0
+
+    @property
+    def expression(self) -> str:
+        return f"at most {self.limit:.0%} worse than the baseline"
+
+    @property
+    def min_samples(self) -> int:
+        return _min_samples(self.quantile)
+
+    def evaluate(self, metrics: Metrics, *, resamples: int = RESAMPLES) -> RegressionResult:
+        """This run so far against the baseline (fewer ``resamples``: a rougher bound, sooner)."""
+        if self.baseline is None:
+            raise RuntimeError(f"{self}: no baseline bound")
+        current = [window.timings[self.name] for _, window in metrics.timeline if self.name in window.timings]
+        comparison = compare(self.baseline.histograms(self.name), current, self.quantile, resamples=resamples)
+        enough = (
+            comparison.lower is not None
+            and comparison.samples >= self.min_samples
+            and comparison.windows >= MIN_WINDOWS
+        )
+        passed = comparison.lower <= 1.0 + self.limit if enough else None
+        return RegressionResult(self, comparison, passed)
+
+    def __str__(self) -> str:
+        return f"{self.metric}: {self.expression}"
+
+
+@dataclass(frozen=True)
+class RegressionResult:
+    gate: Regression
+    comparison: Comparison
+    passed: bool | None  # None: too few samples or windows to judge
+
+    @property
+    def observed(self) -> float | None:
+        """How much worse (+) or better (-) than the baseline, as a fraction."""
+        ratio = self.comparison.ratio
+        return None if ratio is None else ratio - 1.0
+
+    @property
+    def samples(self) -> int:
+        return self.comparison.samples
+
+    def shortfall(self) -> str:
+        c = self.comparison
+        return (
+            f"{c.samples} samples in {c.windows} windows (the fewer of the two runs); at least "
+            f"{self.gate.min_samples} samples and {MIN_WINDOWS} windows needed to compare with the baseline"
+        )
+
+    def shown(self) -> str:
+        c = self.comparison
+        if c.ratio is None or c.lower is None or c.baseline is None or c.current is None:
+            return "no data"
+        return (
+            f"{c.ratio - 1:+.1%} ({_duration(c.baseline)} → {_duration(c.current)}; "
+            f"at least {c.lower - 1:+.1%} with {CONFIDENCE:.0%} confidence)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.comparison
+        return {
+            "metric": self.gate.metric,
+            "threshold": self.gate.expression,
+            "observed": self.observed,
+            "shown": self.shown(),
+            "samples": self.samples,
+            "min_samples": self.gate.min_samples,
+            "passed": self.passed,
+            "abort_on_fail": False,
+            "baseline": c.baseline,
+            "current": c.current,
+            "lower_bound": None if c.lower is None else c.lower - 1.0,
+            "windows": c.windows,
+        }
+
+
 # -- reading a file --------------------------------------------------------------------------------
 
 
-def load_gates(path: str | Path) -> list[Gate]:
+def load_gates(path: str | Path) -> list[Gate | Regression]:
     """Every gate of a file, or :class:`GatesError` naming the file, the line and the mistake."""
     path = Path(path)
     try:
@@ -143,10 +252,13 @@ def load_gates(path: str | Path) -> list[Gate]:
         raise GatesError(f"{path}: empty; expected a mapping from metric to thresholds")
     if not isinstance(root, yaml.MappingNode):
         raise GatesError(f"{path}:{root.start_mark.line + 1}: expected a mapping from metric to thresholds")
-    gates: list[Gate] = []
+    gates: list[Gate | Regression] = []
     for key_node, value_node in root.value:
         where = f"{path}:{key_node.start_mark.line + 1}"
         metric = str(key_node.value).strip()
+        if metric == "regression":
+            gates += _parse_regressions(value_node, path)
+            continue
         name, filt = _parse_metric(metric, where)
         items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
         if isinstance(value_node, yaml.MappingNode):
@@ -157,6 +269,38 @@ def load_gates(path: str | Path) -> list[Gate]:
             line = item.start_mark.line + 1
             gates.append(_parse_threshold(metric, name, filt, item, f"{path}:{line}", line))
     return gates
+
+
+def _parse_regressions(node: yaml.Node, path: Path) -> list[Regression]:
+    where = f"{path}:{node.start_mark.line + 1}"
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        raise GatesError(f"{where}: regression: expected a mapping like {{connect_ready.p95: 10%}}")
+    return [
+        _regression(str(k.value), str(v.value), f"{path}:{k.start_mark.line + 1}", k.start_mark.line + 1)
+        for k, v in node.value
+    ]
+
+
+def _regression(metric: str, limit: str, where: str, line: int = 0) -> Regression:
+    match = _REGRESSION.match(metric.strip())
+    if not match or match["name"] not in TIMINGS:
+        raise GatesError(
+            f"{where}: regression: {metric!r}: expected TIMING.STAT, TIMING one of {', '.join(TIMINGS)} "
+            "and STAT pN, med or avg (connect_ready.p95)"
+        )
+    percent = _PERCENT.match(limit)
+    if not percent:
+        raise GatesError(f"{where}: regression: {metric}: {limit!r}: expected a percentage like 10%")
+    stat = match["stat"]
+    quantile = None if stat == "avg" else 50.0 if stat == "med" else float(match["q"])
+    if quantile is not None and not 0 < quantile < 100:
+        raise GatesError(f"{where}: regression: {metric}: pN needs 0 < N < 100")
+    return Regression(metric.strip(), match["name"], quantile, float(percent["number"]) / 100.0, line)
+
+
+def default_regressions() -> list[Regression]:
+    """The limits a baseline is held to when the gates file names none."""
+    return [_regression(metric, limit, "default") for metric, limit in DEFAULT_REGRESSION.items()]
 
 
 def _parse_metric(metric: str, where: str) -> tuple[str, tuple[str, str] | None]:
@@ -283,7 +427,7 @@ SATURATED_SHARE = 0.10  # a run saturated longer than this share of its time is 
 
 
 def verdict(
-    results: list[GateResult],
+    results: list[GateResult | RegressionResult],
     summary: dict[str, Any],
     *,
     duration: float,
@@ -301,9 +445,7 @@ def verdict(
         invalid.append("no call completed")
     for result in results:
         if result.passed is None:
-            invalid.append(
-                f"{result.gate}: {result.samples} samples, at least {result.gate.min_samples} needed to judge it"
-            )
+            invalid.append(f"{result.gate}: {result.shortfall()}")
     saturated = summary.get("saturated_seconds") or 0.0
     if duration > 0 and saturated > SATURATED_SHARE * duration:
         invalid.append(
@@ -326,13 +468,19 @@ def verdict(
     return {"status": status, "reasons": invalid if invalid else failed}
 
 
-def format_value(result: GateResult) -> str:
+def format_value(result: GateResult | RegressionResult) -> str:
     """The observed value in the gate's own terms (durations in ms or s)."""
+    if isinstance(result, RegressionResult):
+        return result.shown()
     value = result.observed
     if value is None:
         return "no data"
     if result.gate.name in TIMINGS and result.gate.aggregate != "count":
-        return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.3f}s"
+        return _duration(value)
     if result.gate.aggregate == "count":
         return f"{value:g}"
     return f"{value:.4g}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}ms" if seconds < 1 else f"{seconds:.3f}s"

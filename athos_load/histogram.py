@@ -100,6 +100,16 @@ class LogHistogram:
         value = (1 - frac) * self._value(lo) + frac * self._value(hi)
         return min(max(value, self.min), self.max)
 
+    @classmethod
+    def bucket_values(cls, indices: np.ndarray) -> np.ndarray:
+        """The value each bucket (by index) reads back as: its midpoint."""
+        return 2 * cls._gamma ** (np.asarray(indices, dtype=np.float64) + cls._offset) / (cls._gamma + 1)
+
+    def buckets(self) -> tuple[np.ndarray, np.ndarray]:
+        """The nonzero buckets, smallest first: each one's value (seconds) and its count."""
+        index = np.flatnonzero(self.counts)
+        return self.bucket_values(index), self.counts[index]
+
     def _value(self, index: int) -> float:
         return 2 * self._gamma ** (index + self._offset) / (self._gamma + 1)
 

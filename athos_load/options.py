@@ -223,11 +223,22 @@ OPTIONS: tuple[Option, ...] = (
         "0 passed, 3 a gate failed, 4 the run cannot be trusted",
         web_ui=True,
     ),
+    Option(
+        "baseline",
+        "",
+        "A previous run's JSON summary: fail when this run is worse by more than the gates file's "
+        "'regression' limits (default: connect_ready.p95, persona_response.p50/p95 at 10%) with 95% confidence",
+    ),
     Option("junit", "", "At the end, write a JUnit XML report (one test case per gate, one for run validity)"),
     Option(
         "markdown",
         "",
         "At the end, write a Markdown summary for a CI job (also appended to $GITHUB_STEP_SUMMARY when set)",
+    ),
+    Option(
+        "report",
+        "",
+        "At the end, write a self-contained HTML report (verdict, gates, timings, plots over time) that opens offline",
     ),
     Option(
         "shape",
@@ -264,8 +275,10 @@ class AthosOptions:
     metrics_file: str
     sim_args: str
     gates: str
+    baseline: str
     junit: str
     markdown: str
+    report: str
     shape: str
     shape_params: str
 

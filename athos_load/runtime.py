@@ -37,15 +37,17 @@ from locust.stats import CSV_STATS_INTERVAL_SEC
 from prometheus_client import start_http_server, write_to_textfile
 
 from .api import ApiError, AthosApi, ScoreBoard, ScorePoller, WebhookReceiver
+from .baseline import Baseline, BaselineError
 from .call import CallSettings, ScoreDrain
 from .distributed import MasterHub, WorkerLink
-from .gates import Gate, GateResult, GatesError, load_gates, verdict
+from .gates import Gate, GateResult, GatesError, Regression, default_regressions, load_gates, verdict
 from .health import HealthMonitor
 from .metrics import Metrics, Outcome, Timing
 from .options import AthosOptions, OptionError
 from .pacer import AudioPacer
 from .protocol import CURSOR_NOW, PATH_REALTIME, AudioFormat, ErrorCode
 from .report import format_table, junit_xml, markdown
+from .report_html import html_report
 from .scenario import Scenario, ScenarioError, load_scenarios
 from .sim.config import SIM_API_KEY, SIM_WEBHOOK_SECRET
 from .simproc import SimulatorProcess
@@ -75,7 +77,7 @@ class RunPlan:
     options: AthosOptions
     scenarios: list[Scenario]
     settings: CallSettings | None  # None on a master, which runs no users
-    gates: list[Gate]  # judged where the whole run's numbers are: a local runner or the master
+    gates: list[Gate | Regression]  # judged where the whole run's numbers are: a local runner or the master
 
 
 class Runtime:
@@ -153,11 +155,23 @@ class Runtime:
         return path
 
     @staticmethod
-    def _gates(options: AthosOptions) -> list[Gate]:
+    def _gates(options: AthosOptions) -> list[Gate | Regression]:
+        """The gates file's gates, and its regression limits bound to --athos-baseline."""
         try:
-            return load_gates(options.gates) if options.gates else []
+            gates = load_gates(options.gates) if options.gates else []
         except GatesError as exc:
             raise OptionError(f"--athos-gates {exc}") from None
+        plain = [g for g in gates if not isinstance(g, Regression)]
+        regressions = [g for g in gates if isinstance(g, Regression)]
+        if not options.baseline:
+            if regressions:
+                logger.warning("athos-load: the gates file's regression limits need --athos-baseline; ignored")
+            return plain
+        try:
+            baseline = Baseline.load(options.baseline)
+        except BaselineError as exc:
+            raise OptionError(f"--athos-baseline {exc}") from None
+        return plain + [dataclasses.replace(r, baseline=baseline) for r in regressions or default_regressions()]
 
     @staticmethod
     def _check_outputs(options: AthosOptions) -> None:
@@ -167,6 +181,7 @@ class Runtime:
             ("--athos-metrics-file", options.metrics_file),
             ("--athos-junit", options.junit),
             ("--athos-markdown", options.markdown),
+            ("--athos-report", options.report),
         )
         for flag, value in outputs:
             if not value:
@@ -270,7 +285,7 @@ class Runtime:
         """Build this test's plan from the options in force now (web UI form, master's spawn)."""
         try:
             options = AthosOptions.parse(self.environment.parsed_options)
-            gates: list[Gate] = []
+            gates: list[Gate | Regression] = []
             if not self.is_worker:
                 self._check_shape(options)
                 gates = self._gates(options)
@@ -350,7 +365,7 @@ class Runtime:
             (self.runner.quit if _headless(self.environment) else self.runner.stop)()
             return
 
-    def _watch_gates(self, gates: list[Gate]) -> None:
+    def _watch_gates(self, gates: list[Gate | Regression]) -> None:
         """k6's abort_on_fail: stop the run once such a gate has failed on enough samples, after
         its delay_abort_eval (the master judges the merged numbers every second)."""
         watched = [gate for gate in gates if gate.abort_on_fail]
@@ -391,6 +406,7 @@ class Runtime:
             (self.options.summary, lambda: json.dumps(summary, indent=2) + "\n"),
             (self.options.junit, lambda: junit_xml(summary)),
             (self.options.markdown, lambda: markdown(summary)),
+            (self.options.report, lambda: html_report(summary)),
         )
         for target, render in reports:
             if target:
@@ -419,6 +435,12 @@ class Runtime:
             aborted_by=self._aborted_by,
         )
         summary["gates"] = [result.to_dict() for result in results]
+        baseline = next((g.baseline for g in gates if isinstance(g, Regression) and g.baseline is not None), None)
+        if baseline is not None:
+            differences = baseline.differences(summary.get("settings", {}))
+            summary["baseline"] = {"path": baseline.path, "differences": differences}
+            for difference in differences:
+                logger.warning("athos-load: compared with a baseline run with other settings: %s", difference)
         if gates and self.exit_code is None:
             status = summary["verdict"]["status"]
             self.exit_code = {

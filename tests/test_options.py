@@ -145,6 +145,8 @@ BAD_INPUTS = [
     (["--athos-shape", "wave"], "--athos-shape: 'wave' is not one of '', 'ramp'"),
     (["--host", "not a url"], "--host 'not a url': expected http(s)://HOST[:PORT]"),
     (["--host", "http://127.0.0.1:9"], "--host http://127.0.0.1:9: cannot reach the platform"),
+    (["--athos-baseline", "/nonexistent/summary.json"], "--athos-baseline /nonexistent/summary.json: cannot read"),
+    (["--athos-baseline", "pyproject.toml"], "--athos-baseline pyproject.toml: not JSON (line 1"),
 ]
 
 

@@ -105,6 +105,7 @@ class SimConfig:
     score_delay: Distribution = Distribution("lognormal", 2.0, 5.0)
     persona_utterance: Distribution = Distribution("uniform", 1.0, 3.0)
     load_slowdown: float = 0.5
+    latency_scale: float = 1.0
     # conversation
     greeting: float = 0.0
     greeting_drills: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GREETING_DRILLS))
@@ -173,6 +174,13 @@ def _non_negative(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"{text}: must be a finite number >= 0")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number > 0")
     return value
 
 
@@ -301,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=d.load_slowdown,
         help="ready and response latencies are multiplied by 1 + F * active_calls / 100",
+    )
+    g.add_argument(
+        "--latency-scale",
+        type=_positive,
+        default=d.latency_scale,
+        help="ready and response latencies are multiplied by F: 1.3 is a release 30%% slower (baseline tests)",
     )
 
     g = p.add_argument_group("conversation")

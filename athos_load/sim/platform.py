@@ -109,8 +109,9 @@ class Platform:
         }
 
     def _slowed(self, dist: Distribution) -> float:
-        """A latency draw, stretched by load: a busy platform answers more slowly."""
-        return dist.sample(self.rng) * (1.0 + self.config.load_slowdown * self.book.active / 100.0)
+        """A latency draw, stretched by load (a busy platform answers more slowly) and by the scale."""
+        stretch = 1.0 + self.config.load_slowdown * self.book.active / 100.0
+        return dist.sample(self.rng) * stretch * self.config.latency_scale
 
     # -- REST --------------------------------------------------------------------------------------
 

@@ -1,0 +1,183 @@
+"""The run in progress, in Locust's web UI: two tabs beside Locust's own.
+
+Locust's tables show its own percentiles per step. What a release is judged on is the tool's:
+0.1% histograms, the gates, the calls' accounting, scoring, the generator's health. The tabs show
+those while the run goes on, read from the objects the summary and the gates read (on a master,
+every worker's recordings merged), so the end of the run holds no surprise.
+
+Locust's extension mechanism: ``extended_tabs`` and ``extended_tables`` in the page's template
+arguments declare the tabs and their columns; an ``extended_stats`` entry in the ``/stats/requests``
+JSON that the page polls carries their rows. ``/?tab=athos`` opens the first tab.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from flask import request
+
+from .gates import Gate, GateResult, Regression, RegressionResult, format_value
+from .metrics import Metrics, Outcome, ScoreOutcome, Timing
+from .report import _ms, _n
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+TIMINGS_TAB = "athos"
+RUN_TAB = "athos-run"
+TABS = [{"title": "Athos timings", "key": TIMINGS_TAB}, {"title": "Athos run", "key": RUN_TAB}]
+# column keys are plain words: the page camel-cases the keys it is given, and a plain word stays as it is
+TABLES = [
+    {
+        "key": TIMINGS_TAB,
+        "structure": [
+            {"key": "timing", "title": "Timing"},
+            {"key": "count", "title": "Count"},
+            {"key": "p50", "title": "p50 ms"},
+            {"key": "p95", "title": "p95 ms"},
+            {"key": "p99", "title": "p99 ms"},
+            {"key": "max", "title": "Max ms"},
+        ],
+    },
+    {
+        "key": RUN_TAB,
+        "structure": [
+            {"key": "what", "title": "What"},
+            {"key": "value", "title": "Now"},
+            {"key": "state", "title": "State"},
+        ],
+    },
+]
+STATS_PATH = "/stats/requests"  # what the page polls, under any --web-base-path
+
+
+def install_tab(environment: Any, runtime: Runtime) -> None:
+    """Add the tabs to ``environment.web_ui`` (Locust's ``WebUI``); their rows follow the run.
+
+    Locust merges its own template arguments into ``template_args`` on every page load, so keys
+    set once stay. The rows are added to each ``/stats/requests`` answer; anything going wrong
+    there is logged once and leaves Locust's own answer as it was.
+    """
+    web_ui = environment.web_ui
+    args = web_ui.template_args
+    ours = {tab["key"] for tab in TABS}
+    args["extended_tabs"] = [t for t in args.get("extended_tabs") or [] if t.get("key") not in ours] + TABS
+    args["extended_tables"] = [t for t in args.get("extended_tables") or [] if t.get("key") not in ours] + TABLES
+    failed = False
+
+    def add_rows(response: Any) -> Any:
+        nonlocal failed
+        if not request.path.endswith(STATS_PATH) or response.status_code != 200 or response.direct_passthrough:
+            return response
+        try:
+            body = json.loads(response.get_data())
+            others = [s for s in body.get("extended_stats") or [] if s.get("key") not in ours]
+            body["extended_stats"] = others + extended_stats(runtime)
+            response.set_data(json.dumps(body))
+        except Exception:  # noqa: BLE001 - Locust's own stats page must keep working
+            if not failed:
+                failed = True
+                logger.exception("athos-load: the web UI's Athos tabs cannot be filled; they stay as they were")
+        return response
+
+    web_ui.app.after_request(add_rows)
+
+
+def extended_stats(runtime: Runtime) -> list[dict[str, Any]]:
+    """The rows of both tabs, as ``/stats/requests`` carries them."""
+    metrics = runtime.metrics
+    gates = runtime.plan.gates if runtime.plan is not None else []
+    summary = metrics.summary()
+    return [
+        {"key": TIMINGS_TAB, "data": timing_rows(summary)},
+        {"key": RUN_TAB, "data": run_rows(metrics, summary, gates, runtime.options.audio.frame_seconds)},
+    ]
+
+
+def timing_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per timing of :meth:`Metrics.summary`: count and percentiles in ms (``-``: none yet)."""
+    rows = []
+    for timing in Timing:
+        stats = summary[timing.value]
+        cells = {k: _ms(stats[k]) for k in ("p50", "p95", "p99", "max")}
+        rows.append({"timing": timing.value, "count": stats["count"], **cells})
+    return rows
+
+
+def run_rows(
+    metrics: Metrics, summary: dict[str, Any], gates: list[Gate | Regression], frame_seconds: float
+) -> list[dict[str, Any]]:
+    """Calls by outcome, scores, errors, reconnects, the generator's health, then each gate now."""
+    calls = summary["calls"]
+    # live: completed calls whose score has not come yet; after the drain, exactly score_pending
+    pending = calls[Outcome.COMPLETED.value] - calls[ScoreOutcome.SCORED.value] - calls[ScoreOutcome.MISSING.value]
+    rows = [
+        _row("calls started", _n(calls["started"])),
+        _row("calls in progress", str(metrics.active_calls())),
+        *(_row(f"calls {outcome.value}", _n(calls[outcome.value])) for outcome in Outcome),
+        _row("scores arrived", _n(calls[ScoreOutcome.SCORED.value])),
+        _row("scores pending", _n(pending), "waiting for call.scored" if pending else ""),
+        _row(
+            "scores missing",
+            _n(calls[ScoreOutcome.MISSING.value]),
+            "lost by the platform" if calls[ScoreOutcome.MISSING.value] else "",
+        ),
+        _row("errors", ", ".join(f"{code} {_n(n)}" for code, n in summary["errors"].items()) or "none"),
+    ]
+    rate = summary["reconnects_per_session_minute"]  # None until a call that reached ready has ended
+    session = f"{_n(summary['reconnects'])} reconnects in {summary['session_minutes']:.1f} session-minutes"
+    shown = "- (no call has ended yet)" if rate is None else f"{rate:.3g} ({session})"
+    rows.append(_row("reconnects per session-minute", shown))
+    rows += [_generator_row(source, health) for source, health in sorted(metrics.health.items())]
+    lag = summary["audio_send_lag"]["p99"]
+    if lag is not None:
+        late = lag > frame_seconds
+        rows.append(
+            _row(
+                "audio send lag p99",
+                f"{lag * 1000:.1f} ms (a frame is {frame_seconds * 1000:.0f} ms)",
+                "late: the run is invalid" if late else "on time",
+            )
+        )
+    for gate in gates:
+        # a baseline comparison is a bootstrap: a tenth of the resamples keeps a poll cheap for the
+        # generator's own loop (the verdict at the end uses them all)
+        result = gate.evaluate(metrics, resamples=200) if isinstance(gate, Regression) else gate.evaluate(metrics)
+        rows.append(gate_row(result))
+    return rows
+
+
+def gate_row(result: GateResult | RegressionResult) -> dict[str, str]:
+    """A gate as it stands now: passing, failing, or not enough samples yet to judge it."""
+    gate = result.gate
+    what = f"gate {gate}" + (" (stops the run when failing)" if gate.abort_on_fail else "")
+    value = format_value(result)
+    counted = isinstance(result, GateResult) and result.gate.aggregate not in ("count", "value")
+    if result.observed is not None and counted:  # a count has no sample size
+        value += f" over {result.samples} sample{'s' if result.samples != 1 else ''}"
+    if isinstance(result, RegressionResult) and result.passed is None:
+        state = f"not enough data: {result.shortfall()}"
+    elif result.passed is None:
+        state = f"not enough samples ({result.samples} of {gate.min_samples})"
+    else:
+        state = "passing" if result.passed else "failing"
+    return _row(what, value, state)
+
+
+def _generator_row(source: str, health: dict[str, float]) -> dict[str, str]:
+    cpu, lag, memory = (health.get(k, 0.0) for k in ("cpu_ratio", "loop_lag_p99", "memory_bytes"))
+    value = f"CPU {cpu:.0%} of a core, loop lag p99 {lag * 1000:.1f} ms, memory {memory / 2**20:.0f} MiB"
+    seconds = health.get("saturated_seconds", 0.0)
+    if seconds:
+        value += f", saturated {seconds:.0f} s so far"
+    state = "saturated: its timings include its own delay" if health.get("saturated") else "healthy"
+    what = {"local": "generator", "master": "master (runs no users)"}.get(source, f"generator {source}")
+    return _row(what, value, state)
+
+
+def _row(what: str, value: str, state: str = "") -> dict[str, str]:
+    return {"what": what, "value": value, "state": state}

@@ -1,0 +1,159 @@
+"""Baselines: the bootstrap over time windows passes a run like its baseline, fails one clearly
+slower, and the gates file's regression limits are checked like any other gate."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from support.locust_run import run_locust
+
+from athos_load.baseline import Baseline, BaselineError, compare
+from athos_load.gates import GatesError, default_regressions, load_gates
+from athos_load.timeline import WindowHistogram
+from athos_load.verdict import ExitCode
+
+
+def run(rng: np.random.Generator, *, scale: float = 1.0, windows: int = 60, per_window: int = 4, burst: float = 0.0):
+    """A run's windows of turn latencies (lognormal, median 0.9 s), each window maybe slowed by a burst."""
+    hists = []
+    for _ in range(windows):
+        factor = scale * np.exp(rng.normal(0, burst)) if burst else scale
+        h = WindowHistogram()
+        h.record_many(factor * rng.lognormal(np.log(0.9), 0.42, size=per_window))
+        hists.append(h)
+    return hists
+
+
+@pytest.mark.parametrize("quantile", [50.0, 95.0, None])
+def test_runs_alike_pass_and_a_run_30_percent_slower_fails(quantile):
+    rng = np.random.default_rng(7)
+    alike = slower = 0
+    for seed in range(30):
+        baseline = run(rng)
+        same = compare(baseline, run(rng), quantile, seed=seed)
+        slow = compare(baseline, run(rng, scale=1.3), quantile, seed=seed)
+        alike += same.lower > 1.10  # would fail a 10% limit
+        slower += slow.lower > 1.10
+        assert same.samples == 240 and same.windows == 60
+    assert alike <= 1  # noise alone rarely fails a run (none expected: the limit is 10%, not 0)
+    assert slower >= (27 if quantile != 95.0 else 20)  # a 30% slowdown shows (p95 from 240 samples is noisier)
+
+
+def test_bursts_widen_the_bound_rather_than_fail_the_run():
+    # whole windows slowed or sped up together: the resampled unit is a window, so bursts widen
+    # the bound instead of failing a run whose every window comes from the same platform
+    rng = np.random.default_rng(3)
+    failed = sum(compare(run(rng, burst=0.25), run(rng, burst=0.25), 50.0, seed=s).lower > 1.10 for s in range(30))
+    assert failed <= 2
+
+
+def test_an_empty_side_gives_no_verdict():
+    rng = np.random.default_rng(1)
+    comparison = compare(run(rng), [], 95.0)
+    assert comparison.lower is None and comparison.ratio is None
+
+
+def test_regression_limits_in_a_gates_file(tmp_path):
+    path = tmp_path / "gates.yaml"
+    path.write_text(
+        'connect_ready: ["p(95) < 2s"]\nregression:\n  connect_ready.p95: 10%\n  persona_response.med: 5%\n'
+    )
+    gates = load_gates(path)
+    regressions = [g for g in gates if g.metric.endswith((".p95", ".med"))]
+    assert [(r.name, r.quantile, r.limit) for r in regressions] == [
+        ("connect_ready", 95.0, 0.10),
+        ("persona_response", 50.0, 0.05),
+    ]
+    assert regressions[0].min_samples == 20
+    assert {r.metric for r in default_regressions()} >= {"connect_ready.p95", "persona_response.p50"}
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("regression:\n  conect_ready.p95: 10%\n", 2, "expected TIMING.STAT"),
+        ("regression:\n  connect_ready.p95: 10%\n  connect_ready.p99: ten\n", 3, "expected a percentage like 10%"),
+        ("regression: 10%\n", 1, "expected a mapping"),
+    ],
+)
+def test_a_mistaken_regression_names_the_line(tmp_path, text, line, message):
+    path = tmp_path / "gates.yaml"
+    path.write_text(text)
+    with pytest.raises(GatesError) as caught:
+        load_gates(path)
+    assert str(caught.value).startswith(f"{path}:{line}: ") and message in str(caught.value)
+
+
+def test_a_baseline_that_is_not_a_summary_is_refused(tmp_path):
+    bad = tmp_path / "b.json"
+    bad.write_text("{not json")
+    with pytest.raises(BaselineError, match="not JSON"):
+        Baseline.load(bad)
+    bad.write_text(json.dumps({"calls": {}}))
+    with pytest.raises(BaselineError, match="no 'timeline'"):
+        Baseline.load(bad)
+    with pytest.raises(BaselineError, match="cannot read"):
+        Baseline.load(tmp_path / "missing.json")
+
+
+def test_a_run_like_its_baseline_passes_and_a_30_percent_slower_platform_fails(tmp_path):
+    """Real runs against the simulator: a baseline, a run with the same settings, and one with every
+    simulated latency 30% longer, each compared with the baseline by a gates file of limits."""
+    gates = tmp_path / "gates.yaml"
+    gates.write_text("regression:\n  connect_ready.p50: 10%\n  persona_response.p50: 10%\n")
+    load = ("--headless", "-u", "40", "-r", "20", "-t", "25s", "--athos-scenario", "scenarios/smoke")
+    load += ("--athos-drain-timeout", "3")
+    # a platform whose ready and reply latencies vary little, so 25 s shows a 30% slowdown
+    platform = "--ready-latency lognormal:0.3,0.4 --response-latency lognormal:0.6,0.8"
+
+    def run_with(name: str, *extra: str):
+        summary = tmp_path / f"{name}.json"
+        result = run_locust(*load, "--athos-summary", str(summary), *extra, timeout=90)
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        return result, json.loads(summary.read_text())
+
+    first, baseline = run_with("baseline", "--athos-sim-args", platform)
+    assert first.returncode == 0, first.stderr[-3000:]  # no gates: Locust's own exit code
+    compared = ("--athos-gates", str(gates), "--athos-baseline", str(tmp_path / "baseline.json"))
+    same, same_summary = run_with("same", *compared, "--athos-sim-args", platform)
+    slow, slow_summary = run_with("slow", *compared, "--athos-sim-args", platform + " --latency-scale 1.3")
+
+    for summary in (same_summary, slow_summary):
+        assert [g["metric"] for g in summary["gates"]] == ["connect_ready.p50", "persona_response.p50"]
+        assert summary["baseline"] == {"path": str(tmp_path / "baseline.json"), "differences": []}
+    assert same.returncode == ExitCode.PASSED, same_summary["gates"]
+    assert same_summary["verdict"]["status"] == "passed"
+    assert slow.returncode == ExitCode.GATE_FAILED, slow_summary["gates"]
+    failed = [g for g in slow_summary["gates"] if g["passed"] is False]
+    assert failed and all(g["lower_bound"] > 0.10 and g["observed"] > g["lower_bound"] for g in failed)
+    assert slow_summary["verdict"]["reasons"][0].startswith(f"{failed[0]['metric']}: at most 10% worse")
+    assert "with 95% confidence" in failed[0]["shown"]
+
+
+def test_a_regression_is_judged_on_the_run_so_far_and_shown_in_the_live_tab():
+    from athos_load.gates import _regression
+    from athos_load.metrics import Metrics, Timing
+    from athos_load.webui import gate_row
+
+    rng = np.random.default_rng(5)
+
+    def recorded(scale: float) -> Metrics:
+        m = Metrics()
+        t = [1_800_000_000.0]
+        m.timeline.clock = lambda: t[0]
+        for _ in range(40):
+            t[0] += 1.0
+            for value in scale * rng.lognormal(np.log(0.3), 0.2, size=5):
+                m.observe(Timing.CONNECT_READY, float(value), "s")
+        return m
+
+    baseline = Baseline("base.json", recorded(1.0).timeline_summary()["windows"], {})
+    regression = dataclasses.replace(_regression("connect_ready.p95", "10%", "test"), baseline=baseline)
+    slower = regression.evaluate(recorded(1.3))
+    assert slower.passed is False and slower.comparison.lower > 1.1
+    row = gate_row(regression.evaluate(recorded(1.3), resamples=200))
+    assert row["state"] == "failing" and row["value"].startswith("+") and "95% confidence" in row["value"]
+    assert regression.evaluate(recorded(1.0)).passed is True
+    early = Metrics()  # nothing yet: no verdict, and the reason says what is missing
+    assert gate_row(regression.evaluate(early))["state"].startswith("not enough data: 0 samples in 0 windows")

@@ -1,0 +1,207 @@
+"""``--athos-report``: one HTML page that opens offline, drawn from the run's JSON summary; a real run
+writes it, and headless Chromium shows its plots drawn."""
+
+import html
+import json
+import re
+import shutil
+import subprocess
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from support.locust_run import run_locust
+
+from athos_load.metrics import Metrics, Outcome, ScoreOutcome, Timing
+from athos_load.report_html import PLOT_BG, SATURATED, RunTimeline, html_report
+from athos_load.timeline import Timeline
+from athos_load.verdict import ExitCode
+
+FIGURES = 3  # latency per timing; sessions, reconnects and errors; the generator's health
+START = 1_700_000_000.0
+
+
+def synthetic_summary(*, gap: range, saturated: list[range], seconds: int = 120) -> dict:
+    """A run recorded through the real Metrics on a fake clock: a window per second, none in ``gap``,
+    the generator saturated in ``saturated``; no reconnects, so that timing is empty."""
+    rng = np.random.default_rng(7)
+    now = [START]
+    m = Metrics()
+    m.timeline = Timeline(clock=lambda: now[0])
+    hot = {t for span in saturated for t in span}
+    for t in range(seconds):
+        if t in gap:
+            continue
+        now[0] = START + t + 0.5
+        m.users = 10
+        m.call_started("drill")
+        m.observe(Timing.TOKEN_MINT, rng.lognormal(-5, 0.3), "drill")
+        m.observe(Timing.CONNECT_READY, rng.lognormal(-1.6, 0.4), "drill")
+        for _ in range(3):
+            m.observe(Timing.PERSONA_RESPONSE, rng.lognormal(-0.2, 0.25), "drill")
+        if t % 4 == 0:
+            m.observe(Timing.END_TO_SCORE, rng.lognormal(1.2, 0.3), "drill")
+        if t % 9 == 0:
+            m.error("no_reply")
+        m.call_finished("drill", Outcome.COMPLETED, 30.0)
+        m.score_settled("drill", ScoreOutcome.SCORED)
+        m.audio_send_lags(rng.exponential(0.001, 50))
+        m.record_health({"cpu_ratio": 0.97 if t in hot else 0.3}, saturated_for=1.0 if t in hot else 0.0)
+        m.observe("loadgen_loop_lag", rng.exponential(0.03 if t in hot else 0.001), m.source)
+    summary = m.summary()
+    summary["saturated_seconds"] = float(len(hot))
+    summary["loadgen"] = {"max_cpu_ratio": 0.97, "saturated_seconds": float(len(hot))}
+    summary["settings"] = {"host": "http://127.0.0.1:1", "users": 10, "athos": {"scenario": "<x>&y", "frame_ms": 20}}
+    summary["verdict"] = {"status": "invalid", "reasons": ["the generator was saturated <for> 14 s"]}
+    summary["gates"] = []
+    summary["timeline"] = m.timeline_summary()
+    return summary
+
+
+def svgs(page: str) -> list[str]:
+    return re.findall(r"<svg.*?</svg>", page, flags=re.S)
+
+
+def drawn_text(page: str, text: str) -> bool:
+    """The text is drawn in a plot as text (not only named in the SVG's comments)."""
+    return re.search(rf"<text[^>]*>{re.escape(html.escape(text))}</text>", page) is not None
+
+
+def test_saturated_windows_are_shaded_gaps_break_lines_and_empty_timings_say_so():
+    summary = synthetic_summary(gap=range(50, 58), saturated=[range(30, 34), range(80, 90)])
+    started = time.perf_counter()
+    page = html_report(summary)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 6, f"a 120-window report took {elapsed:.1f} s to draw"
+
+    run = RunTimeline(summary["timeline"])
+    assert [i for i, w in enumerate(run.slots) if w is None] == list(range(50, 58))
+    assert run.saturated_spans() == [(30.0, 34.0), (80.0, 90.0)]
+    assert (
+        np.isnan(run.stat("connect_ready", "p99")[50:58]).all()
+        and np.isfinite(run.stat("connect_ready", "p99")[:50]).all()
+    )
+
+    figures = svgs(page)
+    assert len(figures) == FIGURES
+    # every time panel is shaded in both saturated periods: 4 timings with samples; active sessions and
+    # errors (no reconnects); CPU, loop lag and send lag, plus the "saturated" legend key
+    assert [figure.count(f"fill: {SATURATED}") for figure in figures] == [4 * 2, 2 * 2, 3 * 2 + 1]
+    # a line over the gap is two pieces: its path starts again (M) after the gap
+    connect = figures[0].split("connect_ready, ms", 1)[0]
+    assert any(path.count("M ") >= 2 for path in re.findall(r'<path d="([^"]*)"[^>]*stroke: #c8312f', connect))
+
+    assert drawn_text(page, "reconnect: no data")  # the empty timing's plot is a note, not an empty axis
+    assert re.search(r"<code>reconnect</code>.*?no data</td>", page)
+    assert "errors by code" in page and "no_reply" in page
+    assert "&lt;x&gt;&amp;y" in page and "<x>" not in page and "&lt;for&gt;" in page  # summary text is escaped
+
+
+def test_a_summary_with_no_timeline_draws_notes():
+    page = html_report(Metrics().summary())
+    assert len(svgs(page)) == FIGURES
+    assert drawn_text(page, "connect_ready: no data") and drawn_text(page, "generator CPU: no data")
+    assert "<script" not in page
+
+
+# -- a real run, opened in a browser ---------------------------------------------------------------
+
+GATES = """
+connect_ready: ["p(50) < 30s"]
+persona_response: ["max < 1ms"]
+"""
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    gates = out / "gates.yaml"
+    gates.write_text(textwrap.dedent(GATES))
+    result = run_locust(
+        "--headless", "-u", "6", "-r", "6", "-t", "15s", "--athos-scenario", "scenarios/smoke",
+        "--athos-gates", str(gates), "--athos-summary", str(out / "s.json"),
+        "--athos-report", str(out / "report.html"), timeout=120,
+    )  # fmt: skip
+    return out, result
+
+
+def test_a_run_writes_a_self_contained_report_naming_the_failed_gate(report_run):
+    out, result = report_run
+    assert result.returncode == ExitCode.GATE_FAILED, result.stderr[-3000:]
+    summary = json.loads((out / "s.json").read_text())
+    page = (out / "report.html").read_text()
+
+    assert "<script" not in page.lower() and "@import" not in page
+    # nothing is fetched: every reference is to something inside the page
+    references = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"|url\(([^)]*)\)', page)
+    assert references and all(ref.startswith("#") for pair in references for ref in pair if ref)
+    # the only address on the page is the run's host, shown as text
+    assert set(re.findall(r"https?://[^\s\"<]+", page)) == {summary["settings"]["host"]}
+
+    assert ">FAILED<" in page
+    passed, failed = summary["gates"]
+    assert passed["passed"] is True and failed["passed"] is False
+    row = re.search(r'<tr class="fail">(.*?)</tr>', page, flags=re.S).group(1)
+    assert "persona_response" in row and html.escape("max < 1ms") in row and html.escape(failed["shown"]) in row
+    assert len(svgs(page)) == FIGURES
+    assert summary["connect_ready"]["count"] > 0 and f">{summary['connect_ready']['count']}<" in page
+
+
+def plot_areas(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Rectangles (top, bottom, left, right) painted with the plots' background: the drawn axes."""
+    background = np.abs(pixels - np.array(_rgb(PLOT_BG))).max(axis=-1) <= 2
+    rows = _runs(np.flatnonzero(background.sum(axis=1) > 150))
+    areas = []
+    for top, bottom in rows:
+        columns = _runs(np.flatnonzero(background[top:bottom].sum(axis=0) > 2))  # bars may fill most of a column
+        areas += [(top, bottom, left, right) for left, right in columns if right - left > 100 and bottom - top > 40]
+    return areas
+
+
+def _runs(indices: np.ndarray, gap: int = 8) -> list[tuple[int, int]]:
+    """Contiguous runs of indices, bridging gaps (grid lines) up to ``gap``."""
+    runs: list[tuple[int, int]] = []
+    for i in indices.tolist():
+        if runs and i - runs[-1][1] <= gap:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def test_headless_chromium_shows_the_plots_drawn(report_run, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    out, _ = report_run
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,5000",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert (pixels.min(axis=-1) < 245).mean() > 0.03  # a page, not a blank sheet
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000  # lines, bars and text in many colours
+
+    summary = json.loads((out / "s.json").read_text())
+    timed = [t.value for t in Timing if summary[t.value]["count"]]
+    areas = plot_areas(pixels)
+    # each timing with samples has two plots (over time, distribution); active sessions; CPU, loop lag, send lag
+    assert len(areas) >= 2 * len(timed) + 4, areas
+    plain = [_rgb(c) for c in ("#ffffff", PLOT_BG, SATURATED)]
+    for top, bottom, left, right in areas:
+        area = pixels[top:bottom, left:right]
+        ink = (area.max(axis=-1) - area.min(axis=-1) > 40) & np.all(
+            [np.abs(area - np.array(c)).max(axis=-1) > 6 for c in plain], axis=0
+        )
+        assert ink.sum() > 15, f"the plot at {(top, left)} is blank"
