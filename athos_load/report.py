@@ -12,7 +12,7 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [f"{'athos timing':<18}{'count':>8}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}"]
     for timing in Timing:
         stats = summary[timing.value]
-        cells = [_ms(stats[k]) for k in ("p50", "p95", "p99", "max")]
+        cells = [ms_text(stats[k]) for k in ("p50", "p95", "p99", "max")]
         line = f"{timing.value:<18}{stats['count']:>8}" + "".join(f"{c:>10}" for c in cells)
         if timing is Timing.RECONNECT:
             rate = summary.get("reconnects_per_session_minute")
@@ -20,9 +20,9 @@ def format_table(summary: dict[str, Any]) -> str:
             line += f"   reconnects per session-minute: {shown}"
         lines.append(line)
     calls = summary["calls"]
-    lines.append("calls: " + ", ".join(f"{k} {_n(v)}" for k, v in calls.items()))
+    lines.append("calls: " + ", ".join(f"{k} {count_text(v)}" for k, v in calls.items()))
     if summary.get("errors"):
-        lines.append("errors: " + ", ".join(f"{k} {_n(v)}" for k, v in summary["errors"].items()))
+        lines.append("errors: " + ", ".join(f"{k} {count_text(v)}" for k, v in summary["errors"].items()))
     saturated = summary.get("saturated_seconds") or 0
     if saturated:
         lines.append(
@@ -31,12 +31,26 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+def ms_text(seconds: float | None, none: str = "-") -> str:
+    """Seconds shown in milliseconds: 1,279 / 155 / 2.68 / 0.000394."""
+    if seconds is None:
+        return none
+    ms = seconds * 1000
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
 
 
-def _n(value: float) -> str:
-    return f"{value:g}"
+def count_text(value: object) -> str:
+    """A count: 12, 1,234, 12.5."""
+    if isinstance(value, int | float) and float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def observed_text(gate: dict[str, Any]) -> str:
+    """A gate's observed value as the summary shows it (its ``shown``), or ``no data``."""
+    if gate.get("observed") is None:
+        return "no data"
+    return gate.get("shown") or f"{gate['observed']:.4g}"
 
 
 # -- CI reports ------------------------------------------------------------------------------------
@@ -60,7 +74,7 @@ def junit_xml(summary: dict[str, Any]) -> str:
         case = ET.SubElement(
             suite, "testcase", classname="athos-load.gates", name=f"{gate['metric']}: {gate['threshold']}"
         )
-        observed = _observed(gate)
+        observed = observed_text(gate)
         if gate["passed"] is False:
             failures += 1
             message = f"{gate['metric']} {gate['threshold']} failed: observed {observed} ({gate['samples']} samples)"
@@ -86,21 +100,17 @@ def markdown(summary: dict[str, Any]) -> str:
         for gate in summary["gates"]:
             result = {True: "✅ pass", False: "❌ fail", None: "⚠️ too few samples"}[gate["passed"]]
             lines.append(
-                f"| `{gate['metric']}` | `{gate['threshold']}` | {_observed(gate)} | {gate['samples']} | {result} |"
+                f"| `{gate['metric']}` | `{gate['threshold']}` | {observed_text(gate)} | {gate['samples']} | {result} |"
             )
     lines += ["", "| timing | count | p50 ms | p95 ms | p99 ms | max ms |", "|---|---|---|---|---|---|"]
     for timing in Timing:
         stats = summary[timing.value]
-        cells = " | ".join(_ms(stats[k]) for k in ("p50", "p95", "p99", "max"))
+        cells = " | ".join(ms_text(stats[k]) for k in ("p50", "p95", "p99", "max"))
         lines.append(f"| {timing.value} | {stats['count']} | {cells} |")
     calls = summary["calls"]
-    lines += ["", "calls: " + ", ".join(f"{k} {_n(v)}" for k, v in calls.items())]
+    lines += ["", "calls: " + ", ".join(f"{k} {count_text(v)}" for k, v in calls.items())]
     rate = summary.get("reconnects_per_session_minute")
     lines.append(f"reconnects per session-minute: {'-' if rate is None else f'{rate:.3g}'}")
     if summary.get("errors"):
-        lines.append("errors: " + ", ".join(f"{k} {_n(v)}" for k, v in summary["errors"].items()))
+        lines.append("errors: " + ", ".join(f"{k} {count_text(v)}" for k, v in summary["errors"].items()))
     return "\n".join(lines) + "\n"
-
-
-def _observed(gate: dict[str, Any]) -> str:
-    return "no data" if gate["observed"] is None else gate.get("shown") or f"{gate['observed']:.4g}"

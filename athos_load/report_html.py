@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .metrics import DOCS, Timing
+from .report import count_text, ms_text, observed_text
 from .timeline import WindowHistogram
 
 if TYPE_CHECKING:
@@ -269,7 +270,7 @@ def _reconnects(ax: Axes, run: RunTimeline, summary: dict[str, Any]) -> bool:
     seconds = run.values(lambda w: w.get("session_seconds"))
     if not summary.get("reconnects") or not np.isfinite(seconds).any():
         minutes = summary.get("session_minutes")
-        return _no_data(ax, "reconnects: none" + (f" in {_n(minutes)} session-minutes" if minutes else ""))
+        return _no_data(ax, "reconnects: none" + (f" in {count_text(minutes)} session-minutes" if minutes else ""))
     with np.errstate(divide="ignore", invalid="ignore"):
         per_window = np.where(seconds > 0, 60.0 * reconnects / seconds, np.nan)
         so_far_seconds = np.cumsum(np.nan_to_num(seconds))
@@ -278,7 +279,7 @@ def _reconnects(ax: Axes, run: RunTimeline, summary: dict[str, Any]) -> bool:
     ax.plot(run.x, so_far, color=SERIES[4], lw=1.8, label="run so far")
     total = summary.get("reconnects")
     rate = summary.get("reconnects_per_session_minute")
-    shown = "" if rate is None else f" (run: {_n(total or 0)} reconnects, {rate:.3g} per session-minute)"
+    shown = "" if rate is None else f" (run: {count_text(total or 0)} reconnects, {rate:.3g} per session-minute)"
     ax.set_title("reconnects per session-minute" + shown)
     _time_axis(ax, run)
     _legend_above(ax)
@@ -419,9 +420,9 @@ def _header(summary: dict[str, Any], run: RunTimeline) -> str:
         facts.append(f"started {_clock(run.start)}")
         facts.append(f"{_duration(run.seconds)} recorded")
     if settings.get("users") is not None:
-        facts.append(f"{_n(settings['users'])} users")
+        facts.append(f"{count_text(settings['users'])} users")
     if settings.get("workers"):
-        facts.append(f"{_n(settings['workers'])} workers")
+        facts.append(f"{count_text(settings['workers'])} workers")
     if settings.get("host"):
         facts.append(f"host {settings['host']}")
     return f'<header><h1>athos-load report</h1><p class="facts">{_e(" · ".join(facts))}</p></header>'
@@ -452,12 +453,12 @@ def _gates(summary: dict[str, Any]) -> str:
     for gate in gates:
         passed = gate.get("passed")
         result, css = {True: ("pass", "pass"), False: ("fail", "fail")}.get(passed, ("too few samples", "skip"))
-        samples = f"{_n(gate.get('samples', 0))}" + (
-            f" (needs {_n(gate['min_samples'])})" if passed is None and gate.get("min_samples") else ""
+        samples = f"{count_text(gate.get('samples', 0))}" + (
+            f" (needs {count_text(gate['min_samples'])})" if passed is None and gate.get("min_samples") else ""
         )
         rows.append(
             f'<tr class="{css}"><td><code>{_e(gate.get("metric"))}</code></td><td><code>{_e(gate.get("threshold"))}'
-            f'</code></td><td class="num">{_e(_observed(gate))}</td><td class="num">{_e(samples)}</td>'
+            f'</code></td><td class="num">{_e(observed_text(gate))}</td><td class="num">{_e(samples)}</td>'
             f'<td><span class="pill {css}">{result}</span></td></tr>'
         )
     head = (
@@ -470,18 +471,19 @@ def _gates(summary: dict[str, Any]) -> str:
 def _calls(summary: dict[str, Any]) -> str:
     calls = summary.get("calls") or {}
     tiles = "".join(
-        f'<div class="tile{" bad" if key in BAD_OUTCOMES and value else ""}"><b>{_e(_n(value))}</b>{_e(key)}</div>'
+        f'<div class="tile{" bad" if key in BAD_OUTCOMES and value else ""}">'
+        f"<b>{_e(count_text(value))}</b>{_e(key)}</div>"
         for key, value in calls.items()
     )
     lines = []
     rate = summary.get("reconnects_per_session_minute")
     lines.append(
-        f"reconnects: {_n(summary.get('reconnects', 0))}"
+        f"reconnects: {count_text(summary.get('reconnects', 0))}"
         + (f", {rate:.3g} per session-minute" if rate is not None else "")
-        + (f" over {_n(summary['session_minutes'])} session-minutes" if summary.get("session_minutes") else "")
+        + (f" over {count_text(summary['session_minutes'])} session-minutes" if summary.get("session_minutes") else "")
     )
     errors = summary.get("errors") or {}
-    lines.append("errors: " + (", ".join(f"{code} {_n(n)}" for code, n in errors.items()) or "none"))
+    lines.append("errors: " + (", ".join(f"{code} {count_text(n)}" for code, n in errors.items()) or "none"))
     loadgen = summary.get("loadgen") or {}
     if loadgen.get("max_cpu_ratio") is not None:
         saturated = summary.get("saturated_seconds") or 0
@@ -511,8 +513,9 @@ def _timings(summary: dict[str, Any]) -> str:
         if not stats.get("count"):
             cells = '<td class="num">0</td><td colspan="5" class="empty">no data</td>'
         else:
-            cells = f'<td class="num">{_e(_n(stats["count"]))}</td>' + "".join(
-                f'<td class="num">{_e(_ms(stats.get(key)))}</td>' for key in ("min", "p50", "p95", "p99", "max")
+            cells = f'<td class="num">{_e(count_text(stats["count"]))}</td>' + "".join(
+                f'<td class="num">{_e(ms_text(stats.get(key), "–"))}</td>'
+                for key in ("min", "p50", "p95", "p99", "max")
             )
         rows.append(f"<tr><td><code>{_e(name)}</code></td><td>{_e(doc)}</td>{cells}</tr>")
     note = '<p class="note">milliseconds, from the run-wide histograms (accurate to 0.1%).</p>'
@@ -549,26 +552,6 @@ def _section(title: str, inner: str) -> str:
 
 def _e(value: object) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def _n(value: object) -> str:
-    """A count: 12, 12.5, 1,234."""
-    if isinstance(value, int | float) and float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _ms(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    ms = seconds * 1000
-    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
-
-
-def _observed(gate: dict[str, Any]) -> str:
-    if gate.get("observed") is None:
-        return "no data"
-    return gate.get("shown") or f"{gate['observed']:.4g}"
 
 
 def _text(value: object) -> str:

@@ -20,7 +20,7 @@ from flask import request
 
 from .gates import Gate, GateResult, Regression, RegressionResult, format_value
 from .metrics import Metrics, Outcome, ScoreOutcome, Timing
-from .report import _ms, _n
+from .report import count_text, ms_text
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -103,7 +103,7 @@ def timing_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for timing in Timing:
         stats = summary[timing.value]
-        cells = {k: _ms(stats[k]) for k in ("p50", "p95", "p99", "max")}
+        cells = {k: ms_text(stats[k]) for k in ("p50", "p95", "p99", "max")}
         rows.append({"timing": timing.value, "count": stats["count"], **cells})
     return rows
 
@@ -116,20 +116,20 @@ def run_rows(
     # live: completed calls whose score has not come yet; after the drain, exactly score_pending
     pending = calls[Outcome.COMPLETED.value] - calls[ScoreOutcome.SCORED.value] - calls[ScoreOutcome.MISSING.value]
     rows = [
-        _row("calls started", _n(calls["started"])),
+        _row("calls started", count_text(calls["started"])),
         _row("calls in progress", str(metrics.active_calls())),
-        *(_row(f"calls {outcome.value}", _n(calls[outcome.value])) for outcome in Outcome),
-        _row("scores arrived", _n(calls[ScoreOutcome.SCORED.value])),
-        _row("scores pending", _n(pending), "waiting for call.scored" if pending else ""),
+        *(_row(f"calls {outcome.value}", count_text(calls[outcome.value])) for outcome in Outcome),
+        _row("scores arrived", count_text(calls[ScoreOutcome.SCORED.value])),
+        _row("scores pending", count_text(pending), "waiting for call.scored" if pending else ""),
         _row(
             "scores missing",
-            _n(calls[ScoreOutcome.MISSING.value]),
+            count_text(calls[ScoreOutcome.MISSING.value]),
             "lost by the platform" if calls[ScoreOutcome.MISSING.value] else "",
         ),
-        _row("errors", ", ".join(f"{code} {_n(n)}" for code, n in summary["errors"].items()) or "none"),
+        _row("errors", ", ".join(f"{code} {count_text(n)}" for code, n in summary["errors"].items()) or "none"),
     ]
     rate = summary["reconnects_per_session_minute"]  # None until a call that reached ready has ended
-    session = f"{_n(summary['reconnects'])} reconnects in {summary['session_minutes']:.1f} session-minutes"
+    session = f"{count_text(summary['reconnects'])} reconnects in {summary['session_minutes']:.1f} session-minutes"
     shown = "- (no call has ended yet)" if rate is None else f"{rate:.3g} ({session})"
     rows.append(_row("reconnects per session-minute", shown))
     rows += [_generator_row(source, health) for source, health in sorted(metrics.health.items())]
