@@ -358,6 +358,9 @@ class Call:
         end = self.ended_at or time.monotonic()
         connected = 0.0 if self._ready_at is None else max(0.0, end - self._ready_at)
         self.settings.metrics.call_finished(self.scenario.name, outcome, connected)
+        unknown = self.session.unknown_messages if self.session is not None else 0
+        if unknown:
+            self.settings.metrics.count("athos_unknown_messages", self.scenario.name, amount=unknown)
         if outcome is not Outcome.ABORTED:
             self._step("CALL", "call", time.monotonic() - self._started, error)
 

@@ -83,6 +83,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "completed calls still unscored when the run ended, before their score timeout",
         ("scenario",),
     ),
+    "athos_unknown_messages": (
+        "server messages of a type this version does not know, ignored (a newer platform build may add one)",
+        ("scenario",),
+    ),
     "athos_session_seconds": (
         "seconds of calls from ready to their end; reconnects per session-minute = "
         "60 * athos_reconnects_total / athos_session_seconds_total",
@@ -299,6 +303,7 @@ class Metrics:
             "reconnects": accounting["reconnects"],
             "reconnects_per_session_minute": self.reconnects_per_session_minute(),
             "session_minutes": round(accounting["session_seconds"] / 60.0, 3),
+            "unknown_messages": self.total("athos_unknown_messages"),
             "errors": accounting["errors"],
             "audio_send_lag": self.timing("audio_send_lag").summary(),
         }

@@ -26,6 +26,7 @@ import enum
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -64,6 +65,10 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer broke the protocol: bad JSON, an unknown message, a missing field."""
+
+
+class UnknownMessage(RemoteProtocolError):
+    """A well-formed message of a type this version does not know: a newer peer may send one."""
 
 
 class SignatureError(ProtocolError):
@@ -224,6 +229,35 @@ def _typed(obj: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _optional(obj: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    """``obj[key]`` when present and not null, checked against ``kind``; else ``default``."""
+    if obj.get(key) is None:
+        return default
+    return _typed(obj, key, kind)
+
+
+def _number(obj: dict[str, Any], key: str) -> float:
+    """A finite number: a 400-digit integer or an infinity is the peer's error, not an OverflowError."""
+    value = _typed(obj, key, (int, float))
+    try:
+        number = float(value)
+    except OverflowError:
+        raise RemoteProtocolError(f"{key}: number out of range") from None
+    if not math.isfinite(number):
+        raise RemoteProtocolError(f"{key}: not a finite number")
+    return number
+
+
+def _optional_number(obj: dict[str, Any], key: str) -> float | None:
+    return None if obj.get(key) is None else _number(obj, key)
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RemoteProtocolError(f"{what}: expected object, got {type(value).__name__}")
+    return value
+
+
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     return kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
 
@@ -237,6 +271,8 @@ def _loads(text: str | bytes) -> dict[str, Any]:
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise RemoteProtocolError("not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("message must be a JSON object")
     return obj
@@ -293,7 +329,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         return Join(
             token=_typed(obj, "token", str),
             drill_key=_typed(obj, "drillKey", str),
-            audio=AudioFormat.from_wire(obj["audio"]) if "audio" in obj else AudioFormat(),
+            audio=AudioFormat.from_wire(obj["audio"]) if obj.get("audio") is not None else AudioFormat(),
         )
     if kind == "resume":
         return Resume(resume_token=_typed(obj, "resumeToken", str), call_id=_typed(obj, "callId", str))
@@ -431,16 +467,18 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
     if kind == "userSpeaking":
         return UserSpeaking(speaking=_typed(obj, "speaking", bool))
     if kind == "reconnected":
-        return Reconnected(call_id=obj.get("callId", ""))
+        return Reconnected(call_id=_optional(obj, "callId", str, ""))
     if kind == "ended":
         return Ended(
             call_id=_typed(obj, "callId", str),
-            duration_sec=float(_typed(obj, "durationSec", (int, float))),
-            reason=obj.get("reason", "hangup"),
+            duration_sec=_number(obj, "durationSec"),
+            reason=_optional(obj, "reason", str, "hangup"),
         )
     if kind == "error":
         return Error(code=error_code(_typed(obj, "code", str)), message=_typed(obj, "message", str))
-    raise RemoteProtocolError(f"type: unknown server message {kind!r}")
+    if isinstance(kind, str):
+        raise UnknownMessage(f"type: unknown server message {kind[:40]!r}")
+    raise RemoteProtocolError(f"type: expected str, got {type(kind).__name__}")
 
 
 # -- the call's lifecycle, as a client sees it ------------------------------------------------------
@@ -508,6 +546,7 @@ class ClientProtocol:
     end_reason: str | None = None
     error: Error | None = None  # the last error event, kept for the caller to read
     hangup_unsent: bool = False  # hung up during a drop: the hangup goes out right after a resume
+    unknown_messages: int = 0  # well-formed messages of types this version does not know, ignored
     _events: list[Event] = field(default_factory=list)
     _outgoing: list[str] = field(default_factory=list)
 
@@ -579,12 +618,17 @@ class ClientProtocol:
     # -- input -----------------------------------------------------------------------------------
 
     def receive_text(self, text: str | bytes, now: float) -> None:
-        """Feed one text frame. A malformed or out-of-place message fails the call, never raises."""
+        """Feed one text frame. A malformed or out-of-place message fails the call, never raises;
+        a message of an unknown type is counted (:attr:`unknown_messages`) and ignored."""
         try:
             message = parse_server_message(text)
             self._receive(message, now)
+        except UnknownMessage:
+            self.unknown_messages += 1
         except RemoteProtocolError as exc:
             self.fail(now, ErrorCode.REMOTE_PROTOCOL, str(exc))
+        except Exception as exc:  # a parser bug must still end in an error code, not a dead reader
+            self.fail(now, ErrorCode.REMOTE_PROTOCOL, f"unreadable message ({type(exc).__name__}: {exc})"[:300])
 
     def connection_lost(self, now: float, resumable: bool = True) -> None:
         """The socket closed. A drop during the call is resumable; other closes end things."""
@@ -713,12 +757,13 @@ class Segment:
         return {"speaker": self.speaker, "start": self.start, "end": self.end, "text": self.text}
 
     @classmethod
-    def from_wire(cls, obj: dict[str, Any]) -> Segment:
+    def from_wire(cls, obj: Any) -> Segment:
+        obj = _object(obj, "transcript segment")
         return cls(
             speaker=_typed(obj, "speaker", str),
-            start=float(_typed(obj, "start", (int, float))),
-            end=float(_typed(obj, "end", (int, float))),
-            text=obj.get("text", ""),
+            start=_number(obj, "start"),
+            end=_number(obj, "end"),
+            text=_optional(obj, "text", str, ""),
         )
 
 
@@ -750,21 +795,22 @@ class CallRecord:
         return obj
 
     @classmethod
-    def from_wire(cls, obj: dict[str, Any]) -> CallRecord:
+    def from_wire(cls, obj: Any) -> CallRecord:
+        obj = _object(obj, "call")
         try:
             status = CallStatus(_typed(obj, "status", str))
         except ValueError:
-            raise RemoteProtocolError(f"status: unknown {obj.get('status')!r}") from None
-        ended, scored = obj.get("endedAt"), obj.get("scoredAt")
+            raise RemoteProtocolError(f"status: unknown {str(obj.get('status'))[:40]!r}") from None
+        ended, scored = _optional(obj, "endedAt", str, ""), _optional(obj, "scoredAt", str, "")
         return cls(
             id=_typed(obj, "id", str),
             status=status,
-            drill_key=obj.get("drillKey", ""),
-            duration_sec=obj.get("durationSec"),
-            score=obj.get("score"),
+            drill_key=_optional(obj, "drillKey", str, ""),
+            duration_sec=_optional_number(obj, "durationSec"),
+            score=_optional_number(obj, "score"),
             ended_at=_from_iso(ended) if ended else None,
             scored_at=_from_iso(scored) if scored else None,
-            transcript=tuple(Segment.from_wire(s) for s in obj.get("transcript") or ()),
+            transcript=tuple(Segment.from_wire(s) for s in _optional(obj, "transcript", list, [])),
         )
 
 
@@ -778,7 +824,7 @@ def parse_call_list(text: str | bytes) -> tuple[list[CallRecord], str | None]:
     calls = obj.get("calls")
     if not isinstance(calls, list):
         raise RemoteProtocolError("calls: expected list")
-    return [CallRecord.from_wire(c) for c in calls], obj.get("cursor")
+    return [CallRecord.from_wire(c) for c in calls], _optional(obj, "cursor", str, None)
 
 
 def call_list_body(calls: list[CallRecord], cursor: str | None) -> str:
@@ -819,7 +865,7 @@ class ScoredEvent:
         return cls(
             id=_typed(obj, "id", str),
             call_id=_typed(data, "callId", str),
-            score=float(_typed(data, "score", (int, float))),
+            score=_number(data, "score"),
             created_at=_from_iso(_typed(obj, "createdAt", str)),
         )
 
@@ -846,8 +892,9 @@ def verify_webhook(secret: str, header: str | None, body: bytes, now: float, tol
         timestamp = int(parts["t"][0])
     except (KeyError, ValueError):
         raise SignatureError("malformed", f"{SIGNATURE_HEADER} has no valid t=") from None
-    expected = sign_webhook(secret, timestamp, body).rpartition("v1=")[2]
-    if not any(hmac.compare_digest(expected, v) for v in parts.get("v1", [])):
+    expected = sign_webhook(secret, timestamp, body).rpartition("v1=")[2].encode()
+    # bytes, not str: compare_digest refuses non-ASCII text, and a header may hold anything
+    if not any(hmac.compare_digest(expected, v.encode("utf-8", "replace")) for v in parts.get("v1", [])):
         raise SignatureError("bad_signature", "signature does not match the body")
     if abs(now - timestamp) > tolerance:
         raise SignatureError("stale", f"timestamp {timestamp} is {now - timestamp:.0f}s from now")
@@ -866,7 +913,9 @@ def _iso(unix: float) -> str:
 def _from_iso(text: str) -> float:
     from datetime import datetime
 
+    if not isinstance(text, str):
+        raise RemoteProtocolError(f"expected an ISO-8601 time string, got {type(text).__name__}")
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise RemoteProtocolError(f"not an ISO-8601 time: {text!r}") from None
+    except (ValueError, OverflowError, OSError):
+        raise RemoteProtocolError(f"not an ISO-8601 time: {text[:40]!r}") from None

@@ -157,6 +157,11 @@ class RoleplaySession:
         return self._protocol.end_reason
 
     @property
+    def unknown_messages(self) -> int:
+        """Messages of a type this version does not know, ignored (a newer platform may add some)."""
+        return self._protocol.unknown_messages
+
+    @property
     def last_error(self) -> SessionError | None:
         err = self._protocol.error
         return None if err is None else SessionError(err.code, err.message)

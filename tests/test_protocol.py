@@ -212,6 +212,32 @@ def test_garbage_from_server_fails_the_call_without_raising():
     assert [e.name for e in events] == ["error", "ended"] and events[0].code == ErrorCode.REMOTE_PROTOCOL
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # was RecursionError, killing the reader
+        ('{"type":"ended","callId":"c","durationSec":' + "9" * 400 + "}", "durationSec: number out of range"),
+        ('{"type":"ended","callId":"c","durationSec":1e999}', "durationSec: not a finite number"),
+        ('{"type":"ended","callId":"c","durationSec":1,"reason":["x"]}', "reason: expected str"),
+        ('{"type":["ready"]}', "type: expected str"),
+    ],
+)
+def test_hostile_server_messages_are_an_error_code_on_the_call(text, says):
+    proto = joined()
+    proto.receive_text(text, 1.0)
+    events = proto.events_received()
+    assert [e.name for e in events] == ["error", "ended"] and events[0].code == ErrorCode.REMOTE_PROTOCOL
+    assert says in events[0].message and proto.finished
+
+
+def test_an_unknown_message_type_is_counted_and_ignored():
+    proto = joined()
+    proto.receive_text('{"type":"sentiment","value":0.3}', 1.0)  # a newer platform build's event
+    proto.receive_text(PersonaSpeaking(True).serialize(), 1.1)
+    assert [e.name for e in proto.events_received()] == ["personaSpeaking"]
+    assert proto.unknown_messages == 1 and not proto.finished and proto.can_send_audio
+
+
 def test_out_of_place_server_message_is_a_remote_error():
     proto = ClientProtocol(token="t", drill_key="d")
     proto.connect(0.0)
