@@ -42,12 +42,11 @@ from .protocol import (
     ErrorCode,
     Event,
 )
-from .wsframes import FrameReader, mask_frames, wire_frames
+from .wsframes import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING, OPCODE_TEXT, FrameReader, mask_frames, wire_frames
 
 logger = logging.getLogger(__name__)
 DEFAULT_AUDIO = AudioFormat()
 RECV_BYTES = 65536
-OPCODE_TEXT, OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING = 0x1, 0x2, 0x8, 0x9
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +339,7 @@ class RoleplaySession:
                         self._send_text()
                     elif opcode == OPCODE_CLOSE:
                         code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                        self._answer_close(ws, payload[:2])
                         self._lost(resumable=code in RESUMABLE_CLOSE_CODES)
                         break
                     elif opcode == OPCODE_PING:
@@ -347,6 +347,13 @@ class RoleplaySession:
         self._close_socket()
         self._ended.set()
         self._ready.set()
+
+    def _answer_close(self, ws: websocket.WebSocket, code: bytes) -> None:
+        """Echo the peer's Close (RFC 6455 §5.5.1), so it can close its end cleanly."""
+        try:
+            ws.send(code, opcode=websocket.ABNF.OPCODE_CLOSE)
+        except (OSError, websocket.WebSocketException):
+            pass  # already gone: nothing to answer
 
     def _pong(self, ws: websocket.WebSocket, payload: bytes) -> None:
         try:

@@ -14,10 +14,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
+OPCODE_CONTINUATION = 0x0
+OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
+OPCODE_CLOSE = 0x8
+OPCODE_PING = 0x9
+OPCODES = frozenset({0x0, 0x1, 0x2, 0x8, 0x9, 0xA})  # RFC 6455 §5.2; the rest are reserved
 FIN = 0x80
+RSV = 0x70
 MASKED = 0x80
 MAX_CACHED_CLIPS = 512
+# What a peer may send, at most. Athos sends JSON events of a few hundred bytes and audio frames of
+# ~10 KB (48 kHz, 100 ms); anything near these limits is a broken or hostile peer, and checking the
+# header before buffering is what keeps a claimed 2^62-byte frame from taking the process's memory.
+MAX_FRAME_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_CONTROL_BYTES = 125  # RFC 6455 §5.5
 
 _cache: dict[int, tuple[Sequence[bytes], tuple[bytes, ...]]] = {}
 
@@ -57,6 +69,10 @@ def wire_frames(payloads: Sequence[bytes]) -> tuple[bytes, ...]:
     return entry[1]
 
 
+class FrameError(ValueError):
+    """A peer broke RFC 6455 or a size limit; the connection cannot go on (the message says how)."""
+
+
 class FrameReader:
     """Server-to-client frames (unmasked) parsed out of whatever one ``recv`` returned.
 
@@ -64,14 +80,19 @@ class FrameReader:
     with persona audio arriving 50 times a second per session that is most of a generator's CPU.
     This reads everything the socket holds in one call and walks the frames in place. Returns
     ``(opcode, payload)`` for each complete message; binary payloads are only counted by callers.
+    A frame or message past the limits, or one that breaks the RFC's framing rules, raises
+    :class:`FrameError` as soon as its header is read.
     """
 
-    __slots__ = ("_buffer", "_opcode", "_parts")
+    __slots__ = ("_buffer", "_opcode", "_parts", "_collected", "max_frame", "max_message")
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME_BYTES, max_message: int = MAX_MESSAGE_BYTES) -> None:
         self._buffer = bytearray()
         self._opcode = 0  # of a fragmented message being collected, else 0
         self._parts: list[bytes] = []
+        self._collected = 0
+        self.max_frame = max_frame
+        self.max_message = max_message
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buffer = self._buffer
@@ -90,7 +111,8 @@ class FrameReader:
                     break
                 length, start = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), pos + 10
             if b1 & MASKED:
-                raise ValueError("a server must not mask its frames (RFC 6455 §5.1)")
+                raise FrameError("a server must not mask its frames (RFC 6455 §5.1)")
+            self._check_header(b0, length)
             end = start + length
             if end > size:
                 break
@@ -100,12 +122,35 @@ class FrameReader:
                 out.append((opcode, payload))
             elif not b0 & FIN:  # a fragment: collect until the final one
                 self._opcode = opcode or self._opcode
-                self._parts.append(payload)
-            elif opcode == 0 and self._opcode:  # the final continuation
-                self._parts.append(payload)
+                self._collect(payload)
+            elif opcode == OPCODE_CONTINUATION:  # the final continuation
+                self._collect(payload)
                 out.append((self._opcode, b"".join(self._parts)))
-                self._opcode, self._parts = 0, []
+                self._opcode, self._parts, self._collected = 0, [], 0
             else:
                 out.append((opcode, payload))
         del buffer[:pos]
         return out
+
+    def _check_header(self, b0: int, length: int) -> None:
+        opcode = b0 & 0x0F
+        if b0 & RSV:
+            raise FrameError("reserved bits set with no extension agreed (RFC 6455 §5.2)")
+        if opcode not in OPCODES:
+            raise FrameError(f"reserved opcode {opcode:#x} (RFC 6455 §5.2)")
+        if opcode >= 0x8:
+            if length > MAX_CONTROL_BYTES or not b0 & FIN:
+                raise FrameError("a control frame must be final and at most 125 bytes (RFC 6455 §5.5)")
+            return
+        if opcode == OPCODE_CONTINUATION and not self._opcode:
+            raise FrameError("a continuation frame with no message to continue (RFC 6455 §5.4)")
+        if opcode != OPCODE_CONTINUATION and self._opcode:
+            raise FrameError("a new message before the fragmented one ended (RFC 6455 §5.4)")
+        if length > self.max_frame:
+            raise FrameError(f"a frame of {length} bytes, over the limit of {self.max_frame}")
+
+    def _collect(self, payload: bytes) -> None:
+        self._collected += len(payload)
+        if self._collected > self.max_message:
+            raise FrameError(f"a fragmented message past the limit of {self.max_message} bytes")
+        self._parts.append(payload)

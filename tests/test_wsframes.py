@@ -73,3 +73,36 @@ def test_reader_splits_coalesced_and_partial_frames():
     assert got[4][1] == b"hello"
     with pytest.raises(ValueError, match="must not mask"):
         FrameReader().feed(bytes([0x82, 0x80 | 4]) + bytes(8))
+
+
+@pytest.mark.parametrize(
+    ("stream", "says"),
+    [
+        # a header claiming 2^62 bytes: refused from its 10 header bytes, before any buffering
+        (bytes([0x82, 127]) + (1 << 62).to_bytes(8, "big"), "over the limit"),
+        (server_frame(0x1, bytes(2 << 20)), "over the limit"),
+        (b"".join(server_frame(0x2 if i == 0 else 0x0, bytes(60_000), fin=False) for i in range(20)), "fragmented"),
+        (server_frame(0x9, bytes(126)), "control frame"),
+        (server_frame(0x9, b"x", fin=False), "control frame"),
+        (bytes([0x80 | 0x40 | 0x1, 2]) + b"{}", "reserved bits"),
+        (server_frame(0x3, b"x"), "reserved opcode"),
+        (server_frame(0x0, b"orphan"), "no message to continue"),
+        (server_frame(0x1, b"a", fin=False) + server_frame(0x1, b"b"), "before the fragmented one ended"),
+    ],
+)
+def test_a_frame_past_the_limits_or_the_rfc_is_refused(stream, says):
+    from athos_load.wsframes import FrameError, FrameReader
+
+    reader = FrameReader()
+    with pytest.raises(FrameError, match=says):
+        for i in range(0, len(stream), 65_536):
+            reader.feed(stream[i : i + 65_536])
+    assert len(reader._buffer) <= 4 << 20  # what it held before refusing: bounded, whatever was claimed
+
+
+def test_the_limits_are_the_readers_to_set():
+    from athos_load.wsframes import FrameError, FrameReader
+
+    assert FrameReader(max_frame=10_000_000).feed(server_frame(0x2, bytes(2 << 20)))[0][0] == 0x2
+    with pytest.raises(FrameError, match="limit of 100"):
+        FrameReader(max_message=100).feed(server_frame(0x1, bytes(60), fin=False) + server_frame(0x0, bytes(60)))
