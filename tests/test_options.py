@@ -147,6 +147,7 @@ BAD_INPUTS = [
     (["--host", "http://127.0.0.1:9"], "--host http://127.0.0.1:9: cannot reach the platform"),
     (["--athos-baseline", "/nonexistent/summary.json"], "--athos-baseline /nonexistent/summary.json: cannot read"),
     (["--athos-baseline", "pyproject.toml"], "--athos-baseline pyproject.toml: not JSON (line 1"),
+    (["--athos-report", "/proc/athos/report.html"], "--athos-report /proc/athos/report.html: cannot write"),
 ]
 
 
