@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Baseline:
     path: str
     windows: list[dict[str, Any]]
     settings: dict[str, Any]
+    _histograms: dict[str, list[WindowHistogram]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, path: str | Path) -> Baseline:
@@ -61,7 +62,10 @@ class Baseline:
         return cls(str(path), timeline["windows"], summary.get("settings") or {})
 
     def histograms(self, timing: str) -> list[WindowHistogram]:
-        return [WindowHistogram.from_dict(w[timing]["h"]) for w in self.windows if timing in w]
+        """A timing's per-window histograms, decoded once (the live tab compares at every poll)."""
+        if timing not in self._histograms:
+            self._histograms[timing] = [WindowHistogram.from_dict(w[timing]["h"]) for w in self.windows if timing in w]
+        return self._histograms[timing]
 
     def differences(self, settings: dict[str, Any]) -> list[str]:
         """What this run was asked to do differently from the baseline (a comparison of unlikes)."""
