@@ -27,7 +27,7 @@ import gevent.event
 import requests
 from gevent.pywsgi import WSGIServer
 
-from .protocol import (
+from .wire import (
     CURSOR_NOW,
     PATH_CALLS,
     PATH_SESSIONS,

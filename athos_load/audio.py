@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from athos_load.protocol import AudioFormat
+from athos_load.wire import AudioFormat
 
 # Speech detection. A frame is speech when its RMS is within SPEECH_RANGE_DB of the clip's loudest
 # frame and above SPEECH_FLOOR_DB; the relative part adapts to quiet recordings, the floor keeps a

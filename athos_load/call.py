@@ -23,9 +23,9 @@ import gevent.pool
 from .api import ApiError, AthosApi, ScoreBoard
 from .metrics import Metrics, Outcome, ScoreOutcome, Timing
 from .pacer import AudioPacer
-from .protocol import AudioFormat, ErrorCode
 from .scenario import HangupPolicy, Scenario
 from .session import RoleplaySession, SessionError, SessionEvent
+from .wire import AudioFormat, ErrorCode
 
 logger = logging.getLogger(__name__)
 

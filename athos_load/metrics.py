@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from .histogram import LogHistogram
-from .protocol import ErrorCode
 from .timeline import Timeline
+from .wire import ErrorCode
 
 
 class Timing(enum.StrEnum):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from .protocol import AudioFormat
+from .wire import AudioFormat
 
 
 class OptionError(ValueError):

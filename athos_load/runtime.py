@@ -45,7 +45,6 @@ from .health import HealthMonitor
 from .metrics import Metrics, Outcome, Timing
 from .options import AthosOptions, OptionError
 from .pacer import AudioPacer
-from .protocol import CURSOR_NOW, PATH_REALTIME, AudioFormat, ErrorCode
 from .report import format_table, junit_xml, markdown
 from .report_html import html_report
 from .scenario import Scenario, ScenarioError, load_scenarios
@@ -53,6 +52,7 @@ from .sim.config import SIM_API_KEY, SIM_WEBHOOK_SECRET
 from .simproc import SimulatorProcess
 from .verdict import ExitCode
 from .webui import install_tab
+from .wire import CURSOR_NOW, PATH_REALTIME, AudioFormat, ErrorCode
 
 logger = logging.getLogger(__name__)
 

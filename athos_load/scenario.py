@@ -49,7 +49,7 @@ import jsonschema
 import yaml
 
 from athos_load.audio import AudioError, Clip, load_clip, silence
-from athos_load.protocol import AudioFormat
+from athos_load.wire import AudioFormat
 
 
 class ScenarioError(ValueError):

@@ -33,7 +33,11 @@ import gevent.event
 import websocket
 
 from .pacer import AudioPacer, Microphone, Utterance, default_pacer
-from .protocol import (
+from .wire import (
+    OPCODE_BINARY,
+    OPCODE_CLOSE,
+    OPCODE_PING,
+    OPCODE_TEXT,
     RESUMABLE_CLOSE_CODES,
     SDK_EVENTS,
     AudioFormat,
@@ -41,8 +45,10 @@ from .protocol import (
     ClientProtocol,
     ErrorCode,
     Event,
+    FrameReader,
+    mask_frames,
+    wire_frames,
 )
-from .wsframes import OPCODE_BINARY, OPCODE_CLOSE, OPCODE_PING, OPCODE_TEXT, FrameReader, mask_frames, wire_frames
 
 logger = logging.getLogger(__name__)
 DEFAULT_AUDIO = AudioFormat()
@@ -255,7 +261,7 @@ class RoleplaySession:
     # -- FrameSink, for the pacer ----------------------------------------------------------------
 
     def send_audio_frame(self, frame: bytes) -> bool:
-        """Send one ready-made masked frame (see :mod:`athos_load.wsframes`) if the call takes
+        """Send one ready-made masked frame (see :mod:`athos_load.wire.frames`) if the call takes
         audio now; False if it does not (a drop, the end) or the socket failed: that frame is lost."""
         ws = self._ws
         if ws is None or self._protocol.state is not CallState.READY:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .protocol import PATH_REALTIME
 from .sim.config import API_KEY_ENV, SIM_API_KEY, SIM_WEBHOOK_SECRET, WEBHOOK_SECRET_ENV
+from .wire import PATH_REALTIME
 
 LISTENING = re.compile(rb"athos-sim: listening on (https?://\S+)")
 

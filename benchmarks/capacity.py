@@ -60,9 +60,8 @@ def generator(kind: str, n: int, seconds: float, url: str) -> dict:
     from athos_load.api import AthosApi
     from athos_load.metrics import Metrics
     from athos_load.pacer import AudioPacer
-    from athos_load.protocol import Join
     from athos_load.session import RoleplaySession
-    from athos_load.wsframes import mask_frames
+    from athos_load.wire import Join, mask_frames
 
     rate = 16000
     t = np.arange(rate) / rate

@@ -464,10 +464,10 @@ def print_level(level: Level) -> None:
 
 def clip_offsets() -> list[str]:
     """Per clip of the scenario: the tool's speech end vs the end the simulator's VAD hears."""
-    from athos_load.protocol import AudioFormat
     from athos_load.scenario import load_scenarios
     from athos_load.sim.config import SimConfig
     from athos_load.sim.vad import ENDED, EnergyVad
+    from athos_load.wire import AudioFormat
 
     fmt, cfg = AudioFormat(), SimConfig()
     lines = []

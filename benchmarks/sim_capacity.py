@@ -35,7 +35,7 @@ import time
 import aiohttp
 import numpy as np
 
-from athos_load.wsframes import FrameReader
+from athos_load.wire import FrameReader
 
 FRAME_S = 0.020
 RATE = 16000

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from athos_load.audio import AudioError, find_speech, frames_from_pcm, load_clip, silence
-from athos_load.protocol import AudioFormat
+from athos_load.wire import AudioFormat
 
 FMT = AudioFormat()  # 16 kHz, 20 ms frames
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"

@@ -9,8 +9,8 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from athos_load import protocol as p
-from athos_load.protocol import ClientProtocol, ErrorCode, ProtocolError
+from athos_load import wire as p
+from athos_load.wire import ClientProtocol, ErrorCode, ProtocolError
 
 SERVER_TYPES = ["ready", "personaSpeaking", "userSpeaking", "reconnected", "ended", "error", "novel"]
 CLIENT_TYPES = ["join", "resume", "hangup"]

@@ -7,7 +7,7 @@ import gevent
 from test_session import FAST, clip, new_session
 
 from athos_load.api import AthosApi, ScoreBoard, ScorePoller
-from athos_load.protocol import CURSOR_NOW, CallRecord, CallStatus
+from athos_load.wire import CURSOR_NOW, CallRecord, CallStatus
 
 
 def make_scored_call(sim, api) -> str:

@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from athos_load.protocol import (
-    SDK_EVENTS,
+from athos_load.wire import (
     TRANSITIONS,
     AudioFormat,
     CallRecord,
     CallState,
     CallStatus,
     ClientProtocol,
+    ConnectionLost,
     Ended,
     Error,
     ErrorCode,
@@ -20,15 +20,17 @@ from athos_load.protocol import (
     LocalProtocolError,
     MintRequest,
     MintResponse,
-    PersonaSpeaking,
     Ready,
     Reconnected,
     RemoteProtocolError,
     Resume,
+    Role,
     ScoredEvent,
     Segment,
     SignatureError,
-    UserSpeaking,
+    Speaker,
+    Speaking,
+    advance,
     error_body,
     parse_call,
     parse_client_message,
@@ -69,8 +71,8 @@ def test_client_messages_round_trip(message):
     "message",
     [
         Ready("Dana", "athos_call_1", "rt"),
-        PersonaSpeaking(True),
-        UserSpeaking(False),
+        Speaking(Speaker.PERSONA, True),
+        Speaking(Speaker.USER, False),
         Reconnected("athos_call_1"),
         Ended("athos_call_1", 12.345, "persona"),
         Error(ErrorCode.TOKEN_EXPIRED, "expired"),
@@ -82,8 +84,8 @@ def test_server_messages_round_trip(message):
 
 def test_event_payloads_are_the_seeds():
     assert Ready("Dana", "c", "r").payload() == {"persona": {"name": "Dana"}}
-    assert PersonaSpeaking(True).payload() == {"speaking": True}
-    assert UserSpeaking(False).payload() == {"speaking": False}
+    assert Speaking(Speaker.PERSONA, True).payload() == {"speaking": True}
+    assert Speaking(Speaker.USER, False).payload() == {"speaking": False}
     assert Ended("athos_call_1", 3.5).payload() == {"callId": "athos_call_1", "durationSec": 3.5}
     assert Error(ErrorCode.UNKNOWN_CALL, "gone").payload() == {"code": "unknown_call", "message": "gone"}
 
@@ -159,7 +161,12 @@ def test_full_call_lifecycle():
     assert not proto.can_send_audio
     proto.receive_text(READY, 0.2)
     assert names(proto) == ["ready"] and proto.can_send_audio and proto.call_id == "athos_call_1"
-    for message in (UserSpeaking(True), UserSpeaking(False), PersonaSpeaking(True), PersonaSpeaking(False)):
+    for message in (
+        Speaking(Speaker.USER, True),
+        Speaking(Speaker.USER, False),
+        Speaking(Speaker.PERSONA, True),
+        Speaking(Speaker.PERSONA, False),
+    ):
         proto.receive_text(message.serialize(), 1.0)
     assert names(proto) == ["userSpeaking"] * 2 + ["personaSpeaking"] * 2
     proto.hangup(5.0)
@@ -233,7 +240,7 @@ def test_hostile_server_messages_are_an_error_code_on_the_call(text, says):
 def test_an_unknown_message_type_is_counted_and_ignored():
     proto = joined()
     proto.receive_text('{"type":"sentiment","value":0.3}', 1.0)  # a newer platform build's event
-    proto.receive_text(PersonaSpeaking(True).serialize(), 1.1)
+    proto.receive_text(Speaking(Speaker.PERSONA, True).serialize(), 1.1)
     assert [e.name for e in proto.events_received()] == ["personaSpeaking"]
     assert proto.unknown_messages == 1 and not proto.finished and proto.can_send_audio
 
@@ -241,7 +248,7 @@ def test_an_unknown_message_type_is_counted_and_ignored():
 def test_out_of_place_server_message_is_a_remote_error():
     proto = ClientProtocol(token="t", drill_key="d")
     proto.connect(0.0)
-    proto.receive_text(PersonaSpeaking(True).serialize(), 0.1)  # before ready
+    proto.receive_text(Speaking(Speaker.PERSONA, True).serialize(), 0.1)  # before ready
     assert [e.name for e in proto.events_received()] == ["connecting", "error"]
     assert proto.error.code == ErrorCode.REMOTE_PROTOCOL and "connecting" in proto.error.message
 
@@ -251,16 +258,42 @@ def test_commands_in_the_wrong_state_raise_local_errors():
     with pytest.raises(LocalProtocolError, match="hangup.*idle"):
         proto.hangup(0.0)
     proto.connect(0.0)
-    with pytest.raises(LocalProtocolError, match="connect.*connecting"):
+    with pytest.raises(LocalProtocolError, match="join.*connecting"):
         proto.connect(0.0)
 
 
-def test_transition_table_only_uses_known_names():
-    allowed = set(SDK_EVENTS) | {"connect", "resume", "hangup", "lost"}
-    assert {what for _, what in TRANSITIONS} <= allowed
+def test_transition_table_is_keyed_by_message_classes():
+    assert {happening for _, happening in TRANSITIONS} <= {
+        Join,
+        Resume,
+        Hangup,
+        Ready,
+        Speaking,
+        Reconnected,
+        Ended,
+        Error,
+        ConnectionLost,
+    }
     # every state but the terminal ones has a way out
     sources = {state for state, _ in TRANSITIONS}
     assert sources == set(CallState) - {CallState.ENDED, CallState.FAILED}
+
+
+def test_the_server_steps_the_same_table():
+    state = advance(CallState.IDLE, Join, Role.SERVER)  # received
+    state = advance(state, Ready, Role.SERVER)  # sent
+    assert state is CallState.READY
+    assert advance(state, ConnectionLost, Role.SERVER) is CallState.RECONNECTING
+    assert advance(CallState.RECONNECTING, Resume, Role.SERVER) is CallState.RECONNECTING
+    # a client that hangs up before joining broke the protocol: remote, from the server's side
+    with pytest.raises(RemoteProtocolError, match="server: 'hangup' not allowed in state idle"):
+        advance(CallState.IDLE, Hangup, Role.SERVER)
+    # a server that says ready twice broke it itself
+    with pytest.raises(LocalProtocolError, match="server: 'ready' not allowed in state ready"):
+        advance(CallState.READY, Ready, Role.SERVER)
+    # and a client that receives it counts it as the server's
+    with pytest.raises(RemoteProtocolError, match="client: 'ready'"):
+        advance(CallState.READY, Ready, Role.CLIENT)
 
 
 # -- webhook signatures ------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from athos_load.audio import load_clip
-from athos_load.protocol import AudioFormat
 from athos_load.scenario import HangupPolicy, ScenarioError, load_scenario, load_scenarios, pick
 from athos_load.sim.config import DEFAULT_DRILLS
+from athos_load.wire import AudioFormat
 
 FMT = AudioFormat()
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"

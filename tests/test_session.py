@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from athos_load.api import ApiError, AthosApi, ScoreBoard, WebhookReceiver
-from athos_load.protocol import CALL_ID_PREFIX, SDK_EVENTS, AudioFormat, CallStatus, ErrorCode
 from athos_load.session import ReconnectPolicy, RoleplaySession, SessionError, shared_ssl_context
+from athos_load.wire import CALL_ID_PREFIX, SDK_EVENTS, AudioFormat, CallStatus, ErrorCode
 
 FMT = AudioFormat()
 FAST = ["--ready-latency", "fixed:0.05", "--response-latency", "fixed:0.2", "--persona-utterance", "fixed:0.6"]

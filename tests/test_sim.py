@@ -16,7 +16,9 @@ import pytest
 import requests
 import websocket
 
-from athos_load.protocol import (
+from athos_load.sim.config import Distribution
+from athos_load.sim.tap import FrameTap
+from athos_load.wire import (
     CALL_ID_PREFIX,
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
@@ -28,8 +30,6 @@ from athos_load.protocol import (
     parse_call_list,
     verify_webhook,
 )
-from athos_load.sim.config import Distribution
-from athos_load.sim.tap import FrameTap
 
 FMT = AudioFormat()
 FRAME_S = FMT.frame_seconds

@@ -23,10 +23,10 @@ from athos_load.audio import Clip
 from athos_load.call import Call, CallSettings, ScoreDrain
 from athos_load.metrics import Metrics, Outcome
 from athos_load.pacer import AudioPacer
-from athos_load.protocol import AudioFormat, ErrorCode
 from athos_load.scenario import Scenario, ScenarioError, Turn, load_scenario
 from athos_load.session import SessionEvent
 from athos_load.sim.config import DEFAULT_GREETING_DRILLS, SimConfig
+from athos_load.wire import AudioFormat, ErrorCode
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = ROOT / "scenarios" / "audio"

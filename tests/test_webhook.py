@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from athos_load.api import Score, ScoreBoard, WebhookReceiver
-from athos_load.protocol import EVENT_ID_HEADER, SIGNATURE_HEADER, ScoredEvent, sign_webhook
+from athos_load.wire import EVENT_ID_HEADER, SIGNATURE_HEADER, ScoredEvent, sign_webhook
 
 SECRET = "whsec_test"
 

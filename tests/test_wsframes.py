@@ -5,7 +5,7 @@ import os
 import pytest
 from websocket._abnf import ABNF, frame_buffer
 
-from athos_load.wsframes import mask_frames, wire_frames
+from athos_load.wire import mask_frames, wire_frames
 
 
 def parse(data: bytes):
@@ -54,7 +54,7 @@ def server_frame(opcode, payload, fin=True):
 
 
 def test_reader_splits_coalesced_and_partial_frames():
-    from athos_load.wsframes import FrameReader
+    from athos_load.wire import FrameReader
 
     stream = (
         server_frame(0x2, bytes(640))
@@ -91,7 +91,7 @@ def test_reader_splits_coalesced_and_partial_frames():
     ],
 )
 def test_a_frame_past_the_limits_or_the_rfc_is_refused(stream, says):
-    from athos_load.wsframes import FrameError, FrameReader
+    from athos_load.wire import FrameError, FrameReader
 
     reader = FrameReader()
     with pytest.raises(FrameError, match=says):
@@ -101,7 +101,7 @@ def test_a_frame_past_the_limits_or_the_rfc_is_refused(stream, says):
 
 
 def test_the_limits_are_the_readers_to_set():
-    from athos_load.wsframes import FrameError, FrameReader
+    from athos_load.wire import FrameError, FrameReader
 
     assert FrameReader(max_frame=10_000_000).feed(server_frame(0x2, bytes(2 << 20)))[0][0] == 0x2
     with pytest.raises(FrameError, match="limit of 100"):

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from athos_load.protocol import AudioFormat, CallRecord, CallStatus, PersonaSpeaking, Segment, UserSpeaking
+from athos_load.wire import AudioFormat, CallRecord, CallStatus, Segment, Speaker, Speaking
 
 from .link import Link, persona_wire_frames
 from .vad import EnergyVad
@@ -139,12 +139,12 @@ class Call:
 
     def tell_user(self, speaking: bool) -> None:
         if self.link is not None and self.told_user != speaking:
-            self.link.send_text(UserSpeaking(speaking).serialize())
+            self.link.send_text(Speaking(Speaker.USER, speaking).serialize())
             self.told_user = speaking
 
     def tell_persona(self, speaking: bool) -> None:
         if self.link is not None and self.told_persona != speaking:
-            self.link.send_text(PersonaSpeaking(speaking).serialize())
+            self.link.send_text(Speaking(Speaker.PERSONA, speaking).serialize())
             self.told_persona = speaking
 
     def catch_up(self) -> None:

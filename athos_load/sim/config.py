@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from athos_load.protocol import SERVER_ERROR_CODES, ErrorCode
+from athos_load.wire import SERVER_ERROR_CODES, ErrorCode
 
 # z-score of the 95th percentile of a standard normal: turns (median, p95) into a lognormal sigma.
 _Z95 = 1.6448536269514722

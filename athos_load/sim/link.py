@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from athos_load.protocol import AudioFormat
+from athos_load.wire import AudioFormat
 
 from .counters import Counters
 from .voice import persona_pcm_frames

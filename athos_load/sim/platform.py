@@ -15,7 +15,7 @@ import random
 import secrets
 import time
 
-from athos_load.protocol import (
+from athos_load.wire import (
     CALL_ID_PREFIX,
     AudioFormat,
     CallStatus,

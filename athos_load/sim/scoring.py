@@ -16,7 +16,7 @@ import time
 
 import aiohttp
 
-from athos_load.protocol import (
+from athos_load.wire import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     CallStatus,

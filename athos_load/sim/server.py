@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from athos_load.protocol import (
+from athos_load.wire import (
     CURSOR_NOW,
     HTTP_STATUS,
     PATH_CALLS,

@@ -6,7 +6,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from athos_load.protocol import ErrorCode
+from athos_load.wire import ErrorCode
 
 # Expired tokens are kept this long after expiry so a late join hears token_expired, not token_invalid.
 EXPIRED_GRACE = 60.0

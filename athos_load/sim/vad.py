@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from athos_load.protocol import AudioFormat
+from athos_load.wire import AudioFormat
 
 NONE, STARTED, ENDED = 0, 1, 2  # what feed() reports
 START_FRAMES = 2  # consecutive speech frames that make an utterance start

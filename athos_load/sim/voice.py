@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from athos_load.protocol import AudioFormat
+from athos_load.wire import AudioFormat
 
 LOOP_SECONDS = 6.0
 _SEED = 20240917  # fixed: the voice is the same in every run

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .errors import FrameError
+
 OPCODE_CONTINUATION = 0x0
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
@@ -67,10 +69,6 @@ def wire_frames(payloads: Sequence[bytes]) -> tuple[bytes, ...]:
             _cache.clear()
         entry = _cache[id(payloads)] = (payloads, mask_frames(payloads))
     return entry[1]
-
-
-class FrameError(ValueError):
-    """A peer broke RFC 6455 or a size limit; the connection cannot go on (the message says how)."""
 
 
 class FrameReader:

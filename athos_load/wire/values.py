@@ -1,0 +1,169 @@
+"""Wire values: paths and headers, error and close codes, the audio format."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .errors import RemoteProtocolError
+from .fields import typed
+
+# -- paths -----------------------------------------------------------------------------------------
+
+PATH_SESSIONS = "/v1/sessions"
+PATH_REALTIME = "/v1/realtime"
+PATH_CALLS = "/v1/calls"
+CURSOR_NOW = "now"  # GET /v1/calls?after=now: no calls, and the cursor of the newest change
+PATH_WEBHOOK = "/webhooks/athos"  # where athos-load's receiver takes call.scored
+SIGNATURE_HEADER = "Athos-Signature"
+EVENT_ID_HEADER = "Athos-Event-Id"
+CALL_ID_PREFIX = "athos_call_"
+SDK_EVENTS = (
+    "connecting",
+    "ready",
+    "personaSpeaking",
+    "userSpeaking",
+    "reconnecting",
+    "reconnected",
+    "ended",
+    "error",
+)
+
+
+# -- codes -----------------------------------------------------------------------------------------
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes carried by ``error`` events. Branch on these, never on the message."""
+
+    # sent by the platform (documented in docs/protocol.md)
+    TOKEN_INVALID = "token_invalid"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_REDEEMED = "token_redeemed"
+    UNKNOWN_DRILL = "unknown_drill"
+    BAD_AUDIO_FORMAT = "bad_audio_format"
+    UNKNOWN_CALL = "unknown_call"
+    RATE_LIMITED = "rate_limited"
+    CONCURRENCY_LIMIT = "concurrency_limit"
+    UNAUTHORIZED = "unauthorized"
+    INTERNAL_ERROR = "internal_error"
+    PROTOCOL_ERROR = "protocol_error"
+    # raised by the client itself
+    CONNECT_FAILED = "connect_failed"
+    CONNECT_TIMEOUT = "connect_timeout"
+    RECONNECT_FAILED = "reconnect_failed"
+    REMOTE_PROTOCOL = "remote_protocol"
+    NO_REPLY = "no_reply"
+
+
+SERVER_ERROR_CODES = frozenset(
+    {
+        ErrorCode.TOKEN_INVALID,
+        ErrorCode.TOKEN_EXPIRED,
+        ErrorCode.TOKEN_REDEEMED,
+        ErrorCode.UNKNOWN_DRILL,
+        ErrorCode.BAD_AUDIO_FORMAT,
+        ErrorCode.UNKNOWN_CALL,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.CONCURRENCY_LIMIT,
+        ErrorCode.UNAUTHORIZED,
+        ErrorCode.INTERNAL_ERROR,
+        ErrorCode.PROTOCOL_ERROR,
+    }
+)
+# HTTP status for each error code a REST endpoint can answer with.
+HTTP_STATUS = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.UNKNOWN_DRILL: 404,
+    ErrorCode.UNKNOWN_CALL: 404,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.PROTOCOL_ERROR: 400,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+
+def error_code(value: str) -> ErrorCode | str:
+    """The enum member for a known code, the raw string otherwise (a newer platform build)."""
+    try:
+        return ErrorCode(value)
+    except ValueError:
+        return value
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the reference protocol uses."""
+
+    NORMAL = 1000  # the call ended
+    GOING_AWAY = 1001  # server shutting down: resumable
+    POLICY = 1008  # after an ``error`` event that ends the connection
+    INTERNAL = 1011  # server fault: resumable
+
+
+RESUMABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
+
+
+# -- audio -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """The audio both directions carry in binary frames. The default is what Athos web clients send."""
+
+    encoding: str = "pcm16le"
+    sample_rate: int = 16000
+    channels: int = 1
+    frame_ms: int = 20
+
+    ENCODINGS: ClassVar[frozenset[str]] = frozenset({"pcm16le"})
+    SAMPLE_RATES: ClassVar[frozenset[int]] = frozenset({8000, 16000, 24000, 48000})
+    FRAME_MS: ClassVar[frozenset[int]] = frozenset({10, 20, 40, 60, 100})
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 * self.channels
+
+    @property
+    def frame_samples(self) -> int:
+        return self.sample_rate * self.frame_ms // 1000
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.frame_samples * self.bytes_per_sample
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.frame_ms / 1000.0
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the field if the platform does not accept this format."""
+        if self.encoding not in self.ENCODINGS:
+            raise ValueError(f"encoding {self.encoding!r} not supported (use pcm16le)")
+        if self.sample_rate not in self.SAMPLE_RATES:
+            raise ValueError(f"sampleRate {self.sample_rate} not in {sorted(self.SAMPLE_RATES)}")
+        if self.channels != 1:
+            raise ValueError(f"channels {self.channels} not supported (mono only)")
+        if self.frame_ms not in self.FRAME_MS:
+            raise ValueError(f"frameMs {self.frame_ms} not in {sorted(self.FRAME_MS)}")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "encoding": self.encoding,
+            "sampleRate": self.sample_rate,
+            "channels": self.channels,
+            "frameMs": self.frame_ms,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> AudioFormat:
+        if not isinstance(obj, dict):
+            raise RemoteProtocolError("audio must be an object")
+        try:
+            return cls(
+                encoding=typed(obj, "encoding", str),
+                sample_rate=typed(obj, "sampleRate", int),
+                channels=typed(obj, "channels", int),
+                frame_ms=typed(obj, "frameMs", int),
+            )
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(f"audio.{exc}") from None
