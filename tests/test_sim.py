@@ -5,6 +5,7 @@ wire behaviour of the simulator itself. Bounds are functional and generous; no t
 beyond them.
 """
 
+import asyncio
 import http.server
 import json
 import random
@@ -17,17 +18,20 @@ import requests
 import websocket
 
 from athos_load.sim.config import Distribution
-from athos_load.sim.tap import FrameTap
+from athos_load.sim.connection import Connection
+from athos_load.sim.counters import Counters
 from athos_load.wire import (
     CALL_ID_PREFIX,
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     AudioFormat,
+    FrameReader,
     MintRequest,
     MintResponse,
     ScoredEvent,
     parse_call,
     parse_call_list,
+    parse_close,
     verify_webhook,
 )
 
@@ -216,60 +220,104 @@ def test_distribution_specs():
             Distribution.parse(bad)
 
 
-class FakeReader:
-    """Stands in for aiohttp's WebSocket reader: records what the tap forwards."""
+class FakeTransport:
+    """Records what a Connection writes; stands in for the asyncio transport."""
 
     def __init__(self):
-        self.data = b""
-        self.eof = False
+        self.out = b""
+        self.closed = self.aborted = self.paused = False
 
-    def feed_data(self, data):
-        self.data += bytes(data)
-        return False, b""
+    def write(self, data):
+        self.out += data
 
-    def feed_eof(self):
-        self.eof = True
+    def is_closing(self):
+        return self.closed or self.aborted
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.aborted = True
+
+    def pause_reading(self):
+        self.paused = True
 
 
 def client_frame(data, opcode, fin=1):
-    return websocket.ABNF.create_frame(data, opcode, fin).format()  # masked with a random key
+    return websocket.ABNF.create_frame(data, opcode, fin).format()  # websocket-client's framing, a random mask
 
 
-def test_frame_tap_takes_data_frames_and_forwards_the_rest():
-    inner = FakeReader()
-    tap = FrameTap(inner)
-    join = client_frame('{"type":"join"}', websocket.ABNF.OPCODE_TEXT)
-    early_audio = client_frame(TONE_FRAMES[0], websocket.ABNF.OPCODE_BINARY)
-    tap.feed_data(join + early_audio[:5])  # before attach: all forwarded, untouched, frame by frame
-    tap.feed_data(early_audio[5:])
-    assert inner.data == join + early_audio
+def server_frames(data):
+    return FrameReader().feed(data)  # the client's reader: what a client would make of the replies
 
-    audio, texts = [], []
-    tap.attach(lambda samples, now: audio.append(samples.tobytes()), texts.append)
-    inner.data = b""
-    ping = client_frame(b"hi", websocket.ABNF.OPCODE_PING)
-    part1 = client_frame('{"type":', websocket.ABNF.OPCODE_TEXT, fin=0)
-    part2 = client_frame('"hangup"}', websocket.ABNF.OPCODE_CONT)
-    inside = client_frame(TONE_FRAMES[3], websocket.ABNF.OPCODE_BINARY)  # illegal mid-message: aiohttp's to refuse
-    odd = client_frame(b"\x01\x02\x03", websocket.ABNF.OPCODE_BINARY)  # not a multiple of 4 bytes
-    stream = b"".join(
-        [client_frame(f, websocket.ABNF.OPCODE_BINARY) for f in TONE_FRAMES[:3]]
-        + [ping, part1, inside, part2, client_frame('{"type":"hangup"}', websocket.ABNF.OPCODE_TEXT), odd]
-    )
-    for i in range(0, len(stream), 97):  # chunks that cut headers and payloads anywhere
-        tap.feed_data(stream[i : i + 97])
-    assert audio == [*TONE_FRAMES[:3], b"\x01\x02"]
-    assert texts == [b'{"type":"hangup"}']
-    # control frames and the fragmented message (with the frame inside it) go to aiohttp, in order
-    assert inner.data == ping + part1 + inside + part2
 
-    big = client_frame(bytes(200_000), websocket.ABNF.OPCODE_BINARY)  # oversized: aiohttp's to refuse
-    inner.data = b""
-    tap.feed_data(big[:1000])
-    tap.feed_data(big[1000:])
-    assert inner.data == big
-    tap.feed_eof()
-    assert inner.eof
+def run_connection(script):
+    async def main():
+        transport = FakeTransport()
+        conn = Connection(transport, Counters())
+        await script(conn, transport)
+        return conn, transport
+
+    return asyncio.run(main())
+
+
+def test_connection_reads_frames_in_any_chunks_and_answers_ping_and_close():
+    async def script(conn, transport):
+        join = client_frame('{"type":"join"}', websocket.ABNF.OPCODE_TEXT)
+        early = client_frame(TONE_FRAMES[0], websocket.ABNF.OPCODE_BINARY)
+        conn.feed_data(join + early[:5])
+        conn.feed_data(early[5:])
+        assert await conn.first_message(1.0) == (0x1, b'{"type":"join"}')
+        assert conn._counters.frames_in == 1  # audio after the first message, before attach: counted, dropped
+
+        audio, texts = [], []
+        conn.attach(lambda pcm, now: audio.append(pcm), texts.append)
+        stream = b"".join(
+            [client_frame(f, websocket.ABNF.OPCODE_BINARY) for f in TONE_FRAMES[:3]]
+            + [
+                client_frame(b"hi", websocket.ABNF.OPCODE_PING),
+                client_frame('{"type":', websocket.ABNF.OPCODE_TEXT, fin=0),
+                client_frame(b"ping in between", websocket.ABNF.OPCODE_PING),
+                client_frame('"hangup"}', websocket.ABNF.OPCODE_CONT),
+                client_frame(b"\x01\x02\x03", websocket.ABNF.OPCODE_BINARY),  # not a multiple of 4 bytes
+                client_frame(b"\x0f\xa0bye", websocket.ABNF.OPCODE_CLOSE),  # 4000, "bye"
+            ]
+        )
+        for i in range(0, len(stream), 97):  # chunks that cut headers and payloads anywhere
+            conn.feed_data(stream[i : i + 97])
+        assert audio == [*TONE_FRAMES[:3], b"\x01\x02\x03"]
+        assert texts == [b'{"type":"hangup"}']
+        # pongs carry the pings' payloads; the Close is echoed with its code, then the socket closes
+        replies = server_frames(transport.out)
+        assert replies == [(0xA, b"hi"), (0xA, b"ping in between"), (0x8, b"\x0f\xa0")]
+        assert transport.closed
+        conn.feed_eof()
+        assert await conn.closed == 4000
+
+    run_connection(script)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (client_frame(bytes(2_000_000), websocket.ABNF.OPCODE_BINARY), 1009),  # over the 1 MiB limit
+        (bytes((0x82, 0xFF)) + (1 << 62).to_bytes(8, "big") + bytes(4), 1009),  # a claimed 2^62-byte frame
+        (bytes((0x81, 0x02)) + b"hi", 1002),  # unmasked: a client must mask
+        (client_frame(b"x" * 126, websocket.ABNF.OPCODE_PING), 1002),  # control frame over 125 bytes
+    ],
+)
+def test_connection_closes_on_a_broken_frame_with_the_rfc_code(frame, code):
+    async def script(conn, transport):
+        conn.feed_data(frame[:20])
+        conn.feed_data(frame[20:])
+
+    conn, transport = run_connection(script)
+    (opcode, payload), *_ = server_frames(transport.out)
+    assert opcode == 0x8 and parse_close(payload) == code
+    assert transport.paused and len(conn._reader._buffer) <= 20
 
 
 # -- a whole call ----------------------------------------------------------------------------------
@@ -317,6 +365,7 @@ def test_call_vad_persona_transcript_scoring(sim_factory, reader):
     assert parse_call_list(r.content) == ([], cursor)
     health = requests.get(sim.http_url + "/healthz", timeout=5).json()
     assert health["totalCalls"] == 1 and health["activeCalls"] == 0 and health["framesIn"] == 90
+    assert health["fastReaderConnections"] == (1 if reader == "tap" else 0)  # the fast path is the one in use
 
     truth_events(sim, "scored", callId=call_id)
     truth = {}

@@ -1,11 +1,22 @@
-"""Pre-masked WebSocket frames decode, with websocket-client's own parser, to the payloads."""
+"""The framer against two references: websocket-client's parser and wsproto, on both sides."""
 
 import os
+import random
 
 import pytest
 from websocket._abnf import ABNF, frame_buffer
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
-from athos_load.wire import mask_frames, wire_frames
+from athos_load.wire import (
+    OPCODE_BINARY,
+    OPCODE_CLOSE,
+    OPCODE_TEXT,
+    FrameReader,
+    client_frame,
+    close_payload,
+    mask_frames,
+    wire_frames,
+)
 
 
 def parse(data: bytes):
@@ -41,7 +52,8 @@ def test_every_frame_has_its_own_mask_and_clips_are_framed_once():
     assert [f.data for f in parse(b"".join(mixed))] == [b"ab", b"abcd"]
 
 
-def server_frame(opcode, payload, fin=True):
+def raw_frame(opcode, payload, fin=True):
+    """Built by hand, so a test can make it non-final; for final frames it must equal server_frame."""
     n = len(payload)
     head = bytes([(0x80 if fin else 0) | opcode])
     if n < 126:
@@ -54,16 +66,14 @@ def server_frame(opcode, payload, fin=True):
 
 
 def test_reader_splits_coalesced_and_partial_frames():
-    from athos_load.wire import FrameReader
-
     stream = (
-        server_frame(0x2, bytes(640))
-        + server_frame(0x1, b'{"type":"userSpeaking","speaking":true}')
-        + server_frame(0x2, bytes(70000))
-        + server_frame(0x1, b"he", fin=False)
-        + server_frame(0x9, b"ping")  # a control frame between fragments
-        + server_frame(0x0, b"llo")
-        + server_frame(0x8, (1000).to_bytes(2, "big"))
+        raw_frame(0x2, bytes(640))
+        + raw_frame(0x1, b'{"type":"userSpeaking","speaking":true}')
+        + raw_frame(0x2, bytes(70000))
+        + raw_frame(0x1, b"he", fin=False)
+        + raw_frame(0x9, b"ping")  # a control frame between fragments
+        + raw_frame(0x0, b"llo")
+        + raw_frame(0x8, (1000).to_bytes(2, "big"))
     )
     reader = FrameReader()
     got = []
@@ -80,14 +90,14 @@ def test_reader_splits_coalesced_and_partial_frames():
     [
         # a header claiming 2^62 bytes: refused from its 10 header bytes, before any buffering
         (bytes([0x82, 127]) + (1 << 62).to_bytes(8, "big"), "over the limit"),
-        (server_frame(0x1, bytes(2 << 20)), "over the limit"),
-        (b"".join(server_frame(0x2 if i == 0 else 0x0, bytes(60_000), fin=False) for i in range(20)), "fragmented"),
-        (server_frame(0x9, bytes(126)), "control frame"),
-        (server_frame(0x9, b"x", fin=False), "control frame"),
+        (raw_frame(0x1, bytes(2 << 20)), "over the limit"),
+        (b"".join(raw_frame(0x2 if i == 0 else 0x0, bytes(60_000), fin=False) for i in range(20)), "fragmented"),
+        (raw_frame(0x9, bytes(126)), "control frame"),
+        (raw_frame(0x9, b"x", fin=False), "control frame"),
         (bytes([0x80 | 0x40 | 0x1, 2]) + b"{}", "reserved bits"),
-        (server_frame(0x3, b"x"), "reserved opcode"),
-        (server_frame(0x0, b"orphan"), "no message to continue"),
-        (server_frame(0x1, b"a", fin=False) + server_frame(0x1, b"b"), "before the fragmented one ended"),
+        (raw_frame(0x3, b"x"), "reserved opcode"),
+        (raw_frame(0x0, b"orphan"), "no message to continue"),
+        (raw_frame(0x1, b"a", fin=False) + raw_frame(0x1, b"b"), "before the fragmented one ended"),
     ],
 )
 def test_a_frame_past_the_limits_or_the_rfc_is_refused(stream, says):
@@ -103,6 +113,38 @@ def test_a_frame_past_the_limits_or_the_rfc_is_refused(stream, says):
 def test_the_limits_are_the_readers_to_set():
     from athos_load.wire import FrameError, FrameReader
 
-    assert FrameReader(max_frame=10_000_000).feed(server_frame(0x2, bytes(2 << 20)))[0][0] == 0x2
+    assert FrameReader(max_frame=10_000_000).feed(raw_frame(0x2, bytes(2 << 20)))[0][0] == 0x2
     with pytest.raises(FrameError, match="limit of 100"):
-        FrameReader(max_message=100).feed(server_frame(0x1, bytes(60), fin=False) + server_frame(0x0, bytes(60)))
+        FrameReader(max_message=100).feed(raw_frame(0x1, bytes(60), fin=False) + raw_frame(0x0, bytes(60)))
+
+
+# -- wsproto as the reference ------------------------------------------------------------------------
+
+SIZES = [0, 1, 3, 125, 126, 127, 640, 65535, 65536, 70001]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_our_frames_are_what_wsproto_reads_on_either_side(size):
+    payload = bytes(random.Random(size).randrange(256) for _ in range(size))
+    as_server = FrameProtocol(client=False, extensions=[])  # reads our client's frames
+    text = "é" * (size // 2)
+    as_server.receive_bytes(client_frame(OPCODE_TEXT, text.encode()) + mask_frames([payload])[0])
+    frames = list(as_server.received_frames())
+    assert [(f.opcode, f.payload) for f in frames] == [(Opcode.TEXT, text), (Opcode.BINARY, bytearray(payload))]
+    as_client = FrameProtocol(client=True, extensions=[])  # reads our server's frames
+    as_client.receive_bytes(raw_frame(OPCODE_BINARY, payload))
+    assert [bytes(f.payload) for f in as_client.received_frames()] == [payload]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_we_read_what_wsproto_writes_on_either_side(size):
+    payload = bytes(random.Random(size).randrange(256) for _ in range(size))
+    client = FrameProtocol(client=True, extensions=[])
+    server = FrameProtocol(client=False, extensions=[])
+    # wsproto fragments nothing itself; send one message in two fragments to check reassembly too
+    masked = client.send_data(payload[: size // 2], fin=False) + client.send_data(payload[size // 2 :], fin=True)
+    assert FrameReader(masked=True).feed(masked) == [(OPCODE_BINARY, payload)]
+    assert FrameReader().feed(server.send_data(payload, fin=True)) == [(OPCODE_BINARY, payload)]
+    assert FrameReader().feed(server.close(CloseReason.GOING_AWAY, "bye")) == [
+        (OPCODE_CLOSE, close_payload(1001, "bye"))
+    ]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from athos_load.wire import AudioFormat, CallRecord, CallStatus, Segment, Speaker, Speaking
 
-from .link import Link, persona_wire_frames
+from .connection import Link, persona_wire_frames
 from .vad import EnergyVad
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ class Counters:
     """Plain integer attributes: incrementing one costs an attribute store on the hot path."""
 
     connections: int = 0  # open WebSocket connections
+    fast_reader_connections: int = 0  # connections read by the wire framer in data_received (not aiohttp's reader)
     frames_in: int = 0  # rep audio frames received
     frames_out: int = 0  # persona audio frames sent
     frames_dropped: int = 0  # persona frames not sent because the client stopped reading

@@ -35,8 +35,8 @@ from athos_load.wire import (
 
 from .calls import PERSONA_LINES, Call, CallBook, Phase, Turn
 from .config import Distribution, SimConfig
+from .connection import Link, persona_wire_frames
 from .counters import Counters
-from .link import Link, persona_wire_frames
 from .pacer import Pacer
 from .scoring import Scorer
 from .tokens import TokenBucket, TokenStore

@@ -1,8 +1,9 @@
 """The simulator's aiohttp application: REST endpoints, the realtime WebSocket, start and stop.
 
-A thin layer: every request is parsed with ``athos_load.protocol`` and handed to the
-:class:`Platform`; every answer is serialized by ``protocol`` as well. The per-frame path of a call
-is :meth:`Server._serve`: receive, count, VAD, and nothing else.
+A thin layer: every request is parsed with ``athos_load.wire`` and handed to the :class:`Platform`;
+every answer is serialized by ``wire`` as well. After the upgrade a call's bytes go to its
+:class:`~athos_load.sim.connection.Connection`; the per-frame path is :meth:`Server._sinks`: count,
+VAD, and nothing else.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import ssl
 import time
 from collections.abc import Callable
 
-import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from athos_load.wire import (
     CURSOR_NOW,
     HTTP_STATUS,
+    OPCODE_BINARY,
+    OPCODE_TEXT,
     PATH_CALLS,
     PATH_REALTIME,
     PATH_SESSIONS,
@@ -33,16 +35,18 @@ from athos_load.wire import (
     MintRequest,
     RemoteProtocolError,
     Resume,
+    accept_key,
     call_list_body,
     error_body,
     parse_client_message,
+    server_frame,
 )
 
 from .calls import Call
 from .config import SimConfig
-from .link import Link
+from .connection import AudioSink, Connection, Link, TextSink
+from .counters import Counters
 from .platform import Platform
-from .tap import AudioSink, TextSink, install
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,8 @@ def _error(code: ErrorCode | str, message: str) -> web.Response:
 class Server:
     def __init__(self, platform: Platform) -> None:
         self.platform = platform
-        self._close_tasks: set[asyncio.Task[object]] = set()
+        self._close_tasks: set[asyncio.Task[object]] = set()  # close handshakes of aiohttp's reader
+        self._connections: set[Connection] = set()
         self._api_key = platform.config.api_key.encode()
 
     def app(self) -> web.Application:
@@ -127,46 +132,55 @@ class Server:
 
     # -- realtime ----------------------------------------------------------------------------------
 
-    async def realtime(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=True, compress=False, max_msg_size=MAX_MESSAGE_BYTES)
-        protocol = request.protocol
-        tail = getattr(protocol, "_message_tail", None)  # see tap.install
-        await ws.prepare(request)
-        tap = install(protocol, tail) if self.platform.config.ws_reader == "tap" else None
+    async def realtime(self, request: web.Request) -> web.StreamResponse:
+        if self.platform.config.ws_reader == "aiohttp":
+            return await self._realtime_aiohttp(request)
+        ready = web.WebSocketResponse().can_prepare(request)  # aiohttp checks the upgrade request
         transport = request.transport
-        if transport is None:
-            return ws
+        if not ready.ok or transport is None:
+            return _json(400, error_body(ErrorCode.PROTOCOL_ERROR, "not a WebSocket upgrade"))
+        response = web.StreamResponse(
+            status=101,
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "upgrade",
+                "Sec-WebSocket-Accept": accept_key(request.headers["Sec-WebSocket-Key"]),
+            },
+        )
+        await response.prepare(request)
+        conn = Connection(transport, self.platform.counters)  # type: ignore[arg-type]
+        request.protocol.set_parser(conn)  # type: ignore[arg-type]  # what WebSocketResponse does
+        request.protocol.keep_alive(False)
         counters = self.platform.counters
         counters.connections += 1
-        link = Link(transport, lambda code: ws.close(code=code), self._close_tasks, counters)
+        counters.fast_reader_connections += 1
+        self._connections.add(conn)
         try:
-            call = await self._open_call(ws, link)
+            first = await conn.first_message(self.platform.config.join_timeout)
+            call = await self._open_call(first, conn)
             if call is not None:
-                if tap is not None:
-                    tap.attach(*self._sinks(call, link))
-                await self._serve(ws, link, call)
-            if link.closing is not None:
-                await link.closing
+                conn.attach(*self._sinks(call, conn))
+            clean = await conn.closed
+            if call is not None and call.link is conn:  # not ended, dropped or taken over by us
+                self.platform.connection_lost(call, clean=clean is not None)
         finally:
             counters.connections -= 1
-        return ws
+            self._connections.discard(conn)
+        return response
 
-    async def _open_call(self, ws: web.WebSocketResponse, link: Link) -> Call | None:
+    async def _open_call(self, first: tuple[int, bytes] | None, link: Link) -> Call | None:
         """The first message joins or resumes a call; anything else is refused with 1008."""
-        try:
-            msg = await ws.receive(timeout=self.platform.config.join_timeout)
-        except TimeoutError:
-            await self._refuse(ws, Error(ErrorCode.PROTOCOL_ERROR, "no join or resume in time"))
+        if first is None:
+            if link.open:
+                self._refuse(link, Error(ErrorCode.PROTOCOL_ERROR, "no join or resume in time"))
             return None
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-            return None
-        if msg.type is not WSMsgType.TEXT:
-            await self._refuse(ws, Error(ErrorCode.PROTOCOL_ERROR, "the first message must be join or resume"))
+        if first[0] != OPCODE_TEXT:
+            self._refuse(link, Error(ErrorCode.PROTOCOL_ERROR, "the first message must be join or resume"))
             return None
         try:
-            command = parse_client_message(msg.data)
+            command = parse_client_message(first[1])
         except RemoteProtocolError as exc:
-            await self._refuse(ws, Error(ErrorCode.PROTOCOL_ERROR, f"bad message: {exc}"))
+            self._refuse(link, Error(ErrorCode.PROTOCOL_ERROR, f"bad message: {exc}"))
             return None
         if isinstance(command, Join):
             result = await self.platform.join(command, link)
@@ -175,31 +189,26 @@ class Server:
         else:
             result = Error(ErrorCode.PROTOCOL_ERROR, "hangup before join")
         if isinstance(result, Error):
-            await self._refuse(ws, result)
+            self._refuse(link, result)
             return None
         return result
 
-    async def _refuse(self, ws: web.WebSocketResponse, error: Error) -> None:
+    def _refuse(self, link: Link, error: Error) -> None:
         if error.code == ErrorCode.PROTOCOL_ERROR:  # the platform counted and logged the other refusals
             self.platform.counters.refused += 1
             self.platform.truth.record("error", None, code=str(error.code))
-        try:
-            await ws.send_str(error.serialize())
-            await ws.close(code=CloseCode.POLICY, message=str(error.code).encode()[:120])
-        except ConnectionError:
-            pass  # the client is already gone; nothing left to tell it
+        link.send_text(error.serialize())
+        link.close(CloseCode.POLICY, str(error.code))
 
     def _sinks(self, call: Call, link: Link) -> tuple[AudioSink, TextSink]:
-        """The per-frame hot path with a tap: one counter, one VAD step, called from data_received."""
+        """The per-frame hot path: one counter, one VAD step, called from data_received."""
         platform = self.platform
-        counters = platform.counters
-        feed = call.vad.feed
+        feed = call.vad.feed_pcm
         on_vad = platform.on_vad
 
-        def audio(samples: np.ndarray, now: float) -> None:
-            counters.frames_in += 1
+        def audio(pcm: bytes, now: float) -> None:
             if call.link is link:
-                event = feed(samples, now)
+                event = feed(pcm, now)
                 if event:
                     on_vad(call, event, now)
 
@@ -209,33 +218,44 @@ class Server:
 
         return audio, text
 
-    async def _serve(self, ws: web.WebSocketResponse, link: Link, call: Call) -> None:
-        """The call's reader loop. With a tap it only sees what the tap forwards (control frames,
-        fragmented messages, frames queued before the call started); without one, every frame."""
-        platform = self.platform
-        counters = platform.counters
-        receive = ws.receive
-        feed = call.vad.feed_pcm
-        on_vad = platform.on_vad
-        monotonic = time.monotonic
-        binary, text = WSMsgType.BINARY, WSMsgType.TEXT
-        while True:
-            msg = await receive()
-            kind = msg.type
-            if kind is binary:
-                counters.frames_in += 1
+    # -- the reference reader: aiohttp's own WebSocketResponse (--ws-reader aiohttp) ----------------
+
+    async def _realtime_aiohttp(self, request: web.Request) -> web.WebSocketResponse:
+        """Every frame through aiohttp's reader: slower, and an independent check of the framer's path."""
+        ws = web.WebSocketResponse(autoping=True, compress=False, max_msg_size=MAX_MESSAGE_BYTES)
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:
+            return ws
+        counters = self.platform.counters
+        counters.connections += 1
+        link = AiohttpLink(ws, transport, self._close_tasks, counters)
+        try:
+            msg = await _receive(ws, self.platform.config.join_timeout)
+            first = None
+            if msg is not None:
+                first = (OPCODE_TEXT, msg.data.encode()) if msg.type is WSMsgType.TEXT else (OPCODE_BINARY, b"")
+            call = await self._open_call(first, link)
+            if call is not None:
+                audio, text = self._sinks(call, link)
+                kind = WSMsgType.CLOSED
+                while True:
+                    msg = await ws.receive()
+                    kind = msg.type
+                    if kind is WSMsgType.BINARY:
+                        counters.frames_in += 1
+                        audio(msg.data, time.monotonic())
+                    elif kind is WSMsgType.TEXT:
+                        text(msg.data.encode())
+                    else:
+                        break
                 if call.link is link:
-                    now = monotonic()
-                    event = feed(msg.data, now)
-                    if event:
-                        on_vad(call, event, now)
-            elif kind is text:
-                if call.link is link:
-                    platform.on_text(call, msg.data)
-            else:
-                break
-        if call.link is link:  # not ended, dropped or taken over by us: the client went away
-            platform.connection_lost(call, clean=kind is WSMsgType.CLOSE)
+                    self.platform.connection_lost(call, clean=kind is WSMsgType.CLOSE)
+            if link.closing is not None:
+                await link.closing
+        finally:
+            counters.connections -= 1
+        return ws
 
     async def _on_shutdown(self, app: web.Application) -> None:
         """Close every call's socket with 1001 (going away: a client may resume elsewhere)."""
@@ -245,8 +265,54 @@ class Server:
             self.platform.detach(call, now, cause="shutdown")
             if link is not None:
                 link.close(CloseCode.GOING_AWAY)
-        if self._close_tasks:
-            await asyncio.wait(list(self._close_tasks), timeout=SHUTDOWN_TIMEOUT)
+        waits = [*self._close_tasks, *(conn.closed for conn in self._connections)]
+        if waits:
+            await asyncio.wait(waits, timeout=SHUTDOWN_TIMEOUT)
+
+
+async def _receive(ws: web.WebSocketResponse, timeout: float) -> WSMessage | None:
+    try:
+        msg = await ws.receive(timeout=timeout)
+    except TimeoutError:
+        return None
+    return None if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR) else msg
+
+
+class AiohttpLink:
+    """The platform's :class:`Link` over aiohttp's WebSocketResponse (the reference reader)."""
+
+    __slots__ = ("_ws", "_transport", "_tasks", "_counters", "closing")
+
+    def __init__(
+        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport, tasks: set[asyncio.Task[object]],
+        counters: Counters,
+    ) -> None:  # fmt: skip
+        self._ws, self._transport, self._tasks, self._counters = ws, transport, tasks, counters
+        self.closing: asyncio.Task[object] | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.closing is None and not self._transport.is_closing()
+
+    def send_text(self, text: str) -> None:
+        if self.open:
+            self._transport.write(server_frame(OPCODE_TEXT, text.encode()))  # type: ignore[attr-defined]
+
+    def send_audio(self, frame: bytes) -> None:
+        if self.open:
+            self._transport.write(frame)  # type: ignore[attr-defined]
+            self._counters.frames_out += 1
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.closing is None:
+            self.closing = task = asyncio.get_running_loop().create_task(
+                self._ws.close(code=code, message=reason.encode()[:120])
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def abort(self) -> None:
+        self._transport.abort()  # type: ignore[attr-defined]
 
 
 def _url(host: str, port: int, scheme: str = "http") -> str:

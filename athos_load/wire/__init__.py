@@ -24,6 +24,7 @@ from .errors import (
 )
 from .frames import (
     FIN,
+    HANDSHAKE_GUID,
     MASKED,
     MAX_CACHED_CLIPS,
     MAX_CONTROL_BYTES,
@@ -33,12 +34,18 @@ from .frames import (
     OPCODE_CLOSE,
     OPCODE_CONTINUATION,
     OPCODE_PING,
+    OPCODE_PONG,
     OPCODE_TEXT,
     OPCODES,
     RSV,
     FrameReader,
+    accept_key,
+    client_frame,
+    close_payload,
     header,
     mask_frames,
+    parse_close,
+    server_frame,
     wire_frames,
 )
 from .lifecycle import (
@@ -106,6 +113,13 @@ from .webhook import (
 )
 
 __all__ = [
+    "server_frame",
+    "parse_close",
+    "close_payload",
+    "client_frame",
+    "accept_key",
+    "HANDSHAKE_GUID",
+    "OPCODE_PONG",
     "AudioFormat",
     "CALL_ID_PREFIX",
     "CURSOR_NOW",

@@ -28,7 +28,14 @@ class UnknownMessage(RemoteProtocolError):
 
 
 class FrameError(RemoteProtocolError, ValueError):
-    """A peer broke RFC 6455 or a size limit; the connection cannot go on (the message says how)."""
+    """A peer broke RFC 6455 or a size limit; the connection cannot go on (the message says how).
+
+    ``close_code`` is what to close with: 1009 for a message too big, 1002 for the rest (§7.4.1).
+    """
+
+    def __init__(self, message: str, close_code: int = 1002) -> None:
+        super().__init__(message)
+        self.close_code = close_code
 
 
 class SignatureError(ProtocolError):

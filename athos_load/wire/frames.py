@@ -1,14 +1,18 @@
-"""Client-to-server WebSocket binary frames, built and masked once per clip with numpy.
+"""WebSocket framing (RFC 6455) for both sides: frames out, frames in with size limits, the close
+and opening handshakes' values. Bytes in, bytes out; no socket.
 
 Sending a frame through websocket-client costs an ``ABNF`` object, a fresh mask from
 ``os.urandom``, a Python-level XOR and a header ``struct.pack`` — per frame, per session, 50 times
 a second. A clip's audio never changes, so its frames are framed and masked once, in one numpy
 pass, each with its own random mask key (RFC 6455 §5.3 asks for an unpredictable key per frame),
-and every session that plays the clip sends the same ready-made bytes with one ``sendall``.
+and every session that plays the clip sends the same ready-made bytes with one ``sendall``. A
+server's frames are unmasked, so the simulator frames its persona voice once per audio format.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -21,6 +25,7 @@ OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
 OPCODE_CLOSE = 0x8
 OPCODE_PING = 0x9
+OPCODE_PONG = 0xA
 OPCODES = frozenset({0x0, 0x1, 0x2, 0x8, 0x9, 0xA})  # RFC 6455 §5.2; the rest are reserved
 FIN = 0x80
 RSV = 0x70
@@ -36,13 +41,48 @@ MAX_CONTROL_BYTES = 125  # RFC 6455 §5.5
 _cache: dict[int, tuple[Sequence[bytes], tuple[bytes, ...]]] = {}
 
 
-def header(length: int) -> bytes:
-    """FIN + binary opcode, the mask bit and the payload length (7-bit, 16-bit or 64-bit form)."""
+# RFC 6455 §1.3: the server proves it read the client's key by hashing it with this GUID.
+HANDSHAKE_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def header(length: int, opcode: int = OPCODE_BINARY, masked: bool = True) -> bytes:
+    """FIN + ``opcode``, the mask bit and the payload length (7-bit, 16-bit or 64-bit form)."""
+    mask = MASKED if masked else 0
     if length < 126:
-        return bytes((FIN | OPCODE_BINARY, MASKED | length))
+        return bytes((FIN | opcode, mask | length))
     if length < 1 << 16:
-        return bytes((FIN | OPCODE_BINARY, MASKED | 126)) + length.to_bytes(2, "big")
-    return bytes((FIN | OPCODE_BINARY, MASKED | 127)) + length.to_bytes(8, "big")
+        return bytes((FIN | opcode, mask | 126)) + length.to_bytes(2, "big")
+    return bytes((FIN | opcode, mask | 127)) + length.to_bytes(8, "big")
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked frame, as a server sends it."""
+    return header(len(payload), opcode, masked=False) + payload
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final frame masked with a fresh random key, as a client sends it."""
+    key = os.urandom(4)
+    return header(len(payload), opcode) + key + _unmask(payload, 0, len(payload), key)
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    """A Close frame's body: the code, then at most 123 bytes of UTF-8 reason (RFC 6455 §5.5.1)."""
+    return code.to_bytes(2, "big") + reason.encode()[:123]
+
+
+def parse_close(payload: bytes) -> int:
+    """The code of a received Close frame: 1005 when it has none (§7.1.5), 1002 when it is malformed."""
+    if not payload:
+        return 1005
+    if len(payload) == 1:
+        return 1002
+    return int.from_bytes(payload[:2], "big")
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode() + HANDSHAKE_GUID).digest()).decode()
 
 
 def mask_frames(payloads: Sequence[bytes]) -> tuple[bytes, ...]:
@@ -72,7 +112,8 @@ def wire_frames(payloads: Sequence[bytes]) -> tuple[bytes, ...]:
 
 
 class FrameReader:
-    """Server-to-client frames (unmasked) parsed out of whatever one ``recv`` returned.
+    """Frames parsed out of whatever one ``recv`` returned: a client's reader takes unmasked frames,
+    a server's (``masked=True``) masked ones, which it unmasks.
 
     websocket-client reads a frame with two or three ``recv`` calls and builds an object per frame;
     with persona audio arriving 50 times a second per session that is most of a generator's CPU.
@@ -82,10 +123,14 @@ class FrameReader:
     :class:`FrameError` as soon as its header is read.
     """
 
-    __slots__ = ("_buffer", "_opcode", "_parts", "_collected", "max_frame", "max_message")
+    __slots__ = ("_buffer", "_opcode", "_parts", "_collected", "_error", "max_frame", "max_message", "masked")
 
-    def __init__(self, max_frame: int = MAX_FRAME_BYTES, max_message: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self, max_frame: int = MAX_FRAME_BYTES, max_message: int = MAX_MESSAGE_BYTES, *, masked: bool = False
+    ) -> None:
+        self.masked = masked  # what this side must receive: a server reads masked frames only
         self._buffer = bytearray()
+        self._error: FrameError | None = None  # once the stream is broken, nothing more is read
         self._opcode = 0  # of a fragmented message being collected, else 0
         self._parts: list[bytes] = []
         self._collected = 0
@@ -93,6 +138,17 @@ class FrameReader:
         self.max_message = max_message
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._feed(data)
+        except FrameError as exc:
+            self._error = exc
+            self._buffer.clear()
+            self._parts.clear()
+            raise
+
+    def _feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buffer = self._buffer
         buffer += data
         out: list[tuple[int, bytes]] = []
@@ -108,13 +164,23 @@ class FrameReader:
                 if size - pos < 10:
                     break
                 length, start = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), pos + 10
-            if b1 & MASKED:
-                raise FrameError("a server must not mask its frames (RFC 6455 §5.1)")
+            if bool(b1 & MASKED) is not self.masked:
+                raise FrameError(
+                    "a client must mask its frames (RFC 6455 §5.1)"
+                    if self.masked
+                    else "a server must not mask its frames (RFC 6455 §5.1)"
+                )
             self._check_header(b0, length)
+            if self.masked:
+                start += 4
             end = start + length
             if end > size:
                 break
-            opcode, payload = b0 & 0x0F, bytes(buffer[start:end])
+            opcode = b0 & 0x0F
+            if self.masked:
+                payload = _unmask(buffer, start, length, bytes(buffer[start - 4 : start]))
+            else:
+                payload = bytes(buffer[start:end])
             pos = end
             if opcode >= 0x8:  # control frames may arrive between fragments
                 out.append((opcode, payload))
@@ -145,10 +211,22 @@ class FrameReader:
         if opcode != OPCODE_CONTINUATION and self._opcode:
             raise FrameError("a new message before the fragmented one ended (RFC 6455 §5.4)")
         if length > self.max_frame:
-            raise FrameError(f"a frame of {length} bytes, over the limit of {self.max_frame}")
+            raise FrameError(f"a frame of {length} bytes, over the limit of {self.max_frame}", 1009)
 
     def _collect(self, payload: bytes) -> None:
-        self._collected += len(payload)
+        # Each fragment counts its 2-byte minimal header too: endless empty fragments add no payload,
+        # but must still reach the limit instead of growing _parts (and the call) without end.
+        self._collected += len(payload) + 2
         if self._collected > self.max_message:
-            raise FrameError(f"a fragmented message past the limit of {self.max_message} bytes")
+            raise FrameError(f"a fragmented message past the limit of {self.max_message} bytes", 1009)
         self._parts.append(payload)
+
+
+def _unmask(data: bytes | bytearray, start: int, length: int, key: bytes) -> bytes:
+    """XOR ``length`` bytes of ``data`` from ``start`` with the 4-byte ``key`` (masking is its own
+    inverse), four bytes at a time with numpy when the length allows."""
+    if length & 3 == 0:
+        words = np.frombuffer(data, "<u4", length >> 2, start)
+        return (words ^ np.frombuffer(key, "<u4")[0]).tobytes()
+    raw = np.frombuffer(data, np.uint8, length, start)
+    return (raw ^ np.resize(np.frombuffer(key, np.uint8), length)).tobytes()
