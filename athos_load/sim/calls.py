@@ -14,19 +14,13 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from athos_load.wire import AudioFormat, CallRecord, CallStatus, Segment, Speaker, Speaking
+from athos_load.wire import AudioFormat, CallRecord, CallState, CallStatus, Role, Segment, Speaker, Speaking, advance
 
 from .connection import Link, persona_wire_frames
 from .vad import EnergyVad
 
 if TYPE_CHECKING:
     from .platform import Platform
-
-
-class Phase(enum.Enum):
-    LIVE = "live"  # a client is connected
-    DETACHED = "detached"  # the connection dropped; resumable until the resume window closes
-    ENDED = "ended"
 
 
 class Turn(enum.Enum):
@@ -54,7 +48,7 @@ class Call:
 
     __slots__ = (
         "platform", "id", "resume_token", "drill_key", "persona_name", "audio", "webhook_url", "token_tag",
-        "ready_at", "ready_wall", "phase", "link", "vad", "turn", "status", "seq", "transcript",
+        "ready_at", "ready_wall", "state", "link", "vad", "turn", "status", "seq", "transcript",
         "rep_talk", "persona_talk", "persona_turns", "rep_stopped_at", "dropped_at", "dropped_once",
         "end_reason", "ended_at", "ended_wall", "duration_sec", "score", "scored_wall", "timers",
         "told_user", "told_persona", "pacer_slot",
@@ -85,7 +79,9 @@ class Call:
         self.token_tag = token_tag  # a token prefix, to join minted/join lines with this call in the truth log
         self.ready_at = time.monotonic()
         self.ready_wall = time.time()
-        self.phase = Phase.LIVE
+        # the server's side of the wire's lifecycle table: ready (a client is connected),
+        # reconnecting (dropped, resumable until the resume window closes), hanging_up, ended
+        self.state = CallState.READY
         self.link: Link | None = link
         self.vad = vad
         self.turn = Turn.LISTENING
@@ -136,6 +132,10 @@ class Call:
         self.timers.clear()
 
     # -- speaking events ---------------------------------------------------------------------------
+
+    def step(self, happening: type) -> None:
+        """Move along the wire's lifecycle table (server side); a step it forbids raises ProtocolError."""
+        self.state = advance(self.state, happening, Role.SERVER)
 
     def tell_user(self, speaking: bool) -> None:
         if self.link is not None and self.told_user != speaking:

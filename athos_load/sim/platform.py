@@ -18,11 +18,12 @@ import time
 from athos_load.wire import (
     CALL_ID_PREFIX,
     AudioFormat,
+    CallState,
     CallStatus,
+    ConnectionLost,
     Ended,
     Error,
     ErrorCode,
-    Hangup,
     Join,
     MintRequest,
     MintResponse,
@@ -33,7 +34,7 @@ from athos_load.wire import (
     parse_client_message,
 )
 
-from .calls import PERSONA_LINES, Call, CallBook, Phase, Turn
+from .calls import PERSONA_LINES, Call, CallBook, Turn
 from .config import Distribution, SimConfig
 from .connection import Link, persona_wire_frames
 from .counters import Counters
@@ -196,12 +197,12 @@ class Platform:
         call = self.book.get(resume.call_id)
         if (
             call is None
-            or call.phase is Phase.ENDED
+            or call.state is CallState.ENDED
             or not hmac.compare_digest(call.resume_token.encode(), resume.resume_token.encode())
         ):
             return self._refuse(ErrorCode.UNKNOWN_CALL, "no resumable call with that id and resume token", None,
                                 call_id=resume.call_id[:64])  # fmt: skip
-        if call.phase is Phase.LIVE:
+        if call.state is CallState.READY:
             # The client saw a drop before we did (half-open connection): the new socket takes over.
             old = call.link
             self.detach(call, now, cause="takeover")
@@ -214,7 +215,8 @@ class Platform:
                                 call_id=call.id)  # fmt: skip
         gap = now - call.dropped_at if call.dropped_at is not None else 0.0
         call.cancel_timer("resume_window")
-        call.phase = Phase.LIVE
+        call.step(Resume)
+        call.step(Reconnected)
         call.link = link
         self.live.add(call)
         self.counters.resumes += 1
@@ -242,13 +244,11 @@ class Platform:
         """A text frame during the call: hangup, or a protocol error that leaves the call going."""
         try:
             message = parse_client_message(text)
+            call.step(type(message))  # only a hangup is allowed now: the table says what is not
         except RemoteProtocolError as exc:
             self._in_call_error(call, f"bad message: {exc}")
             return
-        if isinstance(message, Hangup):
-            self.end_call(call, "hangup")
-        else:
-            self._in_call_error(call, f"{message.type!r} is not allowed during a call")
+        self.end_call(call, "hangup")
 
     def _in_call_error(self, call: Call, message: str) -> None:
         self.truth.record("error", call.id, code=ErrorCode.PROTOCOL_ERROR.value)
@@ -276,7 +276,7 @@ class Platform:
 
     def _answer(self, call: Call) -> None:
         call.timers.pop("response", None)
-        if call.phase is not Phase.LIVE or call.turn is not Turn.THINKING:
+        if call.state is not CallState.READY or call.turn is not Turn.THINKING:
             return
         now = time.monotonic()
         # latency: from userSpeaking false (what a client times); sinceSpeech: from the rep's last audio
@@ -308,7 +308,7 @@ class Platform:
                 return
             call.dropped_once = True
         link = call.link
-        if call.phase is not Phase.LIVE or link is None:
+        if call.state is not CallState.READY or link is None:
             return
         self.detach(call, time.monotonic(), cause=cause)
         link.abort()
@@ -321,9 +321,9 @@ class Platform:
             self.detach(call, time.monotonic(), cause="client")
 
     def detach(self, call: Call, now: float, cause: str) -> None:
-        if call.phase is not Phase.LIVE:
+        if call.state is not CallState.READY:
             return
-        call.phase = Phase.DETACHED
+        call.step(ConnectionLost)
         call.link = None
         call.dropped_at = now
         self.live.discard(call)
@@ -349,13 +349,13 @@ class Platform:
         call.turn = Turn.LISTENING
 
     def end_call(self, call: Call, reason: str, now: float | None = None) -> None:
-        if call.phase is Phase.ENDED:
+        if call.state is CallState.ENDED:
             return
         if now is None:
             now = time.monotonic()
         self._cut_turns(call, now)
         call.cancel_timers()
-        call.phase = Phase.ENDED
+        call.step(Ended)
         call.end_reason = reason
         call.ended_at = now
         call.ended_wall = time.time()
