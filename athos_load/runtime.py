@@ -52,7 +52,7 @@ from .sim.config import SIM_API_KEY, SIM_WEBHOOK_SECRET
 from .simproc import SimulatorProcess
 from .verdict import ExitCode
 from .webui import install_tab
-from .wire import CURSOR_NOW, PATH_REALTIME, AudioFormat, ErrorCode
+from .wire import CURSOR_NOW, AudioFormat, ErrorCode, realtime_url
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class Runtime:
 
     def _settings(self, options: AthosOptions) -> CallSettings:
         host = self.environment.host
-        ws_url = options.ws_url or host.replace("http", "ws", 1).rstrip("/") + PATH_REALTIME
+        ws_url = options.ws_url or realtime_url(host)
         return CallSettings(
             api=self.api(),
             ws_url=ws_url,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .sim.config import API_KEY_ENV, SIM_API_KEY, SIM_WEBHOOK_SECRET, WEBHOOK_SECRET_ENV
-from .wire import PATH_REALTIME
+from .wire import realtime_url
 
 LISTENING = re.compile(rb"athos-sim: listening on (https?://\S+)")
 
@@ -78,7 +78,7 @@ class SimulatorProcess:
 
     @property
     def ws_url(self) -> str:
-        return self.url.replace("http", "ws", 1) + PATH_REALTIME
+        return realtime_url(self.url)
 
     @property
     def headers(self) -> dict[str, str]:

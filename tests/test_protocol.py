@@ -36,6 +36,7 @@ from athos_load.wire import (
     parse_client_message,
     parse_error_body,
     parse_server_message,
+    realtime_url,
     sign_webhook,
     verify_webhook,
 )
@@ -315,3 +316,9 @@ def test_webhook_signature_verifies_and_rejects():
             verify_webhook(secret, hdr, data, now=now)
         assert info.value.reason == reason
     assert ScoredEvent.parse(body).call_id == "athos_call_1"
+
+
+def test_the_realtime_url_follows_the_host():
+    assert realtime_url("http://athos.example:8080") == "ws://athos.example:8080/v1/realtime"
+    assert realtime_url("https://athos.example/") == "wss://athos.example/v1/realtime"
+    assert realtime_url("http://[::1]:9/") == "ws://[::1]:9/v1/realtime"

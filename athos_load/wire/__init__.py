@@ -105,6 +105,7 @@ from .values import (
     CloseCode,
     ErrorCode,
     error_code,
+    realtime_url,
 )
 from .webhook import (
     ScoredEvent,
@@ -113,6 +114,7 @@ from .webhook import (
 )
 
 __all__ = [
+    "realtime_url",
     "server_frame",
     "parse_close",
     "close_payload",

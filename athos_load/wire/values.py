@@ -19,6 +19,13 @@ PATH_WEBHOOK = "/webhooks/athos"  # where athos-load's receiver takes call.score
 SIGNATURE_HEADER = "Athos-Signature"
 EVENT_ID_HEADER = "Athos-Event-Id"
 CALL_ID_PREFIX = "athos_call_"
+
+
+def realtime_url(http_url: str) -> str:
+    """The realtime WebSocket URL of a platform at ``http_url``: ws(s):// on the same host, /v1/realtime."""
+    return "ws" + http_url.removeprefix("http").rstrip("/") + PATH_REALTIME
+
+
 SDK_EVENTS = (
     "connecting",
     "ready",
