@@ -5,7 +5,7 @@
     session = RoleplaySession.create(token=token, drill_key="ma-full-sale", url=ws_url)
     off = session.on("ready", lambda event: print(event.payload["persona"]["name"]))
     session.connect()                        # blocks until ready; raises SessionError if refused
-    session.play(frames).wait()              # real-time audio through the process's one pacer
+    session.play(frames).wait()              # real-time audio, paced by the pacer given (or its own)
     session.hangup()                         # blocks until ended
 
 The eight SDK events arrive as :class:`SessionEvent` (name, seed payload, monotonic time ``at``).
@@ -32,7 +32,7 @@ import gevent
 import gevent.event
 import websocket
 
-from .pacer import AudioPacer, Microphone, Utterance, default_pacer
+from .pacer import AudioPacer, Microphone, Utterance
 from .wire import (
     OPCODE_BINARY,
     OPCODE_CLOSE,
@@ -45,8 +45,11 @@ from .wire import (
     ClientProtocol,
     ErrorCode,
     Event,
+    FrameError,
     FrameReader,
+    close_payload,
     mask_frames,
+    parse_close,
     wire_frames,
 )
 
@@ -127,7 +130,7 @@ class RoleplaySession:
         self.reconnects = 0
         self.audio_frames_received = 0
         self._protocol = ClientProtocol(token=token, drill_key=drill_key, audio=audio)
-        self._pacer = pacer or default_pacer()
+        self._pacer = pacer or AudioPacer()  # none shared in: one of its own, not a process global
         self._ssl_context = ssl_context
         self._listeners: dict[str, list[Listener]] = {name: [] for name in SDK_EVENTS}
         self._ws: websocket.WebSocket | None = None
@@ -344,7 +347,12 @@ class RoleplaySession:
                         self._flush_events()
                         self._send_text()
                     elif opcode == OPCODE_CLOSE:
-                        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                        try:
+                            code = parse_close(payload)
+                        except FrameError as exc:  # RFC 6455 §7.4.1: fail the connection as a protocol error
+                            self._answer_close(ws, close_payload(exc.close_code))
+                            self._fail(ErrorCode.REMOTE_PROTOCOL, str(exc))
+                            break
                         self._answer_close(ws, payload[:2])
                         self._lost(resumable=code in RESUMABLE_CLOSE_CODES)
                         break

@@ -6,7 +6,8 @@ import json
 import subprocess
 
 import yaml
-from support.locust_run import LOCUST, ROOT, check_accounting, free_port, locust_env, samples, total
+from support.locust_run import LOCUST, ROOT, check_accounting, locust_env, samples, total
+from support.net import free_port
 
 
 def test_master_merges_what_two_workers_recorded(tmp_path):

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import requests
-from support.locust_run import LOCUST, ROOT, free_port, locust_env
+from support.locust_run import LOCUST, ROOT, locust_env
+from support.net import free_port
 
 from athos_load.metrics import Timing
 from athos_load.webui import RUN_TAB, TIMINGS_TAB, install_tab

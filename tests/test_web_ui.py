@@ -7,7 +7,8 @@ import subprocess
 import time
 
 import requests
-from support.locust_run import LOCUST, ROOT, free_port, locust_env, samples, total
+from support.locust_run import LOCUST, ROOT, locust_env, samples, total
+from support.net import free_port
 
 
 def test_a_run_started_from_the_form_takes_its_athos_options(tmp_path):

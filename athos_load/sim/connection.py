@@ -201,10 +201,12 @@ class Connection:
 
     def _on_close(self, payload: bytes) -> None:
         """The client's Close: echo its code (RFC 6455 §5.5.1) unless ours went first, then hang up."""
-        self.close_received = parse_close(payload)
+        try:
+            code = self.close_received = parse_close(payload)
+            echo = b"" if code == 1005 else close_payload(code)
+        except FrameError as exc:
+            self.close_received, echo = exc.close_code, close_payload(exc.close_code)
         if not self._close_sent:
-            code = self.close_received
             self._close_sent = True
-            echo = b"" if code in (1005, 1006) else close_payload(code)
             self._transport.write(server_frame(OPCODE_CLOSE, echo))
         self._transport.close()

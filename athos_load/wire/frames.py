@@ -72,12 +72,15 @@ def close_payload(code: int, reason: str = "") -> bytes:
 
 
 def parse_close(payload: bytes) -> int:
-    """The code of a received Close frame: 1005 when it has none (§7.1.5), 1002 when it is malformed."""
+    """The code of a received Close frame, 1005 when it has none (§7.1.5). A body that breaks
+    RFC 6455 raises :class:`FrameError`: one byte (§5.5.1), or a code no endpoint may send (§7.4.1),
+    above all 1006, which must never pass for a transient drop."""
     if not payload:
         return 1005
-    if len(payload) == 1:
-        return 1002
-    return int.from_bytes(payload[:2], "big")
+    code = int.from_bytes(payload[:2], "big")
+    if len(payload) >= 2 and (1000 <= code <= 1014 and code not in (1004, 1005, 1006) or 3000 <= code <= 4999):
+        return code
+    raise FrameError(f"a malformed Close frame: {payload[:2]!r}")
 
 
 def accept_key(key: str) -> str:

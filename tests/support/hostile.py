@@ -1,0 +1,423 @@
+"""A misbehaving Athos realtime server, for the tests: a plain-socket script run as a subprocess.
+
+::
+
+    python tests/support/hostile.py SCRIPT --report PATH [--lifetime SECONDS]
+
+It listens on a free port of 127.0.0.1, answers each connection with a correct WebSocket upgrade
+(RFC 6455 §4.2.2), reads the client's first message (``join``), then plays one scripted
+misbehaviour (``SCRIPTS``: giant frame headers, endless fragments, RFC violations, bad JSON, messages
+out of order, a Close frame). Afterwards it goes on reading what the client sends, answers a
+``hangup`` with ``ended`` and Close 1000, and stops at EOF. Everything it sees is appended to the
+report as JSON lines (the first line gives the port), so a test can assert what the client did on
+the wire. It exits by itself after ``--lifetime`` seconds; tests also stop it by its pid.
+
+Standard library only, and no athos_load: the frames it sends are the ones the product's framer
+must refuse, so they are built by hand here. Not a thread in the test process: the tests run
+monkey-patched by gevent, and a server sharing that hub would share the client's scheduling.
+:class:`HostilePeer` is the test side: start the script, wait for its report, stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
+STREAM_LIMIT = 128 << 20  # what a streaming script sends at most: far past any sane client limit
+CHUNK = 1 << 20
+IO_TIMEOUT = 5.0  # per send: a client that stops reading cannot hold the script (reads wait to the deadline)
+PAUSE = 0.1  # after ready, so the misbehaviour reaches a call in progress, not a connect()
+READY = {"type": "ready", "persona": {"name": "Mallory"}, "callId": "athos_call_hostile", "resumeToken": "rt"}
+
+
+def frame(
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bytes | None = None,
+    length: int | None = None,
+) -> bytes:
+    """One frame as a server would send it, or as it must not: ``rsv`` sets reserved bits (0–7),
+    ``mask`` masks it (a client's duty, never a server's), ``length`` claims another payload size."""
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | opcode])
+    masked = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([masked | n])
+    elif n < 1 << 16:
+        head += bytes([masked | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([masked | 127]) + n.to_bytes(8, "big")
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        head += mask
+    return head + payload
+
+
+def text(obj: dict[str, Any]) -> bytes:
+    return frame(TEXT, json.dumps(obj).encode())
+
+
+class Connection:
+    """One accepted client: the handshake, its frames in, the script's bytes out, the report."""
+
+    def __init__(self, sock: socket.socket, log: Callable[..., None], deadline: float) -> None:
+        self.sock = sock
+        self.log = log
+        self.deadline = deadline
+        self.buffer = b""
+        self.answered_hangup = False
+        sock.settimeout(IO_TIMEOUT)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _fill(self, n: int) -> bool:
+        while len(self.buffer) < n:
+            if time.monotonic() > self.deadline:
+                return False
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue  # a quiet client is not a gone one: wait for it until the deadline
+            except OSError:  # a reset: nothing more comes
+                return False
+            if not data:
+                return False
+            self.buffer += data
+        return True
+
+    def _take(self, n: int) -> bytes | None:
+        if not self._fill(n):
+            return None
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+    def handshake(self) -> bool:
+        while b"\r\n\r\n" not in self.buffer:
+            if len(self.buffer) > 16384 or not self._fill(len(self.buffer) + 1):
+                return False
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        key = headers.get("sec-websocket-key", "")
+        if not lines[0].startswith("GET ") or headers.get("upgrade", "").lower() != "websocket" or not key:
+            self.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return False
+        accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+        self.send(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        self.log(event="handshake", path=lines[0].split(" ")[1])
+        return True
+
+    def read_frame(self) -> tuple[int, bytes] | None:
+        """The client's next frame, unmasked; None at EOF, a reset, a timeout or the deadline."""
+        head = self._take(2)
+        if head is None:
+            return None
+        opcode, n = head[0] & 0x0F, head[1] & 0x7F
+        if n >= 126:
+            ext = self._take(2 if n == 126 else 8)
+            if ext is None:
+                return None
+            n = int.from_bytes(ext, "big")
+        key = self._take(4) if head[1] & 0x80 else b"\0\0\0\0"
+        payload = self._take(n) if key is not None else None
+        if payload is None:
+            return None
+        return opcode, bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+    def record(self, opcode: int, payload: bytes) -> None:
+        if opcode == TEXT:
+            try:
+                kind = json.loads(payload).get("type")
+            except (ValueError, AttributeError):
+                kind = None
+            self.log(event="text", type=kind)
+        elif opcode == CLOSE:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            self.log(event="close", code=code, reason=payload[2:].decode("utf-8", "replace"))
+        elif opcode != BINARY:  # audio is not worth a line each
+            self.log(event="frame", opcode=opcode, length=len(payload))
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def flood(self, chunks: Iterable[bytes]) -> None:
+        """Send ``chunks`` until the client cuts us off; report how much got out and whether it did."""
+        sent, ok = 0, True
+        for chunk in chunks:
+            if not (ok := time.monotonic() < self.deadline and self.send(chunk)):
+                break
+            sent += len(chunk)
+        self.log(event="streamed", bytes=sent, cut_off=not ok)
+
+    def ready(self) -> None:
+        self.send(text(READY))
+        time.sleep(PAUSE)
+
+    # -- the connection --------------------------------------------------------------------------
+
+    def serve(self, script: Callable[[Connection], None]) -> None:
+        if not self.handshake():
+            return
+        first = self.read_frame()
+        if first is None:
+            self.log(event="eof")
+            return
+        self.record(*first)
+        script(self)
+        self.drain()
+
+    def drain(self) -> None:
+        """Read until the client goes: answer a hangup as a platform would, note its Close."""
+        while (got := self.read_frame()) is not None:
+            opcode, payload = got
+            self.record(opcode, payload)
+            if opcode == TEXT and b'"hangup"' in payload and not self.answered_hangup:
+                self.answered_hangup = True
+                ended = {"type": "ended", "callId": READY["callId"], "durationSec": 1.0, "reason": "hangup"}
+                self.send(text(ended) + frame(CLOSE, (1000).to_bytes(2, "big")))
+            elif opcode == PING:
+                self.send(frame(PONG, payload))
+        self.log(event="eof")
+
+
+# -- the misbehaviours: what the server does after the client's join --------------------------------
+
+
+def huge_header(c: Connection) -> None:
+    """A binary frame claiming 2^62 bytes, then as many as the client will take."""
+    c.ready()
+    c.flood(itertools.chain([frame(BINARY, length=1 << 62)], itertools.repeat(bytes(CHUNK), STREAM_LIMIT // CHUNK)))
+
+
+def endless_fragments(c: Connection) -> None:
+    """A text message begun and continued forever, never final."""
+    c.ready()
+    part = bytes(64 << 10)
+    more = frame(CONTINUATION, part, fin=False) * 16
+    c.flood(itertools.chain([frame(TEXT, part, fin=False)], itertools.repeat(more, STREAM_LIMIT // len(more))))
+
+
+def empty_fragments(c: Connection) -> None:
+    """Endless fragments with no payload: 2-byte frames that add nothing to the message's size."""
+    c.ready()
+    more = frame(CONTINUATION, fin=False) * (CHUNK // 2)
+    c.flood(itertools.chain([frame(TEXT, fin=False)], itertools.repeat(more, STREAM_LIMIT // len(more))))
+
+
+def big_text(c: Connection) -> None:
+    """One 50 MB text frame (valid JSON, if anyone read that far)."""
+    c.ready()
+    body = b'{"type":"userSpeaking","speaking":true,"pad":"' + b"x" * (50_000_000 - 48) + b'"}'
+    whole = frame(TEXT, body)
+    c.flood(whole[i : i + CHUNK] for i in range(0, len(whole), CHUNK))
+
+
+def big_control(c: Connection) -> None:
+    c.ready()
+    c.send(frame(PING, bytes(126)))  # RFC 6455 §5.5: at most 125 bytes
+
+
+def reserved_bits(c: Connection) -> None:
+    c.ready()
+    c.send(frame(TEXT, b'{"type":"userSpeaking","speaking":true}', rsv=4))  # RSV1, no extension agreed
+
+
+def reserved_opcode(c: Connection) -> None:
+    c.ready()
+    c.send(frame(0x3, b"?"))
+
+
+def orphan_continuation(c: Connection) -> None:
+    c.ready()
+    c.send(frame(CONTINUATION, b'{"type":"userSpeaking","speaking":true}'))
+
+
+def interleaved(c: Connection) -> None:
+    c.ready()
+    c.send(frame(TEXT, b'{"type":', fin=False) + frame(TEXT, b'{"type":"userSpeaking","speaking":true}'))
+
+
+def masked_frame(c: Connection) -> None:
+    c.ready()
+    c.send(frame(TEXT, b'{"type":"userSpeaking","speaking":true}', mask=b"\x12\x34\x56\x78"))
+
+
+def bad_json(c: Connection) -> None:
+    c.ready()
+    c.send(frame(TEXT, b'{"type": "userSpeaking", "speaking": tru'))
+
+
+def deep_json(c: Connection) -> None:
+    c.ready()
+    nested = b"[" * 100_000 + b"]" * 100_000
+    c.send(frame(TEXT, b'{"type":"userSpeaking","speaking":true,"x":' + nested + b"}"))
+
+
+def huge_number(c: Connection) -> None:
+    c.ready()
+    duration = "9" * 400  # a valid JSON number no float holds
+    c.send(frame(TEXT, f'{{"type":"ended","callId":"{READY["callId"]}","durationSec":{duration}}}'.encode()))
+
+
+def ready_twice(c: Connection) -> None:
+    c.ready()
+    c.send(text(READY))
+
+
+def ended_before_ready(c: Connection) -> None:
+    c.send(text({"type": "ended", "callId": READY["callId"], "durationSec": 0.0, "reason": "hangup"}))
+
+
+def unknown_event(c: Connection) -> None:
+    """A message type from a newer platform, then an ordinary turn: the call must go on."""
+    c.ready()
+    c.send(text({"type": "transcriptDelta", "text": "hello"}))
+    c.send(text({"type": "userSpeaking", "speaking": True}) + text({"type": "userSpeaking", "speaking": False}))
+
+
+def closer(body: bytes) -> Callable[[Connection], None]:
+    def close(c: Connection) -> None:
+        c.ready()
+        c.send(frame(CLOSE, body))
+
+    return close
+
+
+SCRIPTS: dict[str, Callable[[Connection], None]] = {
+    "huge-header": huge_header,
+    "endless-fragments": endless_fragments,
+    "empty-fragments": empty_fragments,
+    "big-text": big_text,
+    "big-control": big_control,
+    "reserved-bits": reserved_bits,
+    "reserved-opcode": reserved_opcode,
+    "orphan-continuation": orphan_continuation,
+    "interleaved": interleaved,
+    "masked-frame": masked_frame,
+    "bad-json": bad_json,
+    "deep-json": deep_json,
+    "huge-number": huge_number,
+    "ready-twice": ready_twice,
+    "ended-before-ready": ended_before_ready,
+    "unknown-event": unknown_event,
+    "close-1000": closer((1000).to_bytes(2, "big") + b"bye"),
+    "close-4000": closer((4000).to_bytes(2, "big") + b"bye"),
+    "close-1006": closer((1006).to_bytes(2, "big")),  # describes a lost connection; never on the wire
+    "close-short": closer(b"\x03"),  # a 1-byte body: half a code
+}
+
+
+def serve(script: str, report: Path, lifetime: float) -> None:
+    deadline = time.monotonic() + lifetime
+    with report.open("a") as out, socket.create_server((LOOPBACK, 0)) as server:
+
+        def log(**fields: Any) -> None:
+            out.write(json.dumps(fields) + "\n")
+            out.flush()
+
+        log(event="listening", port=server.getsockname()[1])
+        server.settimeout(0.2)
+        while time.monotonic() < deadline:
+            try:
+                sock, _ = server.accept()
+            except TimeoutError:
+                continue
+            log(event="connection")
+            with sock:
+                Connection(sock, log, deadline).serve(SCRIPTS[script])
+
+
+# -- the test side --------------------------------------------------------------------------------
+
+
+@dataclass
+class HostilePeer:
+    """A running hostile server; ``url`` is its realtime endpoint. Stop it with :meth:`stop`."""
+
+    proc: subprocess.Popen[bytes]
+    report: Path
+    port: int
+
+    @classmethod
+    def start(cls, script: str, report: Path, lifetime: float = 30.0, timeout: float = 10.0) -> HostilePeer:
+        if script not in SCRIPTS:
+            raise ValueError(f"unknown script {script!r}")
+        proc = subprocess.Popen(
+            [sys.executable, __file__, script, "--report", str(report), "--lifetime", str(lifetime)],
+            stdout=subprocess.DEVNULL,
+        )
+        peer = cls(proc, report, 0)
+        try:
+            peer.port = peer.wait_for("listening", timeout)["port"]
+        except BaseException:
+            peer.stop()
+            raise
+        return peer
+
+    @property
+    def url(self) -> str:
+        return f"ws://{LOOPBACK}:{self.port}/v1/realtime"
+
+    def events(self) -> list[dict[str, Any]]:
+        """What the server has reported so far (complete lines only: it may be writing one)."""
+        if not self.report.exists():
+            return []
+        lines = self.report.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in lines]
+
+    def wait_for(self, event: str, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+        """The first reported ``event`` with ``fields``, waiting for it up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            over = self.proc.poll() is not None or time.monotonic() > deadline  # then one last look
+            for entry in self.events():
+                if entry["event"] == event and fields.items() <= entry.items():
+                    return entry
+            if over:
+                seen = self.events()
+                raise AssertionError(f"the hostile server reported no {event} {fields} within {timeout}s: {seen}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # by its pid; the script holds nothing that needs a clean exit
+        self.proc.wait(5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("script", choices=sorted(SCRIPTS))
+    parser.add_argument("--report", type=Path, required=True, help="JSON lines of what the server saw")
+    parser.add_argument("--lifetime", type=float, default=30.0, help="seconds before it exits by itself")
+    args = parser.parse_args()
+    serve(args.script, args.report, args.lifetime)
+
+
+if __name__ == "__main__":
+    main()
