@@ -30,6 +30,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.lock
 import websocket
 
 from .pacer import AudioPacer, Microphone, Utterance
@@ -37,6 +38,7 @@ from .wire import (
     OPCODE_BINARY,
     OPCODE_CLOSE,
     OPCODE_PING,
+    OPCODE_PONG,
     OPCODE_TEXT,
     RESUMABLE_CLOSE_CODES,
     SDK_EVENTS,
@@ -47,6 +49,7 @@ from .wire import (
     Event,
     FrameError,
     FrameReader,
+    client_frame,
     close_payload,
     mask_frames,
     parse_close,
@@ -139,6 +142,7 @@ class RoleplaySession:
         self._ended = gevent.event.Event()  # set when the call is over (ended, or failed)
         self._mics: list[Microphone] = []
         self._raw_socket: socket.socket | None = None  # see _raw_socket()
+        self._write_lock = gevent.lock.Semaphore()  # one frame at a time on the socket
         self._microphone: Microphone | None = None
 
     @classmethod
@@ -271,7 +275,7 @@ class RoleplaySession:
             return False
         try:
             raw = self._raw_socket
-            if raw is not None and not ws.lock.locked():
+            if raw is not None and not self._write_lock.locked():
                 # Nothing between the check and this non-blocking send can switch greenlets, so no
                 # text frame can be half-written under us: the lock is not needed for a full send.
                 try:
@@ -281,7 +285,7 @@ class RoleplaySession:
                 if sent == len(frame):
                     return True
                 frame = frame[sent:]
-            with ws.lock:  # the lock websocket-client takes for text frames: never interleave
+            with self._write_lock:  # never interleave with a text or control frame
                 ws.sock.sendall(frame)
             return True
         except (OSError, AttributeError):
@@ -295,9 +299,8 @@ class RoleplaySession:
         sslopt = None
         if self.url.startswith("wss:"):
             sslopt = {"context": self._ssl_context or shared_ssl_context()}
-        ws = websocket.create_connection(
-            self.url, timeout=timeout, sslopt=sslopt, enable_multithread=True, skip_utf8_validation=True
-        )
+        # websocket-client does the opening handshake only; every frame after it is ours (wire.frames)
+        ws = websocket.create_connection(self.url, timeout=timeout, sslopt=sslopt, skip_utf8_validation=True)
         ws.settimeout(self.read_timeout)
         self._raw_socket = _raw_socket(ws.sock)
         return ws
@@ -305,12 +308,17 @@ class RoleplaySession:
     def _send_text(self) -> None:
         ws = self._ws
         for text in self._protocol.data_to_send():
-            if ws is None:
-                return
-            try:
-                ws.send(text)
-            except (OSError, websocket.WebSocketException):
+            if ws is None or not self._write(ws, client_frame(OPCODE_TEXT, text.encode())):
                 return  # the reader will see the socket fail and handle it
+
+    def _write(self, ws: websocket.WebSocket, frame: bytes) -> bool:
+        """Send one whole frame; False if the socket failed (the reader sees it and handles it)."""
+        try:
+            with self._write_lock:
+                ws.sock.sendall(frame)
+            return True
+        except (OSError, AttributeError):  # AttributeError: closed under us (sock is None)
+            return False
 
     def _read_loop(self) -> None:
         """The one reader: everything the socket holds per ``recv``, parsed in place (FrameReader)."""
@@ -364,16 +372,10 @@ class RoleplaySession:
 
     def _answer_close(self, ws: websocket.WebSocket, code: bytes) -> None:
         """Echo the peer's Close (RFC 6455 §5.5.1), so it can close its end cleanly."""
-        try:
-            ws.send(code, opcode=websocket.ABNF.OPCODE_CLOSE)
-        except (OSError, websocket.WebSocketException):
-            pass  # already gone: nothing to answer
+        self._write(ws, client_frame(OPCODE_CLOSE, code))  # if it is already gone, nothing to answer
 
     def _pong(self, ws: websocket.WebSocket, payload: bytes) -> None:
-        try:
-            ws.pong(payload)
-        except (OSError, websocket.WebSocketException):
-            pass  # the reader sees the broken socket next
+        self._write(ws, client_frame(OPCODE_PONG, payload))
 
     def _lost(self, resumable: bool) -> None:
         """The socket is gone: tell the protocol, then try to resume if the call allows it."""
