@@ -1,14 +1,18 @@
 """One synthetic rep's call, end to end: mint, connect, speak the scenario's turns, hang up, wait
-for the score. Every step is timed into :class:`~athos_load.metrics.Metrics` and reported through
-``report`` (the Locust request event, injected by the user), one entry per step, from a fixed
-vocabulary of names: never an id.
+for the score.
+
+Everything a call records goes through one method, :meth:`Call._record`, which feeds both
+:class:`~athos_load.metrics.Metrics` and ``report`` (the Locust request event, injected by the
+user): one Locust entry per step, named from a fixed vocabulary (:class:`Step`), never an id. Its
+table says which record counts what, errors included.
 
 Every started call is accounted for exactly once, as completed, failed or aborted (cut off by the
-end of the run); a completed call is then scored or score_missing.
+end of the run); a completed call is then scored, score_missing or score_pending.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import time
@@ -31,8 +35,46 @@ logger = logging.getLogger(__name__)
 
 # Locust's request event, as ``report(request_type=…, name=…, response_time=ms|None, exception=…)``.
 Report = Callable[..., Any]
+# Makes a call's session: ``RoleplaySession.create``'s keywords in, a session out (tests pass a fake).
+SessionFactory = Callable[..., RoleplaySession]
 COMPLETED_REASONS = frozenset({"hangup", "persona", "max_duration"})
 ABORT_HANGUP_SECONDS = 3.0  # at the run's end, how long a call may take to hang up (or resume to do so)
+
+
+class Step(enum.StrEnum):
+    """Everything a call records, from a fixed vocabulary. The steps in ``REQUEST_TYPES`` are one
+    Locust entry each, named by their value; the others reach the metrics only."""
+
+    STARTED = "started"
+    TOKEN_MINT = "token_mint"
+    CONNECT_READY = "connect_ready"
+    PERSONA_RESPONSE = "persona_response"
+    DROP = "drop"  # a transient drop (reconnecting); RECONNECT times its recovery
+    RECONNECT = "reconnect"
+    ERROR = "error"  # an error event from the session
+    CALL = "call"  # the call is accounted for: completed, failed or aborted
+    END_TO_SCORE = "end_to_score"
+
+
+REQUEST_TYPES = {
+    Step.TOKEN_MINT: "POST",
+    Step.CONNECT_READY: "WS",
+    Step.PERSONA_RESPONSE: "WS",
+    Step.RECONNECT: "WS",
+    Step.CALL: "CALL",
+    Step.END_TO_SCORE: "SCORE",
+}
+TIMINGS = {
+    Step.TOKEN_MINT: Timing.TOKEN_MINT,
+    Step.CONNECT_READY: Timing.CONNECT_READY,
+    Step.PERSONA_RESPONSE: Timing.PERSONA_RESPONSE,
+    Step.RECONNECT: Timing.RECONNECT,
+    Step.END_TO_SCORE: Timing.END_TO_SCORE,
+}
+SETUP_STEPS = frozenset({Step.TOKEN_MINT, Step.CONNECT_READY})
+# Steps that fail because of an error already counted (the error event that refused the join or
+# the resume, or that ended the call; the failed step that failed the call).
+CONSEQUENCES = frozenset({Step.CONNECT_READY, Step.RECONNECT, Step.CALL})
 
 
 class CallFailure(Exception):
@@ -57,6 +99,7 @@ class CallSettings:
     score_timeout: float = 120.0
     connect_timeout: float = 15.0
     announce: Callable[[str], None] | None = None  # tell a master which worker waits for this callId
+    session_factory: SessionFactory = RoleplaySession.create
 
 
 class Call:
@@ -82,6 +125,7 @@ class Call:
         self._started = time.monotonic()
         self._deadline = self._started + scenario.max_call_seconds
         self._ready_at: float | None = None
+        self._last_error: str | None = None  # the code of the last error counted for this call
         self._score_settled = False  # end_to_score, score_missing or score_pending recorded
         self._aborting = False  # the run is ending under this call: what follows is not the platform's
         self.adopted = False  # handed to the drain at the end of the run
@@ -89,8 +133,7 @@ class Call:
     # -- the flow --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        metrics, name = self.settings.metrics, self.scenario.name
-        metrics.call_started(name)
+        self._record(Step.STARTED)
         try:
             if self._connect():
                 self._converse()
@@ -114,13 +157,11 @@ class Call:
         try:
             token = s.api.mint_token(self.scenario.drill).token
         except ApiError as exc:
-            self.settings.metrics.error(exc.code)
-            self.settings.metrics.count("athos_setup_failed", self.scenario.name)
-            self._step("POST", "token_mint", time.perf_counter() - started, exc.code)
+            self._record(Step.TOKEN_MINT, error=exc.code)
             self._finish(Outcome.FAILED, exc.code)
             return False
-        self._step("POST", "token_mint", time.perf_counter() - started, None, Timing.TOKEN_MINT)
-        session = self.session = RoleplaySession.create(
+        self._record(Step.TOKEN_MINT, time.perf_counter() - started)
+        session = self.session = s.session_factory(
             token=token,
             drill_key=self.scenario.drill,
             url=s.ws_url,
@@ -130,6 +171,7 @@ class Call:
         )
         for event, listener in (
             ("connecting", self._on_connecting),
+            ("ready", self._on_ready),
             ("personaSpeaking", self._on_persona),
             ("reconnecting", self._on_reconnecting),
             ("reconnected", self._on_reconnected),
@@ -140,13 +182,13 @@ class Call:
         try:
             session.connect()
         except SessionError as exc:
-            self.settings.metrics.count("athos_setup_failed", self.scenario.name)
-            elapsed = time.monotonic() - (self._connecting_at or time.monotonic())
-            self._step("WS", "connect_ready", elapsed, exc.code)
+            self._record(Step.CONNECT_READY, error=exc.code)
             self._finish(Outcome.FAILED, exc.code)
             return False
-        ready_at = self._ready_at = time.monotonic()
-        self._step("WS", "connect_ready", ready_at - (self._connecting_at or ready_at), None, Timing.CONNECT_READY)
+        if self._ready_at is None:  # a session that did not say when: now is the latest it can have been
+            self._ready_at = time.monotonic()
+        ready_at = self._ready_at
+        self._record(Step.CONNECT_READY, ready_at - (self._connecting_at or ready_at))
         self._deadline = ready_at + self.scenario.max_call_seconds
         return True
 
@@ -221,15 +263,13 @@ class Call:
             # The run's drain time is over before this call's score timeout: the score could still
             # come, so it is pending, not missing (missing says the platform lost it).
             self._score_settled = True
-            s.metrics.score_settled(self.scenario.name, ScoreOutcome.PENDING)
+            self._record(Step.END_TO_SCORE, outcome=ScoreOutcome.PENDING)
             return
         self._score_settled = True
         if score is None:
-            s.metrics.score_settled(self.scenario.name, ScoreOutcome.MISSING)
-            self._step("SCORE", "end_to_score", time.monotonic() - self.ended_at, ScoreOutcome.MISSING)
+            self._record(Step.END_TO_SCORE, error=ScoreOutcome.MISSING, outcome=ScoreOutcome.MISSING)
             return
-        s.metrics.score_settled(self.scenario.name, ScoreOutcome.SCORED)
-        self._step("SCORE", "end_to_score", max(0.0, score.at - self.ended_at), None, Timing.END_TO_SCORE)
+        self._record(Step.END_TO_SCORE, max(0.0, score.at - self.ended_at), outcome=ScoreOutcome.SCORED)
 
     def _abort(self) -> None:
         """The run is ending under this call: hang up cleanly (a call in a reconnect resumes just to
@@ -245,6 +285,9 @@ class Call:
     def _on_connecting(self, event: SessionEvent) -> None:
         self._connecting_at = event.at
 
+    def _on_ready(self, event: SessionEvent) -> None:
+        self._ready_at = event.at  # when the session saw it, not when connect() got to return
+
     def _on_persona(self, event: SessionEvent) -> None:
         speaking = bool(event.payload and event.payload["speaking"])
         self._persona_speaking = speaking
@@ -253,26 +296,24 @@ class Call:
             stopped = self._rep_stopped_at
             if stopped is not None and event.at >= stopped:
                 self._rep_stopped_at = None
-                self._step("WS", "persona_response", event.at - stopped, None, Timing.PERSONA_RESPONSE)
+                self._record(Step.PERSONA_RESPONSE, event.at - stopped)
         self._changed.set()
 
     def _on_reconnecting(self, event: SessionEvent) -> None:
         self._reconnecting_at = event.at
-        self.settings.metrics.reconnect(self.scenario.name)
+        self._record(Step.DROP)
 
     def _on_reconnected(self, event: SessionEvent) -> None:
         if self._reconnecting_at is not None:
-            self._step("WS", "reconnect", event.at - self._reconnecting_at, None, Timing.RECONNECT)
+            self._record(Step.RECONNECT, event.at - self._reconnecting_at)
             self._reconnecting_at = None
 
     def _on_error(self, event: SessionEvent) -> None:
         assert event.payload is not None
-        if self._aborting:
-            return
         code = event.payload["code"]
-        self.settings.metrics.error(code)
-        if self._reconnecting_at is not None:
-            self._step("WS", "reconnect", event.at - self._reconnecting_at, code)
+        self._record(Step.ERROR, error=code)
+        if self._reconnecting_at is not None:  # the resume was refused: that recovery failed
+            self._record(Step.RECONNECT, error=code)
             self._reconnecting_at = None
 
     def _on_ended(self, event: SessionEvent) -> None:
@@ -314,8 +355,7 @@ class Call:
         if self._wait_persona(self._reply_after, timeout):
             return True
         if not self._over():
-            self.settings.metrics.error(ErrorCode.NO_REPLY)
-            self._step("WS", "persona_response", timeout, ErrorCode.NO_REPLY)
+            self._record(Step.PERSONA_RESPONSE, error=ErrorCode.NO_REPLY)
             self._rep_stopped_at = None
         return False
 
@@ -337,32 +377,76 @@ class Call:
 
         return self._wait(started, timeout)
 
-    def _step(self, kind: str, name: str, seconds: float, error: object | None, timing: Timing | None = None) -> None:
-        """One Locust entry for one step; a successful timed step also goes to the metrics."""
-        if error is None and timing is not None:
-            self.settings.metrics.observe(timing, seconds, self.scenario.name)
-        self.report(
-            request_type=kind,
-            name=name,
-            # A failed step has no duration worth a percentile (a no_reply would show as its
-            # timeout): Locust counts it without one, as the tool's own table leaves it out.
-            response_time=None if error is not None else seconds * 1000.0,
-            response_length=0,
-            exception=None if error is None else CallFailure(error),
-            context={"scenario": self.scenario.name},
-        )
+    # -- recording -------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        step: Step,
+        seconds: float | None = None,
+        error: object | None = None,
+        *,
+        outcome: Outcome | ScoreOutcome | None = None,
+    ) -> None:
+        """The one path from a call to Locust and the metrics.
+
+        A success with a timing observes it; a failure (``error``: its code) is one Locust entry
+        with that code and no response time. What else each record counts:
+
+        * ``STARTED``: a call started (and is active). ``DROP``: a reconnect (transient drop).
+        * ``athos_errors`` counts each error once, where it happens: an ``ERROR`` (event), a failed
+          ``TOKEN_MINT``, a ``no_reply``. A step in ``CONSEQUENCES`` that fails with the code last
+          counted (a join refused by that event, a call failed by that mint) is not counted again;
+          with another code it is. A missing score is counted as such, never as an error.
+        * a failed ``TOKEN_MINT`` or ``CONNECT_READY``: a setup failure.
+        * ``CALL`` (``outcome``): the call's accounting, its session seconds and ignored messages;
+          an aborted call has no Locust entry.
+        * ``END_TO_SCORE`` (``outcome``): the score's fate; a pending one has no Locust entry.
+
+        While the run's end aborts the call, failures other than the call's own are not recorded.
+        """
+        m, scenario = self.settings.metrics, self.scenario.name
+        if error is not None:
+            if self._aborting and step is not Step.CALL:
+                return  # the run's end is stopping this call: what fails now is the stop's doing
+            code = str(error)
+            if step is not Step.END_TO_SCORE and not (step in CONSEQUENCES and code == self._last_error):
+                m.error(code)
+                self._last_error = code
+            if step in SETUP_STEPS:
+                m.setup_failed.inc(scenario=scenario)
+        elif step in TIMINGS and seconds is not None:
+            m.observe(TIMINGS[step], seconds, scenario)
+        if step is Step.STARTED:
+            m.call_started(scenario)
+        elif step is Step.DROP:
+            m.reconnect(scenario)
+        elif step is Step.CALL:
+            assert isinstance(outcome, Outcome)
+            end = self.ended_at or time.monotonic()
+            connected = 0.0 if self._ready_at is None else max(0.0, end - self._ready_at)
+            m.call_finished(scenario, outcome, connected)
+            unknown = self.session.unknown_messages if self.session is not None else 0
+            if unknown:
+                m.unknown_messages.inc(unknown, scenario=scenario)
+        elif step is Step.END_TO_SCORE:
+            assert isinstance(outcome, ScoreOutcome)
+            m.score_settled(scenario, outcome)
+        if step in REQUEST_TYPES and outcome not in (Outcome.ABORTED, ScoreOutcome.PENDING):
+            self.report(
+                request_type=REQUEST_TYPES[step],
+                name=step.value,
+                # A failed step has no duration worth a percentile (a no_reply would show as its
+                # timeout): Locust counts it without one, as the tool's own table leaves it out.
+                response_time=None if error is not None or seconds is None else seconds * 1000.0,
+                response_length=0,
+                exception=None if error is None else CallFailure(error),
+                context={"scenario": scenario},
+            )
 
     def _finish(self, outcome: Outcome, error: object | None) -> None:
-        """Account for the call once; completed and failed calls are one ``call`` entry each."""
+        """Account for the call once."""
         self.outcome = outcome
-        end = self.ended_at or time.monotonic()
-        connected = 0.0 if self._ready_at is None else max(0.0, end - self._ready_at)
-        self.settings.metrics.call_finished(self.scenario.name, outcome, connected)
-        unknown = self.session.unknown_messages if self.session is not None else 0
-        if unknown:
-            self.settings.metrics.count("athos_unknown_messages", self.scenario.name, amount=unknown)
-        if outcome is not Outcome.ABORTED:
-            self._step("CALL", "call", time.monotonic() - self._started, error)
+        self._record(Step.CALL, time.monotonic() - self._started, error, outcome=outcome)
 
 
 class ScoreDrain:

@@ -68,7 +68,7 @@ class HealthMonitor:
             gevent.sleep(self.tick)
             lag = max(0.0, time.monotonic() - due)
             self._lags.append(lag)
-            self.metrics.observe("loadgen_loop_lag", lag, self.metrics.source)
+            self.metrics.loop_lag.observe(lag, worker=self.metrics.source)
             now = time.monotonic()
             if now >= next_sample:
                 next_sample = max(next_sample + 1.0, now)  # a late loop samples late, not in a burst

@@ -84,6 +84,37 @@ class LogHistogram:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
 
+    def copy(self) -> LogHistogram:
+        """An independent copy (of the same class and accuracy)."""
+        twin = type(self)()
+        twin.merge(self)
+        return twin
+
+    def since(self, earlier: LogHistogram) -> LogHistogram:
+        """What was recorded after ``earlier``, a :meth:`copy` of this histogram taken before.
+
+        Counts, count and sum subtract exactly. The extremes are exact when they moved since
+        ``earlier`` (a new min or max was recorded after it); otherwise they are read from the
+        lowest and highest non-empty bucket, within the histogram's relative accuracy.
+        """
+        if earlier.size != self.size:
+            raise ValueError("histograms of different accuracies do not subtract")
+        counts = self.counts - earlier.counts
+        if earlier.count > self.count or counts.min(initial=0) < 0:
+            raise ValueError("not an earlier copy of this histogram: it holds recordings this one does not")
+        window = type(self)()
+        window.counts = counts
+        window.count = self.count - earlier.count
+        if window.count == 0:
+            return window
+        window.sum = self.sum - earlier.sum
+        nonzero = np.flatnonzero(counts)
+        low, high = (float(v) for v in self.bucket_values(nonzero[[0, -1]]))
+        # a bucket's midpoint may lie just outside the values in it: keep it within what was recorded
+        window.min = self.min if self.min < earlier.min else min(max(low, self.min), self.max)
+        window.max = self.max if self.max > earlier.max else max(min(high, self.max), window.min)
+        return window
+
     def percentile(self, q: float) -> float | None:
         """The q-th percentile (0–100), numpy's linear definition, within 0.1%; None when empty."""
         if self.count == 0:

@@ -1,4 +1,13 @@
-"""Every recording the tool makes, in one object, exposed to Prometheus at scrape time.
+"""Every recording the tool makes, as declared instruments in one object, exposed to Prometheus at
+scrape time.
+
+Each metric is an instrument declared once, in the manner of client_python's ``metrics.py``: its
+Prometheus name, help text and label names are fixed when it is made (:class:`Counter`,
+:class:`Histogram`). Recording names its labels (``metrics.setup_failed.inc(scenario="quick")``); a
+missing, extra or misspelt label, or a value outside a label's fixed set (``outcome``, ``code``),
+raises at once, and so does a lookup of an undeclared name: nothing is recorded under a key that is
+never exported. :class:`Metrics` holds every instrument (:attr:`Metrics.instruments`, which refuses a
+duplicate name), plus the levels (active calls, the generator's health) read at scrape time.
 
 Each timing is observed once and lands in a :class:`Series`: classic bucket counts at the usual SLO
 thresholds (so ``le``-ratio SLIs are exact and buckets add across workers and in PromQL) and a
@@ -6,8 +15,9 @@ thresholds (so ``le``-ratio SLIs are exact and buckets add across workers and in
 summary). Everything is plain counts, so a worker's recordings travel to the master as a delta
 (:meth:`Metrics.take_delta`) and merge there by addition (:meth:`Metrics.merge`); the master's
 ``/metrics`` is rendered from the merged counts by a custom collector, in the manner of
-client_python's ``*MetricFamily`` collectors. Label values are low-cardinality by construction:
-a scenario name, an :class:`Outcome`, an error code from the known list or ``other``, a worker
+client_python's ``*MetricFamily`` collectors. Every recording also feeds the
+:class:`~athos_load.timeline.Timeline`. Label values are low-cardinality by construction: a
+scenario name, an :class:`Outcome`, an error code from the known list or ``other``, a worker
 index; never a callId.
 """
 
@@ -15,9 +25,10 @@ from __future__ import annotations
 
 import bisect
 import enum
-from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+import re
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -70,40 +81,136 @@ DOCS = {
     Timing.TOKEN_MINT: "POST /v1/sessions round trip",
 }
 KNOWN_CODES = tuple(code.value for code in ErrorCode)
-# counter family -> (help, label names); exposed with the ``_total`` suffix
-COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "athos_sessions_started": ("calls started", ("scenario",)),
-    "athos_sessions": ("finished calls by outcome", ("scenario", "outcome")),
-    "athos_errors": ("error events and failed steps by code", ("code",)),
-    "athos_reconnects": ("transient drops (reconnecting events)", ("scenario",)),
-    "athos_scores": ("completed calls whose score arrived", ("scenario",)),
-    "athos_setup_failed": ("calls that failed before ready (mint or connect)", ("scenario",)),
-    "athos_scores_missing": ("completed calls never scored within the score timeout", ("scenario",)),
-    "athos_scores_pending": (
-        "completed calls still unscored when the run ended, before their score timeout",
-        ("scenario",),
-    ),
-    "athos_unknown_messages": (
-        "server messages of a type this version does not know, ignored (a newer platform build may add one)",
-        ("scenario",),
-    ),
-    "athos_session_seconds": (
-        "seconds of calls from ready to their end; reconnects per session-minute = "
-        "60 * athos_reconnects_total / athos_session_seconds_total",
-        ("scenario",),
-    ),
-}
-SCORE_FAMILIES = {
-    ScoreOutcome.SCORED: "athos_scores",
-    ScoreOutcome.MISSING: "athos_scores_missing",
-    ScoreOutcome.PENDING: "athos_scores_pending",
-}
+OTHER_CODE = "other"
+# A histogram labelled with this gets the reporting worker's index as its value on the master.
+SOURCE_LABEL = "worker"
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+LabelKey = tuple[str, ...]  # label values, in the instrument's label-name order
+_I = TypeVar("_I", bound="Instrument")
 
 
 def code_label(code: object) -> str:
     """A known error code, or ``other``: a platform must not be able to grow our label set."""
     value = str(code)
-    return value if value in KNOWN_CODES else "other"
+    return value if value in KNOWN_CODES else OTHER_CODE
+
+
+# -- instruments -----------------------------------------------------------------------------------
+
+
+class Instrument:
+    """A declared metric: its Prometheus name, help text and label names, fixed at creation.
+
+    ``allowed`` fixes the values of some labels (an enum's members, the known error codes); the
+    others take any string. :meth:`key` turns keyword labels into a series key and raises
+    ``ValueError`` on a missing, extra or misspelt label name or a value outside its set.
+    """
+
+    __slots__ = ("name", "documentation", "labelnames", "_allowed")
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        allowed: Mapping[str, Iterable[object]] | None = None,
+    ) -> None:
+        for text in (name, *labelnames):
+            if not _NAME.fullmatch(text):
+                raise ValueError(f"{text!r} is not a valid Prometheus name")
+        if len(set(labelnames)) != len(labelnames):
+            raise ValueError(f"{name}: a label name is given twice in {list(labelnames)}")
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._allowed = {label: frozenset(map(str, values)) for label, values in (allowed or {}).items()}
+        if stray := set(self._allowed) - set(self.labelnames):
+            raise ValueError(f"{name}: allowed values for labels it does not have: {sorted(stray)}")
+
+    def key(self, labels: Mapping[str, object]) -> LabelKey:
+        """The series key for ``labels``, which must name every declared label and no other."""
+        if len(labels) != len(self.labelnames) or not all(n in labels for n in self.labelnames):
+            raise ValueError(f"{self.name}: labels {sorted(labels)} given, {list(self.labelnames)} declared")
+        key = tuple(str(labels[n]) for n in self.labelnames)
+        self.check(key)
+        return key
+
+    def check(self, key: Sequence[str]) -> None:
+        """Raise ``ValueError`` unless ``key`` (label values in declared order) fits the declaration."""
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name}: {len(key)} label values for labels {list(self.labelnames)}")
+        for label, value in zip(self.labelnames, key, strict=True):
+            allowed = self._allowed.get(label)
+            if allowed is not None and value not in allowed:
+                raise ValueError(f"{self.name}: {label}={value!r} is not one of {sorted(allowed)}")
+
+    def matcher(self, match: Mapping[str, object]) -> Callable[[LabelKey], bool]:
+        """A test of series keys against some labels' values (``outcome="failed"``); the names are checked."""
+        if stray := set(match) - set(self.labelnames):
+            raise ValueError(f"{self.name}: no label {sorted(stray)} (labels: {list(self.labelnames)})")
+        wanted = []
+        for label, value in match.items():
+            allowed = self._allowed.get(label)
+            if allowed is not None and str(value) not in allowed:
+                raise ValueError(f"{self.name}: {label}={str(value)!r} is not one of {sorted(allowed)}")
+            wanted.append((self.labelnames.index(label), str(value)))
+        return lambda key: all(key[i] == v for i, v in wanted)
+
+    def family(self) -> Metric:
+        """The instrument's values as a metric family, for the collector."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, labels={list(self.labelnames)})"
+
+
+class Counter(Instrument):
+    """A counter family, exposed as ``<name>_total``. ``on_inc(name, key, amount)`` sees every
+    increment as it happens (the timeline); a merged delta does not pass through it."""
+
+    __slots__ = ("values", "_on_inc")
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        allowed: Mapping[str, Iterable[object]] | None = None,
+        on_inc: Callable[[str, LabelKey, float], None] | None = None,
+    ) -> None:
+        super().__init__(name, documentation, labelnames, allowed=allowed)
+        self.values: dict[LabelKey, float] = {}
+        self._on_inc = on_inc
+
+    def inc(self, amount: float = 1, **labels: object) -> None:
+        if amount < 0:
+            raise ValueError(f"{self.name}: a counter only goes up ({amount})")
+        key = self.key(labels)
+        self.values[key] = self.values.get(key, 0) + amount
+        if self._on_inc is not None:
+            self._on_inc(self.name, key, amount)
+
+    def touch(self, **labels: object) -> None:
+        """Create the series at zero, so it is exported before its first increment."""
+        self.values.setdefault(self.key(labels), 0)
+
+    def total(self, **match: object) -> float:
+        """The sum over the series whose labels match, by name: ``total(outcome="failed")``."""
+        return self.total_of(self.values.items(), **match)
+
+    def total_of(self, values: Iterable[tuple[LabelKey, float]], **match: object) -> float:
+        """Like :meth:`total`, over ``(key, value)`` pairs of this counter kept elsewhere (a window)."""
+        matches = self.matcher(match)
+        return sum((n for key, n in values if matches(key)), 0)
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=list(self.labelnames))
+        for key, n in sorted(self.values.items()):
+            family.add_metric(list(key), n)
+        return family
 
 
 class Series:
@@ -135,6 +242,8 @@ class Series:
     @classmethod
     def from_dict(cls, bounds: tuple[float, ...], data: dict[str, Any]) -> Series:
         series = cls(bounds)
+        if len(data["b"]) != len(series.buckets):
+            raise ValueError(f"{len(data['b'])} bucket counts for {len(bounds)} bounds")
         series.buckets[:] = data["b"]
         series.log = LogHistogram.from_dict(data["h"])
         return series
@@ -146,58 +255,241 @@ class Series:
         return buckets, self.log.sum
 
 
+class Histogram(Instrument):
+    """A histogram family of :class:`Series`, exposed as ``<name>_bucket/_sum/_count``.
+
+    ``short_name`` names it in the JSON summary, the timeline and worker deltas (``connect_ready``
+    for ``athos_connect_ready_seconds``). A delta carries a series' labels as one string, so a
+    histogram has at most one label. ``on_observe(short_name, values)`` sees every observation.
+    """
+
+    __slots__ = ("short_name", "bounds", "series", "_on_observe")
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        short_name: str,
+        bounds: tuple[float, ...],
+        on_observe: Callable[[str, float | np.ndarray], None] | None = None,
+    ) -> None:
+        super().__init__(name, documentation, labelnames)
+        if len(self.labelnames) > 1:
+            raise ValueError(f"{name}: a histogram has at most one label (deltas carry it as one string)")
+        if list(bounds) != sorted(bounds):
+            raise ValueError(f"{name}: bucket bounds must increase")
+        self.short_name = short_name
+        self.bounds = tuple(bounds)
+        self.series: dict[LabelKey, Series] = {}
+        self._on_observe = on_observe
+
+    def observe(self, seconds: float, **labels: object) -> None:
+        self._series(self.key(labels)).observe(seconds)
+        if self._on_observe is not None:
+            self._on_observe(self.short_name, seconds)
+
+    def observe_many(self, seconds: list[float] | np.ndarray, **labels: object) -> None:
+        """A batch of observations in one numpy pass."""
+        array = np.asarray(seconds, dtype=np.float64)
+        self._series(self.key(labels)).observe_many(array)
+        if self._on_observe is not None:
+            self._on_observe(self.short_name, array)
+
+    def touch(self, **labels: object) -> None:
+        """Create the series at zero, so it is exported before its first observation."""
+        self._series(self.key(labels))
+
+    def merged(self, **match: object) -> LogHistogram:
+        """The percentiles' histogram over the series whose labels match."""
+        matches = self.matcher(match)
+        merged = LogHistogram()
+        for key, series in self.series.items():
+            if matches(key):
+                merged.merge(series.log)
+        return merged
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=list(self.labelnames) or None)
+        for key, series in sorted(self.series.items()):
+            family.add_metric(list(key), *series.family_sample())
+        return family
+
+    def _series(self, key: LabelKey) -> Series:
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = Series(self.bounds)
+        return series
+
+
+# -- the recordings of a process -------------------------------------------------------------------
+
+
 class Metrics:
     """The recordings of one process (or, on a master, the merge of every worker's).
 
-    Register :meth:`collector` in a ``CollectorRegistry`` to serve them; :attr:`registry` is one
-    made for that. Levels (active sessions, generator health) are per ``source``: a worker
-    reports its own, and the master shows each worker's latest.
+    Every instrument is an attribute, declared in ``__init__``; :attr:`instruments` holds them by
+    Prometheus name. :attr:`registry` (a ``CollectorRegistry`` of its own, so tests and processes
+    never share one) serves them. Levels (active sessions, generator health) are per ``source``: a
+    worker reports its own, and the master shows each worker's latest.
     """
 
     def __init__(self, source: str = "local") -> None:
         self.source = source
-        self.series: dict[tuple[str, str], Series] = {}  # (timing or lag name, scenario or source)
-        self.counters: Counter[tuple[str, tuple[str, ...]]] = Counter()
-        self.active: dict[str, Counter[str]] = {source: Counter()}  # source -> scenario -> calls
+        self.instruments: dict[str, Instrument] = {}  # by Prometheus name, in exposition order
+        self._histograms: dict[str, Histogram] = {}  # by short name
+        self.active: dict[str, Tally[str]] = {source: Tally()}  # source -> scenario -> calls
         self.health: dict[str, dict[str, float]] = {}  # source -> cpu_seconds, memory_bytes, saturated
         self.users = 0
         self.timeline = Timeline()  # the same recordings over time, for reports and baselines
-        for code in (*KNOWN_CODES, "other"):
-            self.counters[("athos_errors", (code,))] += 0  # known codes exist at zero from the start
+
+        def histogram(name: str, doc: str, labels: Sequence[str], short_name: str) -> Histogram:
+            return self.add(
+                Histogram(
+                    name, doc, labels, short_name=short_name, bounds=BUCKETS[short_name], on_observe=self._observed
+                )
+            )
+
+        self.timings = {t: histogram(f"athos_{t.value}_seconds", DOCS[t], ("scenario",), t.value) for t in Timing}
+        self.audio_send_lag = histogram(
+            "athos_audio_send_lag_seconds",
+            "how late each outgoing audio frame left versus its real-time due time",
+            (),
+            "audio_send_lag",
+        )
+
+        def counter(
+            name: str, doc: str, *labels: str, allowed: Mapping[str, Iterable[object]] | None = None
+        ) -> Counter:
+            return self.add(Counter(name, doc, labels, allowed=allowed, on_inc=self._counted))
+
+        self.sessions_started = counter("athos_sessions_started", "calls started", "scenario")
+        self.sessions = counter(
+            "athos_sessions", "finished calls by outcome", "scenario", "outcome", allowed={"outcome": Outcome}
+        )
+        self.errors = counter(
+            "athos_errors",
+            "error events and failed steps by code",
+            "code",
+            allowed={"code": (*KNOWN_CODES, OTHER_CODE)},
+        )
+        self.reconnects = counter("athos_reconnects", "transient drops (reconnecting events)", "scenario")
+        self.scores = counter("athos_scores", "completed calls whose score arrived", "scenario")
+        self.setup_failed = counter(
+            "athos_setup_failed", "calls that failed before ready (mint or connect)", "scenario"
+        )
+        self.scores_missing = counter(
+            "athos_scores_missing", "completed calls never scored within the score timeout", "scenario"
+        )
+        self.scores_pending = counter(
+            "athos_scores_pending",
+            "completed calls still unscored when the run ended, before their score timeout",
+            "scenario",
+        )
+        self.unknown_messages = counter(
+            "athos_unknown_messages",
+            "server messages of a type this version does not know, ignored (a newer platform build may add one)",
+            "scenario",
+        )
+        self.session_seconds = counter(
+            "athos_session_seconds",
+            "seconds of calls from ready to their end; reconnects per session-minute = "
+            "60 * athos_reconnects_total / athos_session_seconds_total",
+            "scenario",
+        )
+        self.loop_lag = histogram(
+            "athos_loadgen_loop_lag_seconds",
+            "how late the generator's event loop woke up",
+            (SOURCE_LABEL,),
+            "loadgen_loop_lag",
+        )
+        self.score_counters = {
+            ScoreOutcome.SCORED: self.scores,
+            ScoreOutcome.MISSING: self.scores_missing,
+            ScoreOutcome.PENDING: self.scores_pending,
+        }
+        for code in (*KNOWN_CODES, OTHER_CODE):
+            self.errors.touch(code=code)  # known codes exist at zero from the start
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
+
+    def add(self, instrument: _I) -> _I:
+        """Hold ``instrument``; a second instrument of the same name is an error, as in a registry."""
+        if instrument.name in self.instruments:
+            raise ValueError(f"metric {instrument.name} is declared twice")
+        if isinstance(instrument, Histogram):
+            if instrument.short_name in self._histograms:
+                raise ValueError(f"a histogram named {instrument.short_name} is declared twice")
+            self._histograms[instrument.short_name] = instrument
+        self.instruments[instrument.name] = instrument
+        return instrument
+
+    def _counted(self, name: str, key: LabelKey, amount: float) -> None:
+        self.timeline.count(name, key, amount)
+
+    def _observed(self, short_name: str, seconds: float | np.ndarray) -> None:
+        if isinstance(seconds, np.ndarray):
+            self.timeline.observe_many(short_name, seconds)
+        else:
+            self.timeline.observe(short_name, seconds)
+
+    # -- instruments by name -----------------------------------------------------------------------
+
+    @property
+    def _counters(self) -> list[Counter]:
+        return [i for i in self.instruments.values() if isinstance(i, Counter)]
+
+    @property
+    def histograms(self) -> list[Histogram]:
+        return list(self._histograms.values())
+
+    def counter(self, name: str) -> Counter:
+        """The counter declared as ``name`` (without ``_total``); ``KeyError`` if there is none."""
+        instrument = self.instruments.get(name)
+        if not isinstance(instrument, Counter):
+            raise KeyError(f"no counter {name} is declared")  # a typo must not read or write a lost series
+        return instrument
+
+    def histogram(self, short_name: str) -> Histogram:
+        """The histogram a timing's name stands for (``connect_ready``); ``KeyError`` if there is none."""
+        histogram = self._histograms.get(short_name)
+        if histogram is None:
+            raise KeyError(f"no histogram {short_name} is declared")
+        return histogram
 
     def declare(self, scenarios: list[str]) -> None:
         """Create every per-scenario series at zero, so dashboards and ``increase()`` see the
         first event (a series that appears with its first sample hides that sample from rates)."""
         for scenario in scenarios:
-            for timing in Timing:
-                self.series.setdefault((timing.value, scenario), Series(BUCKETS[timing]))
-            for family, (_, labels) in COUNTERS.items():
-                if labels == ("scenario",):
-                    self.counters[(family, (scenario,))] += 0
+            for histogram in self.timings.values():
+                histogram.touch(scenario=scenario)
+            for counter in self._counters:
+                if counter.labelnames == ("scenario",):
+                    counter.touch(scenario=scenario)
             for outcome in Outcome:
-                self.counters[("athos_sessions", (scenario, outcome.value))] += 0
+                self.sessions.touch(scenario=scenario, outcome=outcome)
             self.active[self.source][scenario] += 0
 
     # -- recording -------------------------------------------------------------------------------
 
-    def observe(self, timing: str, seconds: float, label: str = "") -> None:
-        key = (str(timing), label)
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = Series(BUCKETS[key[0]])
-        series.observe(seconds)
-        self.timeline.observe(key[0], seconds)
+    def observe(self, name: str, seconds: float, label: str = "") -> None:
+        """Observe into the histogram ``name`` (a :class:`Timing` or a lag's short name), under its
+        one label's value ``label``; raises on an undeclared name or a label it does not have."""
+        histogram = self.histogram(str(name))
+        if bool(histogram.labelnames) != bool(label):
+            raise ValueError(f"{histogram.name}: labels {list(histogram.labelnames)} declared, given {label!r}")
+        histogram.observe(seconds, **({histogram.labelnames[0]: label} if label else {}))
 
-    def count(self, family: str, *labels: str, amount: float = 1) -> None:
-        if family not in COUNTERS or len(labels) != len(COUNTERS[family][1]):
-            raise KeyError(f"no counter {family} with {len(labels)} labels")  # a typo would never be exported
-        self.counters[(family, labels)] += amount
-        self.timeline.count(family, labels, amount)
+    def count(self, name: str, *labels: str, amount: float = 1) -> None:
+        """Increment the counter ``name`` with label values in declared order. For callers holding a
+        name; code that holds the instrument writes ``metrics.setup_failed.inc(scenario=...)``."""
+        counter = self.counter(name)
+        counter.check(labels)
+        counter.inc(amount, **dict(zip(counter.labelnames, labels, strict=True)))
 
     def call_started(self, scenario: str) -> None:
-        self.count("athos_sessions_started", scenario)
+        self.sessions_started.inc(scenario=scenario)
         self.active[self.source][scenario] += 1
         self._peak_active()
 
@@ -206,30 +498,24 @@ class Metrics:
 
     def call_finished(self, scenario: str, outcome: Outcome, connected_seconds: float = 0.0) -> None:
         """A call is accounted for; ``connected_seconds`` from ready to its end count as session time."""
-        self.count("athos_sessions", scenario, outcome.value)
+        self.sessions.inc(scenario=scenario, outcome=outcome)
         self._peak_active()  # the level this call was part of
         self.active[self.source][scenario] -= 1
         if connected_seconds > 0:
-            self.count("athos_session_seconds", scenario, amount=connected_seconds)
+            self.session_seconds.inc(connected_seconds, scenario=scenario)
 
     def score_settled(self, scenario: str, outcome: ScoreOutcome) -> None:
-        self.count(SCORE_FAMILIES[outcome], scenario)
+        self.score_counters[outcome].inc(scenario=scenario)
 
     def error(self, code: object) -> None:
-        self.count("athos_errors", code_label(code))
+        self.errors.inc(code=code_label(code))
 
     def reconnect(self, scenario: str) -> None:
-        self.count("athos_reconnects", scenario)
+        self.reconnects.inc(scenario=scenario)
 
     def audio_send_lags(self, seconds: list[float] | np.ndarray) -> None:
         """A batch of per-frame send lags from the pacer (one numpy pass, not a call per frame)."""
-        key = ("audio_send_lag", "")
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = Series(BUCKETS["audio_send_lag"])
-        array = np.asarray(seconds, dtype=np.float64)
-        series.observe_many(array)
-        self.timeline.observe_many("audio_send_lag", array)
+        self.audio_send_lag.observe_many(seconds)
 
     def record_health(self, sample: dict[str, float], *, saturated_for: float = 0.0) -> None:
         """The generator's latest health sample; ``saturated_for`` seconds since the last were saturated."""
@@ -245,30 +531,51 @@ class Metrics:
     def take_delta(self) -> dict[str, Any]:
         """Everything recorded since the last call, as plain data, and start afresh.
 
-        Levels (active calls, health) are sent as they are, not as differences.
+        ``series``: ``[short_name, label value or "", series]``; ``counters``: ``[name, [label
+        values], n]``. Levels (active calls, health) are sent as they are, not as differences.
         """
         delta = {
-            "series": [[name, label, s.to_dict()] for (name, label), s in self.series.items() if s.log.count],
-            "counters": [[family, list(labels), n] for (family, labels), n in self.counters.items() if n],
+            "series": [
+                [h.short_name, key[0] if key else "", s.to_dict()]
+                for h in self.histograms
+                for key, s in h.series.items()
+                if s.log.count
+            ],
+            "counters": [[c.name, list(key), n] for c in self._counters for key, n in c.values.items() if n],
             "active": dict(self.active[self.source]),
             "health": self.health.get(self.source, {}),
             "timeline": self.timeline.take_delta(),
         }
-        self.series = {}
-        self.counters = Counter()
+        for histogram in self.histograms:
+            histogram.series = {}
+        for counter in self._counters:
+            counter.values = {}
         return delta
 
     def merge(self, delta: dict[str, Any], source: str) -> None:
-        for name, label, data in delta["series"]:
-            incoming = Series.from_dict(BUCKETS[name], data)
-            key = (name, source if name == "loadgen_loop_lag" else label)
-            if key in self.series:
-                self.series[key].merge(incoming)
+        """Add a worker's delta in. Every name and label in it is checked before anything is added,
+        so a delta this version cannot read raises and changes nothing."""
+        series = []
+        for short_name, label, data in delta["series"]:
+            histogram = self.histogram(short_name)
+            key: LabelKey = () if not histogram.labelnames else (label,)
+            if histogram.labelnames == (SOURCE_LABEL,):
+                key = (source,)  # the master names the worker
+            histogram.check(key)
+            series.append((histogram, key, Series.from_dict(histogram.bounds, data)))
+        counts = []
+        for name, labels, n in delta["counters"]:
+            counter = self.counter(name)
+            counter.check(tuple(labels))
+            counts.append((counter, tuple(labels), n))
+        for histogram, key, incoming in series:
+            if key in histogram.series:
+                histogram.series[key].merge(incoming)
             else:
-                self.series[key] = incoming
-        for family, labels, n in delta["counters"]:
-            self.counters[(family, tuple(labels))] += n
-        self.active[source] = Counter(delta["active"])
+                histogram.series[key] = incoming
+        for counter, key, n in counts:
+            counter.values[key] = counter.values.get(key, 0) + n
+        self.active[source] = Tally(delta["active"])
         self.timeline.merge(delta["timeline"], source)
         if delta["health"]:
             self.health[source] = delta["health"]
@@ -276,36 +583,43 @@ class Metrics:
     # -- reading ---------------------------------------------------------------------------------
 
     def timing(self, timing: str, scenario: str | None = None) -> LogHistogram:
-        """One timing over every scenario, or one scenario's."""
-        merged = LogHistogram()
-        for (name, label), series in self.series.items():
-            if name == timing and (scenario is None or label == scenario):
-                merged.merge(series.log)
-        return merged
+        """One timing over every scenario, or one scenario's (none, for a histogram not kept per scenario)."""
+        histogram = self.histogram(str(timing))
+        if scenario is None:
+            return histogram.merged()
+        if "scenario" not in histogram.labelnames:
+            return LogHistogram()
+        return histogram.merged(scenario=scenario)
 
-    def total(self, family: str, **match: str) -> float:
-        return total(self.counters, family, **match)
+    def total(self, name: str, **match: object) -> float:
+        """The sum of a counter's series whose labels match, by name: ``total("athos_sessions", outcome="failed")``."""
+        return self.counter(name).total(**match)
+
+    @property
+    def counters(self) -> Tally[tuple[str, LabelKey]]:
+        """Every counter series as ``{(name, label values): n}``: a snapshot, for reading."""
+        return Tally({(c.name, key): n for c in self._counters for key, n in c.values.items()})
 
     def reconnects_per_session_minute(self) -> float | None:
         """Transient drops per minute of connected call time; None before any call time."""
-        seconds = self.total("athos_session_seconds")
-        return round(60.0 * self.total("athos_reconnects") / seconds, 4) if seconds > 0 else None
+        seconds = self.session_seconds.total()
+        return round(60.0 * self.reconnects.total() / seconds, 4) if seconds > 0 else None
 
     def active_calls(self) -> int:
         return sum(sum(per.values()) for per in self.active.values())
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary: per timing count/min/p50/p95/p99/max (seconds), calls, errors."""
-        accounting = _accounting(self.counters)
+        accounting = self._accounting(lambda counter: counter.values.items())
         return {
             **{t.value: self.timing(t).summary() for t in Timing},
             "calls": accounting["calls"],
             "reconnects": accounting["reconnects"],
             "reconnects_per_session_minute": self.reconnects_per_session_minute(),
             "session_minutes": round(accounting["session_seconds"] / 60.0, 3),
-            "unknown_messages": self.total("athos_unknown_messages"),
+            "unknown_messages": self.unknown_messages.total(),
             "errors": accounting["errors"],
-            "audio_send_lag": self.timing("audio_send_lag").summary(),
+            "audio_send_lag": self.audio_send_lag.merged().summary(),
         }
 
     def timeline_summary(self) -> dict[str, Any]:
@@ -317,7 +631,7 @@ class Metrics:
             entry: dict[str, Any] = {"start": start}
             for name, hist in sorted(window.timings.items()):
                 entry[name] = {**hist.summary(), "h": hist.to_dict()}
-            entry.update(_accounting(window.counters))
+            entry.update(self._accounting(_window_values(window.counters)))
             entry["saturated_seconds"] = window.counters[("saturated_seconds", ())]
             entry["active_calls"] = window.level("active_calls")
             entry["users"] = window.level("users", max)  # a master counts every worker's users
@@ -325,61 +639,42 @@ class Metrics:
             windows.append(entry)
         return {"window_seconds": self.timeline.width, "windows": windows}
 
+    def _accounting(self, values: Callable[[Counter], Iterable[tuple[LabelKey, float]]]) -> dict[str, Any]:
+        """Calls by outcome and score, errors by code, reconnects and session seconds, from the
+        counters' values (``values(counter)``: the run's, or one window's)."""
+        calls = {"started": self.sessions_started.total_of(values(self.sessions_started))}
+        for outcome in Outcome:
+            calls[outcome.value] = self.sessions.total_of(values(self.sessions), outcome=outcome)
+        for outcome, counter in self.score_counters.items():
+            calls[outcome.value] = counter.total_of(values(counter))
+        return {
+            "calls": calls,
+            "errors": {key[0]: n for key, n in sorted(values(self.errors)) if n},
+            "reconnects": self.reconnects.total_of(values(self.reconnects)),
+            "session_seconds": self.session_seconds.total_of(values(self.session_seconds)),
+        }
 
-def total(counters: Counter[tuple[str, tuple[str, ...]]], family: str, **match: str) -> float:
-    """The sum of a counter family's values whose labels match, by name: ``outcome="failed"``."""
-    names = COUNTERS[family][1]
-    wanted = {names.index(k): v for k, v in match.items()}
-    return sum(
-        n for (fam, labels), n in counters.items() if fam == family and all(labels[i] == v for i, v in wanted.items())
-    )
 
-
-def _accounting(counters: Counter[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
-    """Calls by outcome and score, errors by code, reconnects and session seconds, from counts."""
-    calls = {"started": total(counters, "athos_sessions_started")}
-    for outcome in Outcome:
-        calls[outcome.value] = total(counters, "athos_sessions", outcome=outcome.value)
-    for outcome, family in SCORE_FAMILIES.items():
-        calls[outcome.value] = total(counters, family)
-    return {
-        "calls": calls,
-        "errors": {labels[0]: n for (fam, labels), n in sorted(counters.items()) if fam == "athos_errors" and n},
-        "reconnects": total(counters, "athos_reconnects"),
-        "session_seconds": total(counters, "athos_session_seconds"),
-    }
+def _window_values(
+    counts: Mapping[tuple[str, LabelKey], float],
+) -> Callable[[Counter], Iterable[tuple[LabelKey, float]]]:
+    """A window's counts (keyed by counter name and label values) as each counter's own values."""
+    return lambda counter: [(key, n) for (name, key), n in counts.items() if name == counter.name]
 
 
 class _Collector:
-    """Renders :class:`Metrics` at scrape time."""
+    """Renders :class:`Metrics` at scrape time: every declared instrument, then the levels."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
-        for timing in Timing:
-            family = HistogramMetricFamily(f"athos_{timing.value}_seconds", DOCS[timing], labels=["scenario"])
-            for (name, scenario), series in sorted(m.series.items()):
-                if name == timing:
-                    buckets, total = series.family_sample()
-                    family.add_metric([scenario], buckets, total)
-            yield family
-        lag = HistogramMetricFamily(
-            "athos_audio_send_lag_seconds", "how late each outgoing audio frame left versus its real-time due time"
-        )
-        series = m.series.get(("audio_send_lag", ""))
-        if series is not None:
-            lag.add_metric([], *series.family_sample())
-        yield lag
-        for family_name, (doc, labels) in COUNTERS.items():
-            family = CounterMetricFamily(family_name, doc, labels=list(labels))
-            for (fam, values), n in sorted(m.counters.items()):
-                if fam == family_name:
-                    family.add_metric(list(values), n)
-            yield family
+        for instrument in m.instruments.values():
+            if instrument is not m.loop_lag:  # shown with the generator's health, below
+                yield instrument.family()
         active = GaugeMetricFamily("athos_sessions_active", "calls in progress", labels=["scenario"])
-        per_scenario: Counter[str] = Counter()
+        per_scenario: Tally[str] = Tally()
         for levels in m.active.values():
             per_scenario.update(levels)
         for scenario, n in sorted(per_scenario.items()):
@@ -390,24 +685,19 @@ class _Collector:
 
 
 def _health_families(m: Metrics) -> Iterator[Metric]:
-    cpu = CounterMetricFamily("athos_loadgen_cpu_seconds", "CPU time of the generator process", labels=["worker"])
-    memory = GaugeMetricFamily("athos_loadgen_memory_bytes", "resident memory of the generator", labels=["worker"])
+    labels = [SOURCE_LABEL]
+    cpu = CounterMetricFamily("athos_loadgen_cpu_seconds", "CPU time of the generator process", labels=labels)
+    memory = GaugeMetricFamily("athos_loadgen_memory_bytes", "resident memory of the generator", labels=labels)
     saturated = GaugeMetricFamily(
         "athos_loadgen_saturated",
         "1 when the generator is saturated: its timings are not to be trusted",
-        labels=["worker"],
+        labels=labels,
     )
     for source, health in sorted(m.health.items()):
         cpu.add_metric([source], health.get("cpu_seconds", 0.0))
         memory.add_metric([source], health.get("memory_bytes", 0.0))
         saturated.add_metric([source], health.get("saturated", 0.0))
-    lag = HistogramMetricFamily(
-        "athos_loadgen_loop_lag_seconds", "how late the generator's event loop woke up", labels=["worker"]
-    )
-    for (name, source), series in sorted(m.series.items()):
-        if name == "loadgen_loop_lag":
-            lag.add_metric([source], *series.family_sample())
-    yield from (cpu, memory, saturated, lag)
+    yield from (cpu, memory, saturated, m.loop_lag.family())
 
 
 def _le(bound: float) -> str:

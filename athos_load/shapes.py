@@ -167,24 +167,14 @@ class CapacitySearch:
         self.index = 0
         self.last_good: int | None = None
         self.result: dict[str, Any] | None = None
-        self._snapshot = self._copy()
+        self._snapshot = self.read().copy()
 
     def users(self, index: int) -> int:
         return int(self.p["start"] + index * self.p["step"])
 
-    def _copy(self) -> LogHistogram:
-        snapshot = LogHistogram()
-        snapshot.merge(self.read())
-        return snapshot
-
     def _window(self) -> LogHistogram:
-        """This step's recordings: the running histogram minus the snapshot at the step's start."""
-        now = self.read()
-        window = LogHistogram()
-        window.counts = now.counts - self._snapshot.counts
-        window.count = now.count - self._snapshot.count
-        window.min, window.max = now.min, now.max  # bounds only; percentiles come from the counts
-        return window
+        """This step's recordings: the running histogram since the snapshot at the step's start."""
+        return self.read().since(self._snapshot)
 
     def tick(self, t: float, rate: float) -> tuple[int, float] | None:
         if self.result is not None:
@@ -207,7 +197,7 @@ class CapacitySearch:
                     print(f"athos-load capacity: last good level {self.last_good} users; {users} broke {self.gate}")
                 return None
             self.index = index
-            self._snapshot = self._copy()
+            self._snapshot = self.read().copy()
             if self.index >= self.p["steps"]:
                 self.result = self._result(None, value, window.count)
                 print(f"athos-load capacity: every step held {self.gate}; last good level {self.last_good} users")

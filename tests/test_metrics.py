@@ -1,4 +1,5 @@
-"""The bounded histogram's accuracy and merge, and the metrics object's exposition and deltas."""
+"""The bounded histogram's accuracy, merge and difference; the declared instruments; and the
+metrics object's exposition and deltas."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from athos_load.histogram import LogHistogram
-from athos_load.metrics import Metrics, Outcome, ScoreOutcome, Timing
+from athos_load.metrics import BUCKETS, Counter, Histogram, Metrics, Outcome, ScoreOutcome, Series, Timing
 
 RNG = np.random.default_rng(20261125)
 DISTRIBUTIONS = {
@@ -63,6 +64,35 @@ def test_out_of_range_values_are_clamped_not_lost():
     for v in (0.0, 1e-9, 1e7):
         hist.record(v)
     assert hist.count == 3 and hist.percentile(100) == 1e7 and hist.percentile(0) == 0.0
+
+
+def test_since_is_what_was_recorded_after_a_copy():
+    earlier_values = DISTRIBUTIONS["lognormal"][:3000]
+    later_values = np.linspace(earlier_values.min() * 1.5, earlier_values.max() * 2, 2000)  # a new max only
+    running = LogHistogram()
+    running.record_many(earlier_values)
+    snapshot = running.copy()
+    running.record_many(later_values)
+    assert snapshot.count == 3000  # a copy does not follow the original
+    window, alone = running.since(snapshot), LogHistogram()
+    alone.record_many(later_values)
+    assert np.array_equal(window.counts, alone.counts) and window.count == alone.count
+    assert window.sum == pytest.approx(alone.sum)
+    for q in (50, 95, 99):
+        assert window.percentile(q) == pytest.approx(alone.percentile(q), rel=0.001)
+    # the extremes: exact where the later values moved them, else within the accuracy
+    assert window.max == running.max == alone.max
+    assert window.min == pytest.approx(alone.min, rel=0.001) and window.min >= running.min
+
+
+def test_since_an_unrelated_histogram_is_an_error():
+    one, other = LogHistogram(), LogHistogram()
+    one.record(0.2)
+    other.record(0.5)
+    with pytest.raises(ValueError, match="not an earlier copy"):
+        one.since(other)
+    empty = one.since(one.copy())
+    assert empty.count == 0 and empty.percentile(50) is None and empty.summary()["max"] is None
 
 
 def exposition(metrics: Metrics) -> dict:
@@ -173,14 +203,93 @@ def test_a_pending_score_is_not_a_missing_one():
     assert values[("athos_session_seconds_total", (("scenario", "a"),))] == 10.0
 
 
-def test_a_misspelt_counter_is_an_error_not_a_lost_series():
+def test_a_misspelt_name_is_an_error_not_a_lost_series():
+    m = Metrics()
+    before = exposition(m)
     with pytest.raises(KeyError, match="athos_scores_mising"):
-        Metrics().count("athos_scores_mising", "a")
+        m.count("athos_scores_mising", "a")
+    with pytest.raises(KeyError, match="athos_scores_mising"):
+        m.total("athos_scores_mising")
+    with pytest.raises(KeyError, match="conect_ready"):
+        m.observe("conect_ready", 0.1, "a")
+    with pytest.raises(KeyError, match="conect_ready"):
+        m.timing("conect_ready")
+    assert exposition(m) == before
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (lambda m: m.setup_failed.inc(scenaro="a"), r"labels \['scenaro'\] given, \['scenario'\] declared"),
+        (lambda m: m.setup_failed.inc(), r"labels \[\] given"),
+        (lambda m: m.sessions.inc(scenario="a"), r"labels \['scenario'\] given, \['scenario', 'outcome'\]"),
+        (lambda m: m.sessions.inc(scenario="a", outcome="complete"), "outcome='complete' is not one of"),
+        (lambda m: m.errors.inc(code="brand_new_code"), "code='brand_new_code' is not one of"),
+        (lambda m: m.timings[Timing.CONNECT_READY].observe(0.1, scenario="a", code="x"), "labels"),
+        (lambda m: m.observe(Timing.CONNECT_READY, 0.1), r"labels \['scenario'\] declared, given ''"),
+        (lambda m: m.observe("audio_send_lag", 0.1, "a"), r"labels \[\] declared, given 'a'"),
+        (lambda m: m.count("athos_sessions", "a"), "1 label values for labels"),
+        (lambda m: m.total("athos_sessions", outcom="failed"), r"no label \['outcom'\]"),
+        (lambda m: m.total("athos_sessions", outcome="fialed"), "outcome='fialed' is not one of"),
+        (lambda m: m.loop_lag.observe(0.1), "labels"),
+        (lambda m: m.session_seconds.inc(-1.0, scenario="a"), "only goes up"),
+    ],
+)
+def test_a_wrong_or_missing_label_is_an_error_and_records_nothing(record, message):
+    m = Metrics()
+    m.declare(["a"])
+    before = exposition(m)
+    with pytest.raises(ValueError, match=message):
+        record(m)
+    assert exposition(m) == before and not any(w.counters or w.timings for _, w in m.timeline)
+
+
+def test_instruments_are_declared_once_with_valid_names_and_labels():
+    m = Metrics()
+    with pytest.raises(ValueError, match="athos_errors is declared twice"):
+        m.add(Counter("athos_errors", "again", ("code",)))
+    with pytest.raises(ValueError, match="connect_ready is declared twice"):
+        m.add(Histogram("athos_connect_again_seconds", "again", short_name="connect_ready", bounds=(1.0,)))
+    with pytest.raises(ValueError, match="not a valid Prometheus name"):
+        Counter("athos-errors", "dashes", ())
+    with pytest.raises(ValueError, match="allowed values for labels it does not have"):
+        Counter("athos_x", "x", ("scenario",), allowed={"outcome": Outcome})
+    with pytest.raises(ValueError, match="at most one label"):
+        Histogram("athos_x_seconds", "x", ("scenario", "code"), short_name="x", bounds=(1.0,))
+    # every family /metrics shows is a declared instrument or one of the levels read at scrape time
+    names = {family.name for family in text_string_to_metric_families(generate_latest(m.registry).decode())}
+    levels = {"athos_sessions_active", "athos_loadgen_users", "athos_loadgen_cpu_seconds"}
+    levels |= {"athos_loadgen_memory_bytes", "athos_loadgen_saturated"}
+    declared = {name.removesuffix("_total") for name in m.instruments}
+    assert names - levels == declared
+
+
+def test_a_delta_this_version_cannot_read_is_an_error_and_adds_nothing():
+    worker, master = Metrics(), Metrics(source="master")
+    record_some(worker, 4)
+    delta = worker.take_delta()
+    good = master.summary()
+    for bad in (
+        {**delta, "counters": [*delta["counters"], ["athos_scores_mising", ["a"], 1]]},
+        {**delta, "counters": [*delta["counters"], ["athos_sessions", ["a"], 1]]},
+        {**delta, "series": [*delta["series"], ["conect_ready", "a", delta["series"][0][2]]]},
+    ):
+        with pytest.raises((KeyError, ValueError)):
+            master.merge(bad, "w0")
+        assert master.summary() == good  # checked first, so nothing of it was added
+    master.merge(delta, "w0")
+    assert master.summary()["calls"]["started"] == 5
+
+
+def test_counters_read_by_name_and_label():
+    m = Metrics()
+    record_some(m, 5)
+    assert m.total("athos_sessions", outcome=Outcome.FAILED) == m.sessions.total(outcome="failed") == 1
+    assert m.total("athos_sessions", scenario="a") == 2 and m.total("athos_sessions", scenario="b") == 0
+    assert m.counters[("athos_errors", ("other",))] == 1  # the snapshot by name and label values
 
 
 def test_batched_observations_equal_one_at_a_time():
-    from athos_load.metrics import BUCKETS, Series
-
     values = [0.0, 0.001, 0.0015, 0.02, 0.02000001, 0.5, 3.0]  # on, just past and between bounds
     one, batch = Series(BUCKETS["audio_send_lag"]), Series(BUCKETS["audio_send_lag"])
     for v in values:

@@ -96,6 +96,21 @@ def test_capacity_search_reports_the_last_good_level():
     assert abs(result["value"] - 1.4) < 0.01  # the broken step's own p95, not the whole run's
 
 
+def test_capacity_judges_a_max_gate_on_the_step_alone():
+    """A step's max is its own, not the run's: a slow first step does not mark a faster second one."""
+    hist = LogHistogram()
+    params = parse_params("capacity", "start=10,step=10,step_seconds=60,steps=2,min_samples=5,gate=connect_ready.max<1")
+    search = CapacitySearch(params, lambda: hist)
+    for step, latency in enumerate([0.9, 0.4]):
+        assert search.tick(step * 60 + 1, 5.0) == (10 + 10 * step, 5.0)
+        for _ in range(10):
+            hist.record(latency)
+    assert search.tick(120, 5.0) is None
+    result = search.verdict()
+    assert result["last_good_users"] == 20 and result["broke_at"] is None and result["samples"] == 10
+    assert result["value"] == pytest.approx(0.4, rel=0.001)
+
+
 def test_capacity_step_without_enough_samples_breaks_the_search():
     hist = LogHistogram()
     search = CapacitySearch(parse_params("capacity", "min_samples=20,gate=connect_ready.p95<1"), lambda: hist)

@@ -1,0 +1,604 @@
+"""The call flow alone (:class:`athos_load.call.Call`), against a fake session, in milliseconds.
+
+The fake session keeps a virtual monotonic clock that starts at the real one and moves only as the
+test's :class:`Platform` says: connecting → ready takes ``connect_seconds``, a rep's clip takes its
+length, the persona answers ``reply_latency`` after the rep's speech ends. Events carry those times,
+so every timing the call records is known exactly, while the test itself waits for almost nothing.
+Checked here: turn latency, the accounting of every started call, each outcome, and what reaches
+Locust's request event.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import gevent
+import gevent.event
+import pytest
+
+from athos_load.api import ApiError, Score, ScoreBoard
+from athos_load.audio import Clip
+from athos_load.call import Call, CallFailure, CallSettings, ScoreDrain
+from athos_load.metrics import Metrics, Outcome, Timing
+from athos_load.scenario import HangupPolicy, Scenario, Turn
+from athos_load.session import SessionError, SessionEvent
+from athos_load.wire import SDK_EVENTS, AudioFormat, ErrorCode
+
+FMT = AudioFormat()
+CLIP_FRAMES = 15  # 0.3 s of audio
+SPEECH = (0.04, 0.26)  # where the rep speaks inside each clip
+CALL_ID = "athos_call_test"
+EXACT = 1e-9  # the fake's times are exact; only float rounding separates them from the expected
+LOG_ACCURACY = 1e-3  # a LogHistogram reads values back within 0.1%
+
+
+# -- the fake platform and session -----------------------------------------------------------------
+
+
+class Platform:
+    """What the platform does in a test; override what the test is about. Times are offsets on the
+    fake session's virtual clock."""
+
+    connect_seconds = 0.4
+    refuse: str | None = None  # an error code that refuses the join
+    reply_latency: float | tuple[float, ...] = 0.3  # the rep's speech end → personaSpeaking true
+    reply_seconds = 1.0
+    score_after: float | None = 2.5  # ended → call.scored; None: never scored
+
+    def __init__(self, board: ScoreBoard | None = None) -> None:
+        self.board = board
+
+    def connect(self, session: FakeSession) -> None:
+        session.emit("connecting")
+        session.advance(self.connect_seconds)
+        if self.refuse is not None:
+            session.fail(self.refuse)
+            raise SessionError(self.refuse, "refused")
+        session.emit("ready", {"persona": {"name": "Pat"}})
+
+    def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        """The rep's clip ``index`` has been sent; by default the persona answers it."""
+        latency = self.reply_latency
+        if isinstance(latency, tuple):
+            latency = latency[index]
+        session.persona(utterance.start + SPEECH[1] + latency, self.reply_seconds)
+
+    def hangup(self, session: FakeSession) -> None:
+        session.end("hangup")
+
+    def ended(self, session: FakeSession) -> None:
+        """The call ended: a completed one is scored ``score_after`` later."""
+        completed = session.end_reason in ("hangup", "persona", "max_duration")
+        if completed and self.board is not None and self.score_after is not None:
+            self.board.deliver(Score(CALL_ID, 0.8, session.clock + self.score_after, "webhook"))
+
+
+class FakeUtterance:
+    def __init__(self, start: float, seconds: float, heard: Callable[[], None]) -> None:
+        self.start, self.end = start, start + seconds
+        self._heard: Callable[[], None] | None = heard
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """The clip has been sent: the platform reacts now (on the virtual clock, at once in real time)."""
+        heard, self._heard = self._heard, None
+        if heard is not None:
+            heard()
+        gevent.sleep(0)
+        return True
+
+
+class FakeSession:
+    """Plays :class:`~athos_load.session.RoleplaySession`'s part: the call subscribes, connects,
+    says clips and hangs up; ``platform`` decides which SDK events come back, and when."""
+
+    def __init__(self, platform: Platform, **options: Any) -> None:
+        self.platform = platform
+        self.options = options
+        self.clock = time.monotonic()
+        self.listeners: dict[str, list[Callable[[SessionEvent], Any]]] = {name: [] for name in SDK_EVENTS}
+        self.end_reason: str | None = None
+        self.last_error: SessionError | None = None
+        self.unknown_messages = 0
+        self.said: list[FakeUtterance] = []
+        self.closed = False
+        self._ended = gevent.event.Event()
+
+    # -- RoleplaySession's API, as Call uses it
+
+    def on(self, name: str, callback: Callable[[SessionEvent], Any]) -> Callable[[], None]:
+        self.listeners[name].append(callback)
+        return lambda: self.listeners[name].remove(callback)
+
+    def connect(self) -> None:
+        self.platform.connect(self)
+
+    def say(self, frames: Any) -> FakeUtterance:
+        index = len(self.said)
+        utterance = FakeUtterance(self.clock, len(frames) * FMT.frame_seconds, lambda: self._heard(index))
+        self.said.append(utterance)
+        return utterance
+
+    def hangup(self, timeout: float | None = None) -> None:
+        if not self._ended.is_set():
+            self.platform.hangup(self)
+
+    def wait_ended(self, timeout: float | None = None) -> bool:
+        return self._ended.wait(timeout)
+
+    def close(self) -> None:
+        self.closed = True
+        self._ended.set()
+
+    # -- what a platform script does
+
+    def advance(self, seconds: float) -> None:
+        self.clock += seconds
+
+    def emit(self, name: str, payload: dict[str, Any] | None = None) -> None:
+        event = SessionEvent(name, payload, self.clock)
+        for callback in tuple(self.listeners[name]):
+            callback(event)
+
+    def persona(self, at: float, seconds: float) -> None:
+        """The persona speaks from ``at`` for ``seconds``."""
+        self.clock = max(self.clock, at)
+        self.emit("personaSpeaking", {"speaking": True})
+        self.advance(seconds)
+        self.emit("personaSpeaking", {"speaking": False})
+
+    def fail(self, code: str) -> None:
+        self.last_error = SessionError(code, "scripted")
+        self.emit("error", {"code": code, "message": "scripted"})
+
+    def end(self, reason: str) -> None:
+        self.end_reason = reason
+        self.emit("ended", {"callId": CALL_ID, "durationSec": 1.0})
+        self._ended.set()
+        self.platform.ended(self)
+
+    def _heard(self, index: int) -> None:
+        """The clip has been sent: the platform's reaction, then the clock is past the clip."""
+        utterance = self.said[index]
+        self.platform.turn(self, index, utterance)
+        self.clock = max(self.clock, utterance.end)
+
+
+class FakeApi:
+    def __init__(self, refuse: str | None = None) -> None:
+        self.refuse = refuse
+
+    def mint_token(self, drill_key: str, webhook_url: str | None = None) -> Any:
+        if self.refuse is not None:
+            raise ApiError(self.refuse, "refused", 429)
+        return SimpleNamespace(token="token-1")
+
+
+# -- running calls ---------------------------------------------------------------------------------
+
+
+class Harness:
+    """One process's shared settings (real Metrics, ScoreBoard and ScoreDrain), and what Locust saw."""
+
+    def __init__(self, *, score_timeout: float = 5.0, mint_refused: str | None = None) -> None:
+        self.metrics = Metrics()
+        self.metrics.declare(["fake"])
+        self.board = ScoreBoard()
+        self.drain = ScoreDrain()
+        self.sessions: list[FakeSession] = []
+        self.reports: list[dict[str, Any]] = []
+        self.announced: list[str] = []
+        self.platform: Platform = Platform(self.board)
+        self.settings = CallSettings(
+            api=FakeApi(mint_refused),  # type: ignore[arg-type]
+            ws_url="ws://fake/v1/realtime",
+            board=self.board,
+            metrics=self.metrics,
+            pacer=None,  # type: ignore[arg-type]
+            audio=FMT,
+            drain=self.drain,
+            score_timeout=score_timeout,
+            announce=self.announced.append,
+            session_factory=self._session,  # type: ignore[arg-type]
+        )
+
+    def _session(self, **options: Any) -> FakeSession:
+        session = FakeSession(self.platform, **options)
+        self.sessions.append(session)
+        return session
+
+    def call(self, platform: type[Platform] = Platform, **scenario: Any) -> Call:
+        self.platform = platform(self.board)
+        return Call(self.settings, make_scenario(**scenario), lambda **kw: self.reports.append(kw), random.Random(1))
+
+    def run(self, platform: type[Platform] = Platform, **scenario: Any) -> Call:
+        """One call to its end (score included)."""
+        call = self.call(platform, **scenario)
+        with gevent.Timeout(10):
+            call.run()
+        return call
+
+    def entries(self, name: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.reports if name is None or r["name"] == name]
+
+    def calls(self) -> dict[str, Any]:
+        return self.metrics.summary()["calls"]
+
+    def errors(self) -> dict[str, Any]:
+        return self.metrics.summary()["errors"]
+
+
+def make_scenario(*, turns: int = 2, reply_timeout: float = 2.0, **fields: Any) -> Scenario:
+    clip = Clip(None, FMT, (bytes(FMT.frame_bytes),) * CLIP_FRAMES, (SPEECH,))
+    return Scenario(
+        name="fake", drill="fake-drill", turns=tuple(Turn(clip, f"{i}.wav") for i in range(turns)),
+        think_time=(0.0, 0.0), reply_timeout=reply_timeout, max_call_seconds=30.0, **fields,
+    )  # fmt: skip
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the call never got there"
+        gevent.sleep(0.001)
+
+
+def observed(metrics: Metrics, timing: Timing) -> list[float]:
+    """The values a timing holds, as its histogram reads them back (within 0.1%)."""
+    values, counts = metrics.timing(timing).buckets()
+    return [float(v) for v, n in zip(values, counts, strict=True) for _ in range(int(n))]
+
+
+def check_accounting(h: Harness, calls: list[Call]) -> None:
+    """Every started call counted once, as its own outcome; every completed call's score once."""
+    c = h.calls()
+    assert c["started"] == len(calls) == c["completed"] + c["failed"] + c["aborted"]
+    assert c["completed"] == c["scored"] + c["score_missing"] + c["score_pending"]
+    for outcome in Outcome:
+        assert c[outcome.value] == sum(call.outcome is outcome for call in calls), outcome
+    assert h.metrics.active_calls() == 0
+
+
+# -- turn latency ----------------------------------------------------------------------------------
+
+
+def test_persona_response_runs_from_the_rep_speech_end_to_persona_speaking():
+    class Replies(Platform):
+        reply_latency = (0.35, 0.6)
+
+    h = Harness()
+    h.run(Replies)
+    entries = h.entries("persona_response")
+    assert [e["response_time"] for e in entries] == pytest.approx([350.0, 600.0], abs=EXACT)
+    assert observed(h.metrics, Timing.PERSONA_RESPONSE) == pytest.approx([0.35, 0.6], rel=LOG_ACCURACY)
+    assert h.errors() == {}
+
+
+def test_the_persona_speaking_over_the_rep_is_not_the_reply():
+    """An utterance that starts before the rep's speech ends (a backchannel) is not timed; the
+    reply after the speech end is, from the speech end."""
+
+    class Backchannel(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            session.persona(utterance.start + SPEECH[1] - 0.1, 0.05)
+            session.persona(utterance.start + SPEECH[1] + 0.45, 0.5)
+
+    h = Harness()
+    h.run(Backchannel, turns=1)
+    assert [e["response_time"] for e in h.entries("persona_response")] == pytest.approx([450.0], abs=EXACT)
+
+
+def test_a_reply_that_never_comes_is_no_reply_and_the_call_goes_on():
+    class Silent(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            if index == 1:
+                super().turn(session, index, utterance)
+
+    h = Harness()
+    call = h.run(Silent, reply_timeout=0.05)
+    first, second = h.entries("persona_response")
+    assert first["exception"].code == ErrorCode.NO_REPLY and first["response_time"] is None
+    assert second["exception"] is None and second["response_time"] == pytest.approx(300.0, abs=EXACT)
+    assert h.errors() == {"no_reply": 1}
+    assert call.outcome is Outcome.COMPLETED and len(h.sessions[0].said) == 2
+
+
+def test_connect_ready_runs_from_connecting_to_ready():
+    class SlowJoin(Platform):
+        connect_seconds = 1.25
+
+    h = Harness()
+    h.run(SlowJoin)
+    (entry,) = h.entries("connect_ready")
+    assert entry["response_time"] == pytest.approx(1250.0, abs=EXACT)
+    assert observed(h.metrics, Timing.CONNECT_READY) == pytest.approx([1.25], rel=LOG_ACCURACY)
+
+
+# -- what reaches Locust ---------------------------------------------------------------------------
+
+
+def test_a_scored_call_is_one_locust_entry_per_step():
+    h = Harness()
+    call = h.run()
+    assert [(e["request_type"], e["name"]) for e in h.reports] == [
+        ("POST", "token_mint"),
+        ("WS", "connect_ready"),
+        ("WS", "persona_response"),
+        ("WS", "persona_response"),
+        ("CALL", "call"),
+        ("SCORE", "end_to_score"),
+    ]
+    assert all(e["exception"] is None and e["response_time"] >= 0 for e in h.reports)
+    assert all(e["context"] == {"scenario": "fake"} and e["response_length"] == 0 for e in h.reports)
+    assert h.entries("end_to_score")[0]["response_time"] == pytest.approx(2500.0, abs=EXACT)
+    assert 0 < h.entries("call")[0]["response_time"] < 5000.0  # real time: the fake takes next to none
+    assert call.outcome is Outcome.COMPLETED and call.call_id == CALL_ID and h.announced == [CALL_ID]
+    assert h.sessions[0].options["token"] == "token-1" and h.sessions[0].options["drill_key"] == "fake-drill"
+    assert h.sessions[0].closed
+
+
+def test_a_failed_step_is_a_call_failure_with_its_code_and_no_response_time():
+    class Refused(Platform):
+        refuse = ErrorCode.CONCURRENCY_LIMIT
+
+    h = Harness()
+    h.run(Refused)
+    failed = [e for e in h.reports if e["exception"] is not None]
+    assert [e["name"] for e in failed] == ["connect_ready", "call"]
+    for entry in failed:
+        assert isinstance(entry["exception"], CallFailure)
+        assert entry["exception"].code == str(entry["exception"]) == "concurrency_limit"
+        assert entry["response_time"] is None
+
+
+# -- outcomes --------------------------------------------------------------------------------------
+
+
+def test_a_refused_mint_fails_the_call_before_any_session():
+    h = Harness(mint_refused=ErrorCode.RATE_LIMITED)
+    call = h.run()
+    assert call.outcome is Outcome.FAILED and h.sessions == []
+    assert [(e["name"], str(e["exception"])) for e in h.reports] == [
+        ("token_mint", "rate_limited"),
+        ("call", "rate_limited"),
+    ]
+    assert h.errors() == {"rate_limited": 1}
+    assert h.metrics.total("athos_setup_failed", scenario="fake") == 1
+    assert h.metrics.timing(Timing.TOKEN_MINT).count == 0
+    check_accounting(h, [call])
+
+
+def test_a_refused_connect_counts_its_error_once():
+    """The session's error event and the two failed steps it causes are one error, not three."""
+
+    class Refused(Platform):
+        refuse = ErrorCode.CONCURRENCY_LIMIT
+
+    h = Harness()
+    call = h.run(Refused)
+    assert call.outcome is Outcome.FAILED and h.sessions[0].said == []
+    assert h.errors() == {"concurrency_limit": 1}
+    assert h.metrics.total("athos_setup_failed") == 1
+    assert h.metrics.timing(Timing.CONNECT_READY).count == 0
+    assert h.metrics.summary()["session_minutes"] == 0
+    check_accounting(h, [call])
+
+
+def test_an_error_that_ends_the_call_fails_it_with_that_code():
+    class Crash(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            session.clock = utterance.end + 0.5
+            session.fail(ErrorCode.INTERNAL_ERROR)
+            session.end("error")
+
+    h = Harness()
+    call = h.run(Crash)
+    assert call.outcome is Outcome.FAILED and len(h.sessions[0].said) == 1  # no second turn
+    assert [(e["name"], str(e["exception"])) for e in h.reports if e["exception"]] == [("call", "internal_error")]
+    assert h.entries("end_to_score") == [] and h.announced == []
+    assert h.errors() == {"internal_error": 1}
+    assert h.metrics.total("athos_setup_failed") == 0
+    # the call was connected from ready to its end: the clip (0.3 s) and half a second more
+    assert h.metrics.summary()["session_minutes"] == pytest.approx(0.8 / 60, abs=0.001)
+    check_accounting(h, [call])
+
+
+def test_a_non_fatal_error_is_counted_and_the_call_completes():
+    class Hiccup(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            if index == 0:
+                session.fail(ErrorCode.RATE_LIMITED)
+            super().turn(session, index, utterance)
+
+    h = Harness()
+    call = h.run(Hiccup)
+    assert call.outcome is Outcome.COMPLETED
+    assert h.errors() == {"rate_limited": 1}
+    assert [e for e in h.reports if e["exception"] is not None] == []
+
+
+def test_a_drop_is_timed_until_reconnected():
+    class Drop(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            if index == 0:
+                session.emit("reconnecting")
+                session.advance(1.5)
+                session.emit("reconnected")
+            super().turn(session, index, utterance)
+
+    h = Harness()
+    call = h.run(Drop)
+    assert call.outcome is Outcome.COMPLETED
+    assert [e["response_time"] for e in h.entries("reconnect")] == pytest.approx([1500.0], abs=EXACT)
+    assert h.metrics.summary()["reconnects"] == 1 and h.errors() == {}
+
+
+def test_a_refused_resume_fails_the_reconnect_and_the_call_with_one_error():
+    class Lost(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            session.emit("reconnecting")
+            session.advance(0.7)
+            session.fail(ErrorCode.UNKNOWN_CALL)
+            session.end("error")
+
+    h = Harness()
+    call = h.run(Lost)
+    assert call.outcome is Outcome.FAILED
+    failed = [(e["name"], str(e["exception"]), e["response_time"]) for e in h.reports if e["exception"]]
+    assert failed == [("reconnect", "unknown_call", None), ("call", "unknown_call", None)]
+    assert h.errors() == {"unknown_call": 1} and h.metrics.summary()["reconnects"] == 1
+    assert h.metrics.timing(Timing.RECONNECT).count == 0
+    check_accounting(h, [call])
+
+
+def test_a_call_the_persona_closes_is_completed():
+    class Closes(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            super().turn(session, index, utterance)
+            if index == 1:
+                session.end("persona")
+
+        def hangup(self, session: FakeSession) -> None:
+            raise AssertionError("the persona hung up: the rep has nothing to hang up")
+
+    h = Harness()
+    call = h.run(Closes, hangup=HangupPolicy.PERSONA_CLOSES)
+    assert call.outcome is Outcome.COMPLETED and h.calls()["scored"] == 1
+
+
+def test_a_score_that_arrives_times_end_to_score():
+    class Slow(Platform):
+        score_after = 7.25
+
+    h = Harness()
+    call = h.run(Slow)
+    assert h.calls()["scored"] == 1
+    assert observed(h.metrics, Timing.END_TO_SCORE) == pytest.approx([7.25], rel=LOG_ACCURACY)
+    check_accounting(h, [call])
+
+
+def test_a_score_that_never_arrives_is_missing_not_an_error():
+    class Unscored(Platform):
+        score_after = None
+
+    h = Harness(score_timeout=0.02)
+    call = h.run(Unscored)
+    (entry,) = h.entries("end_to_score")
+    assert str(entry["exception"]) == "score_missing" and entry["response_time"] is None
+    assert h.calls()["score_missing"] == 1 and h.calls()["scored"] == 0
+    assert h.errors() == {} and h.metrics.timing(Timing.END_TO_SCORE).count == 0
+    check_accounting(h, [call])
+
+
+def test_the_run_ending_mid_call_aborts_it_without_errors():
+    """Stopped while it waits for a reply: it hangs up, is counted aborted, and what fails while
+    it stops (here, the hang-up ends in an error) is not the platform's: no error, no failure."""
+
+    class Stuck(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            pass  # never answers
+
+        def hangup(self, session: FakeSession) -> None:
+            session.fail(ErrorCode.RECONNECT_FAILED)
+            session.end("error")
+
+    h = Harness()
+    call = h.call(Stuck, reply_timeout=30.0)
+    greenlet = gevent.spawn(call.run)
+    wait_until(lambda: bool(h.sessions and h.sessions[0].said))
+    gevent.sleep(0.01)  # into the wait for the reply
+    greenlet.kill(block=True, timeout=5)
+    assert greenlet.dead and call.outcome is Outcome.ABORTED
+    assert h.sessions[0].end_reason == "error"  # it did hang up
+    assert h.errors() == {} and [e for e in h.reports if e["exception"] is not None] == []
+    assert h.entries("call") == []  # an aborted call is not a Locust entry
+    check_accounting(h, [call])
+
+
+def test_the_run_ending_while_a_score_is_awaited_leaves_it_pending():
+    class Unscored(Platform):
+        score_after = None
+
+    h = Harness(score_timeout=30.0)
+    call = h.call(Unscored)
+    greenlet = gevent.spawn(call.run)
+    wait_until(lambda: call.outcome is Outcome.COMPLETED)
+    gevent.sleep(0.01)  # into the wait for the score
+    greenlet.kill(block=True, timeout=5)
+    assert call.adopted and h.drain.pending == 1
+    h.drain.wait(0.01)  # the run's drain time is up before the score timeout
+    assert h.drain.pending == 0
+    assert h.calls()["score_pending"] == 1 and h.calls()["score_missing"] == 0
+    assert h.entries("end_to_score") == [] and h.errors() == {}
+    check_accounting(h, [call])
+
+
+def test_a_score_that_comes_during_the_drain_is_scored():
+    class Late(Platform):
+        score_after = None
+
+    h = Harness(score_timeout=30.0)
+    call = h.call(Late)
+    greenlet = gevent.spawn(call.run)
+    wait_until(lambda: call.outcome is Outcome.COMPLETED)
+    gevent.sleep(0.01)
+    greenlet.kill(block=True, timeout=5)
+    assert call.adopted and call.ended_at is not None
+    h.board.deliver(Score(CALL_ID, 0.5, call.ended_at + 3.0, "poll"))
+    h.drain.wait(5.0)
+    assert h.calls()["scored"] == 1
+    assert [e["response_time"] for e in h.entries("end_to_score")] == pytest.approx([3000.0], abs=EXACT)
+    check_accounting(h, [call])
+
+
+# -- accounting over many calls --------------------------------------------------------------------
+
+
+def test_every_started_call_is_counted_once_whatever_its_outcome():
+    class Refused(Platform):
+        refuse = ErrorCode.CONCURRENCY_LIMIT
+
+    class Crash(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            session.fail(ErrorCode.INTERNAL_ERROR)
+            session.end("error")
+
+    class Unscored(Platform):
+        score_after = None
+
+    class Stuck(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            pass
+
+    h = Harness(score_timeout=0.01)
+    calls = [h.run(p) for p in (Platform, Refused, Crash, Platform, Unscored, Refused)]
+    stuck = h.call(Stuck, reply_timeout=30.0)
+    greenlet = gevent.spawn(stuck.run)
+    wait_until(lambda: len(h.sessions) == 7 and bool(h.sessions[-1].said))
+    greenlet.kill(block=True, timeout=5)
+    calls.append(stuck)
+    check_accounting(h, calls)
+    c = h.calls()
+    assert (c["started"], c["completed"], c["failed"], c["aborted"]) == (7, 3, 3, 1)
+    assert (c["scored"], c["score_missing"]) == (2, 1)
+    assert h.errors() == {"concurrency_limit": 2, "internal_error": 1}
+    # Locust saw one "call" entry per completed or failed call, the failed ones as failures
+    assert len(h.entries("call")) == c["completed"] + c["failed"]
+    assert sum(e["exception"] is not None for e in h.entries("call")) == c["failed"]
+
+
+def test_an_unexpected_exception_still_accounts_for_the_call():
+    class Broken(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            raise RuntimeError("a bug in the tool")
+
+    h = Harness()
+    call = h.call(Broken)
+    with pytest.raises(RuntimeError), gevent.Timeout(10):
+        call.run()
+    assert call.outcome is Outcome.FAILED and str(h.entries("call")[0]["exception"]) == "internal"
+    assert h.errors() == {"other": 1}  # a tool's failure is an error too, under a bounded label
+    check_accounting(h, [call])
