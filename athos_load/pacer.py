@@ -1,10 +1,11 @@
-"""One real-time audio pacer per process, for the frames of every session.
+"""The real-time audio pacer for the frames of many sessions: one greenlet, one heap.
 
 A sleeping loop per session costs a greenlet switch and a timer per frame per session; with a
 thousand 20 ms streams that is 50 000 timer wake-ups a second. The pacer keeps one heap of due
-times instead, wakes once per due instant, and sends every frame due then in one pass. Due times
-are absolute (``start + i * period``), so a late wake-up never shifts the frames after it: lag is
-measured against the schedule and reported, not absorbed.
+times instead, wakes once per due instant, and sends every frame due then in one pass. What is due
+is decided by each microphone's :class:`~athos_load.wire.pacing.Schedule` (absolute deadlines,
+catch-up after a late wake-up, never early, lag against the schedule); this module is the gevent
+driver around it: the clock, the heap, the greenlet, the sink.
 
 A :class:`Microphone` is one session's outgoing audio: clips (:class:`Utterance`) play one after
 another on the frame grid, and a continuous microphone sends silence between them, as a real
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,6 +23,8 @@ from typing import Protocol
 
 import gevent
 import gevent.event
+
+from .wire.pacing import Schedule
 
 
 class FrameSink(Protocol):
@@ -34,12 +36,14 @@ class FrameSink(Protocol):
 
 
 class Utterance:
-    """One clip on a microphone. ``start``/``end`` are its due times on the monotonic clock."""
+    """One clip on a microphone. ``start``/``end`` are its due times on the monotonic clock;
+    ``first`` is the index of its first frame on the microphone's schedule."""
 
-    __slots__ = ("frames", "start", "end", "sent", "skipped", "_index", "_done")
+    __slots__ = ("frames", "first", "start", "end", "sent", "skipped", "_index", "_done")
 
-    def __init__(self, frames: Sequence[bytes], start: float, period: float) -> None:
+    def __init__(self, frames: Sequence[bytes], start: float, period: float, first: int = 0) -> None:
         self.frames = frames
+        self.first = first
         self.start = start
         self.end = start + len(frames) * period  # when its audio has fully left
         self.sent = 0
@@ -59,27 +63,42 @@ class Utterance:
 
 
 class Microphone:
-    """A session's outgoing audio stream, paced by an :class:`AudioPacer`."""
+    """A session's outgoing audio stream, paced by an :class:`AudioPacer` on its own frame grid."""
 
-    __slots__ = ("sink", "period", "silence", "next_due", "closed", "_queue", "_pacer")
+    __slots__ = ("sink", "silence", "schedule", "closed", "_queue", "_pacer", "_order")
 
     def __init__(self, pacer: AudioPacer, sink: FrameSink, period: float, silence: bytes | None, start: float) -> None:
         self._pacer = pacer
         self.sink = sink
-        self.period = period
         self.silence = silence  # None: a one-shot stream that finishes when its clips do
-        self.next_due = start
+        self.schedule = Schedule(start, period)
         self.closed = False
         self._queue: deque[Utterance] = deque()
+        self._order = next(pacer._seq)  # breaks ties in the heap: unique, and cheaper than a count per push
+
+    @property
+    def period(self) -> float:
+        return self.schedule.period
+
+    @property
+    def next_due(self) -> float:
+        """When the next frame is due."""
+        return self.schedule.next_deadline
 
     def say(self, frames: Sequence[bytes]) -> Utterance:
         """Queue a clip; it starts on the next free frame slot after what is already queued."""
         if self.closed:
             raise RuntimeError("microphone is closed")
-        start = self._queue[-1].end if self._queue else max(self.next_due, time.monotonic())
-        utterance = Utterance(frames, self._snap(start), self.period)
+        schedule, queue = self.schedule, self._queue
+        if queue:
+            first = queue[-1].first + len(queue[-1].frames)  # right behind the clip before, no gap
+        else:
+            first = max(schedule.next, schedule.index_at(time.monotonic()))
+            if self.silence is None:
+                schedule.next = first  # an idle one-shot stream owes no frames until the clip starts
+        utterance = Utterance(frames, schedule.deadline(first), schedule.period, first)
         if frames:
-            self._queue.append(utterance)
+            queue.append(utterance)
             self._pacer._schedule(self)
         return utterance
 
@@ -93,38 +112,37 @@ class Microphone:
             utterance._done.set()
         self._queue.clear()
 
-    def _snap(self, t: float) -> float:
-        """``t`` moved forward onto this microphone's frame grid."""
-        if t <= self.next_due:
-            return self.next_due
-        steps = math.ceil((t - self.next_due) / self.period - 1e-6)  # float noise is not a frame
-        return self.next_due + steps * self.period
-
-    def _tick(self, due: float, now: float, lags: list[float]) -> bool:
-        """Send the frame due at ``due``; returns whether the microphone stays scheduled."""
+    def _send_due(self, now: float, lags: list[float]) -> float | None:
+        """Send every frame due at ``now`` (all the missed ones after a late wake-up); returns when
+        the next one is due, or None when the microphone leaves the pacer (closed, or clips done)."""
         if self.closed:
-            return False
-        queue = self._queue
-        utterance = queue[0] if queue and queue[0].start <= due + 1e-9 else None
-        if utterance is not None:
-            frame = utterance.frames[utterance._index]
-        elif self.silence is not None:
-            frame = self.silence
-        else:  # one-shot and nothing due now (cannot happen: clips are contiguous)
-            return bool(queue)
-        sent = self.sink.send_audio_frame(frame)
-        if sent:
-            lags.append(now - due)
-        if utterance is not None:
+            return None
+        schedule, queue, silence = self.schedule, self._queue, self.silence
+        send = self.sink.send_audio_frame
+        for k in schedule.take(now):
+            utterance = queue[0] if queue and queue[0].first <= k else None
+            if utterance is not None:
+                frame = utterance.frames[utterance._index]
+            elif silence is not None:
+                frame = silence
+            else:  # a one-shot stream whose last clip has left; it owes nothing until its next clip
+                return None
+            sent = send(frame)
+            if self.closed:  # while sending (a blocking send lets the session end): its queue is gone
+                return None
             if sent:
-                utterance.sent += 1
-            else:
-                utterance.skipped += 1
-            utterance._index += 1
-            if utterance._index == len(utterance.frames):
-                queue.popleft()._done.set()
-        self.next_due = due + self.period
-        return self.silence is not None or bool(queue)
+                lags.append(schedule.lag(k, now))
+            if utterance is not None:
+                if sent:
+                    utterance.sent += 1
+                else:
+                    utterance.skipped += 1
+                utterance._index += 1
+                if utterance._index == len(utterance.frames):
+                    queue.popleft()._done.set()
+        if silence is None and not queue:
+            return None
+        return schedule.next_deadline
 
 
 LAG_BATCH = 1024
@@ -146,7 +164,7 @@ class AudioPacer:
         self._flushed = time.monotonic()
         self._heap: list[tuple[float, int, Microphone]] = []
         self._scheduled: set[int] = set()  # ids of microphones in the heap, so none is in it twice
-        self._seq = itertools.count()
+        self._seq = itertools.count()  # numbers the microphones
         self._wakeup = gevent.event.Event()
         self._greenlet: gevent.Greenlet | None = None
 
@@ -171,27 +189,44 @@ class AudioPacer:
         if id(mic) in self._scheduled:
             return
         self._scheduled.add(id(mic))
-        due = max(mic.next_due, mic._queue[0].start) if mic._queue else mic.next_due
-        heapq.heappush(self._heap, (due, next(self._seq), mic))
+        heapq.heappush(self._heap, (mic.schedule.next_deadline, mic._order, mic))
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._run)
         self._wakeup.set()
 
     def _run(self) -> None:
         heap, lags = self._heap, self._lags
+        heappop, heapreplace = heapq.heappop, heapq.heapreplace
         while heap:
             now = time.monotonic()
             while heap and heap[0][0] <= now:
-                due, _, mic = heapq.heappop(heap)
-                if mic._tick(due, now, lags):
-                    heapq.heappush(heap, (mic.next_due, next(self._seq), mic))
+                entry = heap[0]
+                mic = entry[2]
+                due = mic._send_due(now, lags)
+                if heap[0] is not entry:  # a blocking send let another greenlet file an earlier stream
+                    self._refile(entry, due)
+                elif due is not None:
+                    heapreplace(heap, (due, mic._order, mic))  # one sift instead of a pop and a push
                 else:
+                    heappop(heap)
                     self._scheduled.discard(id(mic))
             if len(lags) >= LAG_BATCH or now - self._flushed >= LAG_FLUSH_S or not heap:
                 self._flush_lags(now)
             if heap:
                 self._wakeup.clear()
                 self._wakeup.wait(heap[0][0] - time.monotonic())
+
+    def _refile(self, entry: tuple[float, int, Microphone], due: float | None) -> None:
+        """Move ``entry``, no longer on top of the heap, to ``due`` (or out); rare, so O(n) is fine."""
+        heap, mic = self._heap, entry[2]
+        i = heap.index(entry)
+        if due is not None:
+            heap[i] = (due, mic._order, mic)
+        else:
+            heap[i] = heap[-1]
+            heap.pop()
+            self._scheduled.discard(id(mic))
+        heapq.heapify(heap)
 
     def _flush_lags(self, now: float) -> None:
         self._flushed = now
@@ -200,14 +235,3 @@ class AudioPacer:
             self._lags.clear()  # in place: the running loop holds this list
             if self.on_lags is not None:
                 self.on_lags(batch)
-
-
-_default: AudioPacer | None = None
-
-
-def default_pacer() -> AudioPacer:
-    """The process-wide pacer that sessions share unless given another."""
-    global _default
-    if _default is None:
-        _default = AudioPacer()
-    return _default

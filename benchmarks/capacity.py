@@ -62,6 +62,7 @@ def generator(kind: str, n: int, seconds: float, url: str) -> dict:
     from athos_load.pacer import AudioPacer
     from athos_load.session import RoleplaySession
     from athos_load.wire import Join, mask_frames
+    from athos_load.wire.pacing import Schedule
 
     rate = 16000
     t = np.arange(rate) / rate
@@ -122,15 +123,13 @@ def generator(kind: str, n: int, seconds: float, url: str) -> dict:
         if kind == "plain":
 
             def talk(ws: websocket.WebSocket, offset: float) -> None:
-                t0 = start_at + offset
-                gevent.sleep(max(0.0, t0 - time.monotonic()))
+                schedule = Schedule(start_at + offset, FRAME_S)  # the product's deadlines; its own sleeps
                 for i, frame in enumerate(frames):
-                    due = t0 + i * FRAME_S
+                    gevent.sleep(max(0.0, schedule.deadline(i) - time.monotonic()))
                     now = time.monotonic()
                     ws.send_binary(frame)
                     if in_window(now):
-                        lags.append(now - due)
-                    gevent.sleep(max(0.0, due + FRAME_S - time.monotonic()))
+                        lags.append(schedule.lag(i, now))
 
             for i, ws in enumerate(conns):
                 gevent.spawn(read, ws)
@@ -140,18 +139,16 @@ def generator(kind: str, n: int, seconds: float, url: str) -> dict:
             socks = [ws.sock for ws in conns]
 
             def floor_loop() -> None:
-                t0 = start_at
-                i = 0
+                ticks = Schedule(start_at, FRAME_S)
                 while True:
-                    due = t0 + i * FRAME_S
-                    gevent.sleep(max(0.0, due - time.monotonic()))
+                    gevent.sleep(max(0.0, ticks.next_deadline - time.monotonic()))
                     now = time.monotonic()
-                    for sock in socks:
-                        sock.send(ready_made)
-                    if in_window(now):
-                        lags.append(now - due)
-                        sent[0] += len(socks)
-                    i += 1
+                    for tick in ticks.take(now):  # a late wake-up sends the ticks it missed, as the pacer does
+                        for sock in socks:
+                            sock.send(ready_made)
+                        if in_window(now):
+                            lags.append(ticks.lag(tick, now))
+                            sent[0] += len(socks)
 
             gevent.spawn(floor_loop)
 

@@ -3,11 +3,12 @@
 Starts ``athos-sim`` pinned to one core and, from this process pinned to another, drives N calls
 (rising levels) of 20 ms / 16 kHz PCM16 audio in real time: 1 s of tone, 3 s of silence, repeated,
 so the persona answers each turn (~2 s of persona audio per 4 s cycle). The client is deliberately
-lean (raw asyncio sockets, pre-built masked frames, one pacer for all calls) so that it is not what
-saturates first. Per level it prints the simulator's CPU use (from /proc/PID/stat), the inbound and
-outbound frame rates the simulator counted (``/healthz``), and persona frame lateness at the
-client (arrival minus ``personaSpeaking`` arrival + k * 20 ms), then the highest N carried with
-simulator CPU < 90 % of a core and lateness p99 < 20 ms. Two columns tell whose lateness it is:
+lean (raw asyncio sockets, pre-built masked frames, the simulator's own pacer with 1 ms buckets for
+all calls) so that it is not what saturates first. Per level it prints the simulator's CPU use
+(from /proc/PID/stat), the inbound and outbound frame rates the simulator counted (``/healthz``),
+and persona frame lateness at the client (arrival minus ``personaSpeaking`` arrival + k * 20 ms),
+then the highest N carried with simulator CPU < 90 % of a core and lateness p99 < 20 ms. Two
+columns tell whose lateness it is:
 ``cliLag99`` is how late this client's own pacer sends (a busy client stamps arrivals late too),
 ``simLag99`` the simulator's persona pacer wake-up lag (``/healthz`` ``pacerLagP99Ms``).
 The machine must be otherwise idle: other work on either core shows up as lateness.
@@ -35,7 +36,9 @@ import time
 import aiohttp
 import numpy as np
 
+from athos_load.sim.pacer import Pacer
 from athos_load.wire import FrameReader
+from athos_load.wire.pacing import Schedule
 
 FRAME_S = 0.020
 RATE = 16000
@@ -70,7 +73,7 @@ SILENCE = client_frame(0x2, (np.random.default_rng(1).normal(0, 30, SAMPLES)).as
 
 
 class Stream(asyncio.Protocol):
-    """One call: WebSocket handshake, join, then frames in; the pacer writes frames out."""
+    """One call: WebSocket handshake, join, then frames in; the pacer writes frames out (:meth:`pace`)."""
 
     def __init__(self, key: str, lateness: list[float], stats: dict[str, int]) -> None:
         self.key = key
@@ -82,10 +85,11 @@ class Stream(asyncio.Protocol):
         self.upgraded = False
         self.lateness = lateness
         self.stats = stats
-        self.t0 = 0.0
-        self.k = 0
+        self.persona = Schedule(0.0, FRAME_S)  # when each persona frame of the current utterance is due
         self.speaking = False
-        self.phase = 0
+        self.phase = 0  # where in the speech/silence cycle frame 0 falls
+        self.out = Schedule(0.0, FRAME_S)  # this call's outgoing frames; set by start_streaming
+        self.pacer_slot = -1
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,8 +118,9 @@ class Stream(asyncio.Protocol):
         for op, payload in self.reader.feed(data):  # the tool's own frame parser
             if op == 2:
                 if self.speaking:
-                    self.lateness.append(now - (self.t0 + self.k * FRAME_S))
-                    self.k += 1
+                    persona = self.persona
+                    self.lateness.append(persona.lag(persona.next, now))
+                    persona.next += 1
                 self.stats["persona_frames"] += 1
             elif op == 1:
                 self.on_text(payload, now)
@@ -127,13 +132,22 @@ class Stream(asyncio.Protocol):
         kind = msg["type"]
         if kind == "personaSpeaking":
             self.speaking = msg["speaking"]
-            self.t0, self.k = now, 0
+            self.persona = Schedule(now, FRAME_S)
         elif kind == "ready":
             self.ready.set_result(msg)
         elif kind == "error":
             self.stats["errors"] += 1
             if not self.ready.done():
                 self.ready.set_exception(RuntimeError(msg["code"]))
+
+    def pace(self, now: float) -> float | None:
+        """The pacer's hook: write the frames due by ``now``; the next deadline, or None once closed."""
+        if self.closed:
+            return None
+        out, phase = self.out, self.phase
+        for k in out.take(now):
+            self.transport.write(SPEECH if (phase + k) % CYCLE_FRAMES < SPEECH_FRAMES else SILENCE)  # type: ignore[union-attr]
+        return out.next_deadline
 
 
 async def open_stream(host: str, port: int, token: str, lateness: list[float], stats: dict[str, int]) -> Stream:
@@ -153,35 +167,13 @@ async def open_stream(host: str, port: int, token: str, lateness: list[float], s
     return stream
 
 
-class Pacer:
-    """Sends every stream's next frame on a shared 20 ms grid, spread over 20 one-ms slots."""
-
-    def __init__(self) -> None:
-        self.slots: list[list[Stream]] = [[] for _ in range(20)]
-        self.count = 0
-        self.lag: list[float] = []
-
-    def add(self, stream: Stream) -> None:
-        stream.phase = self.count * 37 % CYCLE_FRAMES  # spread the speech turns over the cycle
-        self.slots[self.count % 20].append(stream)
-        self.count += 1
-
-    async def run(self) -> None:
-        start = time.monotonic()
-        tick = 0
-        while True:
-            due = start + tick * 0.001
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now = time.monotonic()
-            self.lag.append(now - due)
-            for s in self.slots[tick % 20]:
-                if s.closed:
-                    continue
-                s.transport.write(SPEECH if (s.phase % CYCLE_FRAMES) < SPEECH_FRAMES else SILENCE)  # type: ignore[union-attr]
-                s.phase += 1
-            tick += 1
+def start_streaming(pacer: Pacer, stream: Stream, index: int, grid: float) -> None:
+    """Put ``stream`` on the shared 20 ms frame grid from ``grid``, its calls spread over 20 one-ms
+    offsets and their speech turns over the cycle; its first frame is the next one due."""
+    stream.phase = index * 37 % CYCLE_FRAMES
+    out = stream.out = Schedule(grid + (index % 20) * 0.001, FRAME_S)
+    out.next = out.index_at(time.monotonic())
+    pacer.schedule(stream, out.next_deadline)
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -197,8 +189,9 @@ async def run(args: argparse.Namespace, sim_pid: int, url: str) -> list[dict[str
     host, port = re.match(r"http://([^:]+):(\d+)", url).groups()  # type: ignore[union-attr]
     lateness: list[float] = []
     stats = {"lost": 0, "closed": 0, "errors": 0, "persona_frames": 0}
-    pacer = Pacer()
+    pacer = Pacer(granularity=0.001, lag_window=None)  # every wake-up's lag, for the whole measurement
     pacer_task = asyncio.get_running_loop().create_task(pacer.run())
+    grid = time.monotonic()
     streams: list[Stream] = []
     results = []
     auth = {"Authorization": "Bearer sim-key"}
@@ -213,7 +206,7 @@ async def run(args: argparse.Namespace, sim_pid: int, url: str) -> list[dict[str
                 token = (await r.json())["token"]
             stream = await open_stream(host, int(port), token, lateness, stats)
             streams.append(stream)
-            pacer.add(stream)
+            start_streaming(pacer, stream, len(streams) - 1, grid)
 
         for level in args.levels:
             t_ramp = time.monotonic()
@@ -223,7 +216,7 @@ async def run(args: argparse.Namespace, sim_pid: int, url: str) -> list[dict[str
             ramp = time.monotonic() - t_ramp
             await asyncio.sleep(args.settle)
             lateness.clear()
-            pacer.lag.clear()
+            pacer.lags.clear()
             h0, c0, m0, w0 = await health(), proc_cpu_seconds(sim_pid), proc_cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(args.measure)
             h1, c1, m1, w1 = await health(), proc_cpu_seconds(sim_pid), proc_cpu_seconds(os.getpid()), time.monotonic()
@@ -238,7 +231,7 @@ async def run(args: argparse.Namespace, sim_pid: int, url: str) -> list[dict[str
                 "late_p50_ms": 1000 * pct(late, 50),
                 "late_p99_ms": 1000 * pct(late, 99),
                 "client_cpu": 100 * (m1 - m0) / wall,
-                "send_lag_p99_ms": 1000 * pct(pacer.lag, 99),
+                "send_lag_p99_ms": 1000 * pct(list(pacer.lags), 99),
                 "sim_pacer_p99_ms": h1["pacerLagP99Ms"] or 0.0,
                 "lost": stats["lost"],
                 "ramp_s": ramp,

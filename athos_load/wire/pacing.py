@@ -13,11 +13,14 @@ it and float error does not build up over a long call. At each wake-up a driver 
 
 The drivers, :class:`athos_load.pacer.AudioPacer` (gevent, the client) and
 :class:`athos_load.sim.pacer.Pacer` (asyncio, the simulator), read the clock, sleep until
-:attr:`Schedule.next_deadline`, ask :meth:`Schedule.due` and send. Comparisons are made with the
-same ``start + k * period`` expression everywhere, so "due" and "not early" agree to the last bit.
+:attr:`Schedule.next_deadline`, then :meth:`Schedule.take` the frames due and send them. Every
+comparison uses the same ``start + k * period`` expression, so "due" and "not early" agree to the
+last bit, whatever float division would say.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = ["Schedule"]
 
@@ -30,7 +33,7 @@ class Schedule:
 
     __slots__ = ("start", "period", "next")
 
-    def __init__(self, start: float, period: float, next: int = 0) -> None:  # noqa: A002 - the cursor's name
+    def __init__(self, start: float, period: float, next: int = 0) -> None:
         if not period > 0:
             raise ValueError(f"period must be positive, not {period!r}")
         self.start = start
@@ -50,29 +53,45 @@ class Schedule:
         """The first frame due at or after ``t`` (frame 0 at the earliest): the slot for something
         that may not begin before ``t``, such as a clip queued at ``t`` or a timer filed for ``t``."""
         start, period = self.start, self.period
-        k = -int((start - t) // period)  # ceil((t - start) / period), which float division may miss by one
-        if k <= 0:
-            return 0
-        if start + (k - 1) * period >= t:
-            return k - 1
+        k = int((t - start) / period)  # float division can miss by a frame: the deadlines decide
         if start + k * period < t:
-            return k + 1
-        return k
+            k += 1
+            while start + k * period < t:
+                k += 1
+        else:
+            while k > 0 and start + (k - 1) * period >= t:
+                k -= 1
+        return k if k > 0 else 0
 
     def due(self, now: float) -> int:
         """How many frames from ``next`` on are due at ``now``: every one whose deadline has passed
         (a late wake-up catches up at once), none whose deadline has not (never early)."""
+        return max(0, self._stop(now) - self.next)
+
+    def take(self, now: float) -> Sequence[int]:
+        """The frames due at ``now`` (see :meth:`due`), by index, with ``next`` moved past them."""
         start, period, k = self.start, self.period, self.next
         if start + k * period > now:
-            return 0
-        if start + (k + 1) * period > now:
-            return 1  # on time, the common case: no division
-        last = int((now - start) // period)  # the last frame due, which float division may miss by one
+            return ()
+        if start + (k + 1) * period > now:  # on time, the common case: one frame, no division
+            self.next = k + 1
+            return (k,)  # a tuple is quicker to build and walk than a range
+        stop = self._stop(now)
+        self.next = stop
+        return range(k, stop)
+
+    def _stop(self, now: float) -> int:
+        """One past the last frame due at ``now`` (0 or less: not even frame 0)."""
+        start, period = self.start, self.period
+        last = int((now - start) / period)  # float division can miss by a frame: the deadlines decide
         if start + last * period > now:
             last -= 1
-        elif start + (last + 1) * period <= now:
-            last += 1
-        return last + 1 - k
+            while start + last * period > now:
+                last -= 1
+        else:
+            while start + (last + 1) * period <= now:
+                last += 1
+        return last + 1
 
     def lag(self, k: int, now: float) -> float:
         """How late frame ``k`` is at ``now``: how long after its deadline it leaves."""
