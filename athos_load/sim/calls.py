@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from athos_load.wire import AudioFormat, CallRecord, CallState, CallStatus, Role, Segment, Speaker, Speaking, advance
+from athos_load.wire.pacing import Schedule
 
 from .connection import Link, persona_wire_frames
 from .vad import EnergyVad
@@ -52,7 +53,7 @@ class Call:
         "rep_talk", "persona_talk", "persona_turns", "rep_stopped_at", "dropped_at", "dropped_once",
         "end_reason", "ended_at", "ended_wall", "duration_sec", "score", "scored_wall", "timers",
         "told_user", "told_persona", "pacer_slot",
-        "_frames", "_frame_s", "_sp_start", "_sp_sent", "_sp_total", "_sp_line", "_sp_greeting",
+        "_frames", "_frame_s", "_sp", "_sp_total", "_sp_line", "_sp_greeting",
     )  # fmt: skip
 
     def __init__(
@@ -109,8 +110,7 @@ class Call:
         self.pacer_slot = -1
         self._frames = persona_wire_frames(audio)
         self._frame_s = audio.frame_seconds
-        self._sp_start = 0.0
-        self._sp_sent = 0
+        self._sp = Schedule(0.0, self._frame_s)  # the persona utterance's frames, paced in real time
         self._sp_total = 0
         self._sp_line = ""
         self._sp_greeting = False
@@ -160,8 +160,7 @@ class Call:
         """Announce personaSpeaking and send the first frame; the pacer sends the rest on time."""
         assert self.link is not None
         self.turn = Turn.SPEAKING
-        self._sp_start = now
-        self._sp_sent = 0
+        self._sp = Schedule(now, self._frame_s)
         self._sp_total = max(1, round(seconds / self._frame_s))
         self._sp_line = line
         self._sp_greeting = greeting
@@ -174,16 +173,17 @@ class Call:
         """The pacer's hook: send the frames due by ``now``; the next deadline, or None when done."""
         if self.turn is not Turn.SPEAKING or self.link is None:
             return None
-        frames, fs, start = self._frames, self._frame_s, self._sp_start
-        k, total, loop_len = self._sp_sent, self._sp_total, len(frames)
+        frames, sp, total = self._frames, self._sp, self._sp_total
+        loop_len = len(frames)
         send = self.link.send_audio
-        while k < total and start + k * fs <= now:
+        for k in sp.take(now):  # what is due, late frames at once (wire.pacing's rule)
+            if k >= total:
+                sp.next = total
+                break
             send(frames[k % loop_len])
-            k += 1
-        self._sp_sent = k
-        if k < total:
-            return start + k * fs
-        end = start + total * fs  # the last frame has played out at the client
+        if sp.next < total:
+            return sp.next_deadline
+        end = sp.deadline(total)  # the last frame has played out at the client
         if end > now:
             return end
         self.stop_speaking(end, interrupted=False)
@@ -197,12 +197,13 @@ class Call:
         self.turn = Turn.LISTENING
         self.platform.pacer.cancel(self)
         self.tell_persona(False)
-        end = min(now, self._sp_start + self._sp_total * self._frame_s)
+        start = self._sp.start
+        end = min(now, self._sp.deadline(self._sp_total))
         text = self._sp_line + (" [interrupted]" if interrupted else "")
-        self.add_segment("persona", self._sp_start, end, text)
+        self.add_segment("persona", start, end, text)
         self.platform.truth.record(
             "persona_speaking", self.id, speaking=False, interrupted=interrupted, greeting=self._sp_greeting,
-            utterance=round(end - self._sp_start, 6),
+            utterance=round(end - start, 6),
         )  # fmt: skip
         if not self._sp_greeting and not interrupted:
             self.persona_turns += 1
