@@ -121,10 +121,10 @@ def _install_hook(path: str) -> None:
         if exception is not None or name not in TIMINGS:
             return
         frame = sys._getframe(1)
-        for _ in range(8):  # listener <- EventHook.fire <- Call._step <- the step's caller
+        for _ in range(8):  # listener <- EventHook.fire <- Call._record <- the step's caller
             if frame is None:
                 return
-            if frame.f_code.co_name == "_step" and isinstance(frame.f_locals.get("self"), Call):
+            if frame.f_code.co_name == "_record" and isinstance(frame.f_locals.get("self"), Call):
                 break
             frame = frame.f_back
         else:
