@@ -37,6 +37,7 @@ MAX_CACHED_CLIPS = 512
 MAX_FRAME_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_CONTROL_BYTES = 125  # RFC 6455 §5.5
+FINAL_DATA = (FIN | OPCODE_TEXT, FIN | OPCODE_BINARY)  # first header byte of an unfragmented message
 
 _cache: dict[int, tuple[Sequence[bytes], tuple[bytes, ...]]] = {}
 
@@ -152,28 +153,33 @@ class FrameReader:
             raise
 
     def _feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        # Parse straight from ``data`` when nothing is left over from the last call (the usual case:
+        # a whole frame per read); only a remainder is copied into the buffer.
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+            data = buffer
         out: list[tuple[int, bytes]] = []
-        pos, size = 0, len(buffer)
+        pos, size = 0, len(data)
         while size - pos >= 2:
-            b0, b1 = buffer[pos], buffer[pos + 1]
+            b0, b1 = data[pos], data[pos + 1]
             length, start = b1 & 0x7F, pos + 2
             if length == 126:
                 if size - pos < 4:
                     break
-                length, start = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), pos + 4
+                length, start = int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 4
             elif length == 127:
                 if size - pos < 10:
                     break
-                length, start = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), pos + 10
+                length, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
             if bool(b1 & MASKED) is not self.masked:
                 raise FrameError(
                     "a client must mask its frames (RFC 6455 §5.1)"
                     if self.masked
                     else "a server must not mask its frames (RFC 6455 §5.1)"
                 )
-            self._check_header(b0, length)
+            if not (b0 in FINAL_DATA and length <= self.max_frame and not self._opcode):
+                self._check_header(b0, length)  # the common case, a whole text or binary frame, is fine
             if self.masked:
                 start += 4
             end = start + length
@@ -181,9 +187,9 @@ class FrameReader:
                 break
             opcode = b0 & 0x0F
             if self.masked:
-                payload = _unmask(buffer, start, length, bytes(buffer[start - 4 : start]))
+                payload = _unmask(data, start, length, data[start - 4 : start])
             else:
-                payload = bytes(buffer[start:end])
+                payload = bytes(data[start:end])
             pos = end
             if opcode >= 0x8:  # control frames may arrive between fragments
                 out.append((opcode, payload))
@@ -196,7 +202,10 @@ class FrameReader:
                 self._opcode, self._parts, self._collected = 0, [], 0
             else:
                 out.append((opcode, payload))
-        del buffer[:pos]
+        if data is buffer:
+            del buffer[:pos]
+        elif pos < size:
+            buffer += data[pos:]
         return out
 
     def _check_header(self, b0: int, length: int) -> None:
@@ -230,6 +239,6 @@ def _unmask(data: bytes | bytearray, start: int, length: int, key: bytes) -> byt
     inverse), four bytes at a time with numpy when the length allows."""
     if length & 3 == 0:
         words = np.frombuffer(data, "<u4", length >> 2, start)
-        return (words ^ np.frombuffer(key, "<u4")[0]).tobytes()
+        return (words ^ int.from_bytes(key, "little")).tobytes()
     raw = np.frombuffer(data, np.uint8, length, start)
     return (raw ^ np.resize(np.frombuffer(key, np.uint8), length)).tobytes()
