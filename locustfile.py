@@ -4,8 +4,8 @@ SalesRep is one synthetic sales rep; AthosShape applies `--athos-shape` (default
 -u/-r/-t). Options: `athos-load options`.
 """
 
-from athos_load.shapes import AthosShape  # noqa: F401
-from athos_load.users import RoleplayUser, install
+from athos_load.plugin.shapes import AthosShape  # noqa: F401
+from athos_load.plugin.users import RoleplayUser, install
 
 install()
 

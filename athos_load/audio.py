@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from athos_load.wire import AudioFormat
+from athos_load.wire import AudioFormat, MaskedFrames, mask_frames
 
 # Speech detection. A frame is speech when its RMS is within SPEECH_RANGE_DB of the clip's loudest
 # frame and above SPEECH_FLOOR_DB; the relative part adapts to quiet recordings, the floor keeps a
@@ -63,6 +63,10 @@ class Clip:
     fmt: AudioFormat
     frames: tuple[bytes, ...]
     speech: tuple[tuple[float, float], ...]  # (start, end) seconds of each utterance, on the frame grid
+    wire: MaskedFrames = field(init=False)  # the frames masked for sending, once, shared by every session
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire", mask_frames(self.frames))
 
     @property
     def duration(self) -> float:

@@ -12,7 +12,7 @@ short run may not have the power to show a small regression (its bound stays low
 shows the bound so a reader can tell.
 
 Numpy only (no scipy): the whole bootstrap is one matrix product of resample weights by window
-counts, and a quantile read off cumulative sums.
+counts, and the percentile of every resampled row at once (:func:`~athos_load.histogram.bucket_percentiles`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .histogram import bucket_percentiles
 from .timeline import WindowHistogram
 
 RESAMPLES = 2000
@@ -131,11 +132,7 @@ def _block_weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarr
 
 
 def _statistic(counts: np.ndarray, sums: np.ndarray, values: np.ndarray, quantile: float | None) -> np.ndarray:
-    """Per row of bucket counts: the quantile (nearest rank, as a bucket value) or the mean."""
-    totals = counts.sum(axis=1)
+    """Per row of bucket counts: the quantile (the histograms' own definition) or the mean."""
     if quantile is None:
-        return sums / np.maximum(totals, 1)
-    cumulative = np.cumsum(counts, axis=1)
-    rank = quantile / 100.0 * (totals - 1)
-    index = (cumulative <= rank[:, None]).sum(axis=1)  # the first bucket whose cumulative count passes rank
-    return values[np.minimum(index, len(values) - 1)]
+        return sums / np.maximum(counts.sum(axis=1), 1)
+    return bucket_percentiles(counts, values, quantile)

@@ -29,7 +29,7 @@ from .metrics import Metrics, Outcome, ScoreOutcome, Timing
 from .pacer import AudioPacer
 from .scenario import HangupPolicy, Scenario
 from .session import RoleplaySession, SessionError, SessionEvent
-from .wire import AudioFormat, ErrorCode
+from .wire import AudioFormat, Ended, Error, ErrorCode, Speaking
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class Call:
             if self._over():
                 return
             assert self.session is not None
-            utterance = self.session.say(turn.clip.frames)
+            utterance = self.session.say(turn.clip.wire)
             if turn.clip.speech_end is not None:
                 # known from the audio itself, so turn latency does not wait for the platform's VAD;
                 # the reply to this turn is what the persona starts saying after this point
@@ -289,7 +289,8 @@ class Call:
         self._ready_at = event.at  # when the session saw it, not when connect() got to return
 
     def _on_persona(self, event: SessionEvent) -> None:
-        speaking = bool(event.payload and event.payload["speaking"])
+        assert isinstance(event.message, Speaking)
+        speaking = event.message.speaking
         self._persona_speaking = speaking
         if speaking:
             self._persona_started_at = event.at
@@ -309,17 +310,17 @@ class Call:
             self._reconnecting_at = None
 
     def _on_error(self, event: SessionEvent) -> None:
-        assert event.payload is not None
-        code = event.payload["code"]
+        assert isinstance(event.message, Error)
+        code = event.message.code
         self._record(Step.ERROR, error=code)
         if self._reconnecting_at is not None:  # the resume was refused: that recovery failed
             self._record(Step.RECONNECT, error=code)
             self._reconnecting_at = None
 
     def _on_ended(self, event: SessionEvent) -> None:
-        assert event.payload is not None
+        assert isinstance(event.message, Ended)
         self.ended_at = event.at
-        self.call_id = event.payload["callId"] or None
+        self.call_id = event.message.call_id or None
         self._changed.set()
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -415,7 +416,7 @@ class Call:
             if step in SETUP_STEPS:
                 m.setup_failed.inc(scenario=scenario)
         elif step in TIMINGS and seconds is not None:
-            m.observe(TIMINGS[step], seconds, scenario)
+            m.timings[TIMINGS[step]].observe(seconds, scenario=scenario)
         if step is Step.STARTED:
             m.call_started(scenario)
         elif step is Step.DROP:

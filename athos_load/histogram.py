@@ -123,12 +123,8 @@ class LogHistogram:
             return self.max
         if q <= 0:
             return self.min
-        rank = q / 100.0 * (self.count - 1)
-        cumulative = np.cumsum(self.counts)
-        lo = int(np.searchsorted(cumulative, math.floor(rank), side="right"))
-        hi = int(np.searchsorted(cumulative, math.ceil(rank), side="right"))
-        frac = rank - math.floor(rank)
-        value = (1 - frac) * self._value(lo) + frac * self._value(hi)
+        values, counts = self.buckets()
+        value = float(bucket_percentiles(counts[None, :], values, q)[0])
         return min(max(value, self.min), self.max)
 
     @classmethod
@@ -140,9 +136,6 @@ class LogHistogram:
         """The nonzero buckets, smallest first: each one's value (seconds) and its count."""
         index = np.flatnonzero(self.counts)
         return self.bucket_values(index), self.counts[index]
-
-    def _value(self, index: int) -> float:
-        return 2 * self._gamma ** (index + self._offset) / (self._gamma + 1)
 
     def summary(self) -> dict[str, float | int | None]:
         """count, min, p50, p95, p99, max in seconds: the JSON summary's shape for one timing."""
@@ -181,3 +174,22 @@ class LogHistogram:
 
 
 LogHistogram._layout()
+
+
+def bucket_percentiles(counts: np.ndarray, values: np.ndarray, q: float) -> np.ndarray:
+    """The q-th percentile (0–100) of each row of bucket counts, numpy's linear definition with
+    each bucket read as its value: the one percentile of the tool's histograms (a run's, a
+    window's, and the baseline bootstrap's thousands of resampled rows in one pass).
+
+    ``counts``: rows of counts (any non-negative numbers) over the buckets whose ``values`` are
+    given, smallest first. An empty row reads as the first value.
+    """
+    cumulative = np.cumsum(counts, axis=1)
+    rank = q / 100.0 * np.maximum(cumulative[:, -1] - 1, 0)
+    below, above = np.floor(rank), np.ceil(rank)
+    last = len(values) - 1
+    # the bucket holding the value of rank r (0-based) is the first whose cumulative count exceeds r
+    lo = np.minimum((cumulative <= below[:, None]).sum(axis=1), last)
+    hi = np.minimum((cumulative <= above[:, None]).sum(axis=1), last)
+    frac = rank - below
+    return (1 - frac) * values[lo] + frac * values[hi]

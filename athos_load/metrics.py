@@ -473,21 +473,6 @@ class Metrics:
 
     # -- recording -------------------------------------------------------------------------------
 
-    def observe(self, name: str, seconds: float, label: str = "") -> None:
-        """Observe into the histogram ``name`` (a :class:`Timing` or a lag's short name), under its
-        one label's value ``label``; raises on an undeclared name or a label it does not have."""
-        histogram = self.histogram(str(name))
-        if bool(histogram.labelnames) != bool(label):
-            raise ValueError(f"{histogram.name}: labels {list(histogram.labelnames)} declared, given {label!r}")
-        histogram.observe(seconds, **({histogram.labelnames[0]: label} if label else {}))
-
-    def count(self, name: str, *labels: str, amount: float = 1) -> None:
-        """Increment the counter ``name`` with label values in declared order. For callers holding a
-        name; code that holds the instrument writes ``metrics.setup_failed.inc(scenario=...)``."""
-        counter = self.counter(name)
-        counter.check(labels)
-        counter.inc(amount, **dict(zip(counter.labelnames, labels, strict=True)))
-
     def call_started(self, scenario: str) -> None:
         self.sessions_started.inc(scenario=scenario)
         self.active[self.source][scenario] += 1

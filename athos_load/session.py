@@ -8,8 +8,9 @@
     session.play(frames).wait()              # real-time audio, paced by the pacer given (or its own)
     session.hangup()                         # blocks until ended
 
-The eight SDK events arrive as :class:`SessionEvent` (name, seed payload, monotonic time ``at``).
-Each session runs one reader greenlet around :class:`~athos_load.protocol.ClientProtocol`: feed it
+The eight SDK events arrive as :class:`SessionEvent`: the typed message (``wire.messages``) and the
+monotonic time ``at``; ``name`` and ``payload`` give the SDK's view of it, built only when read.
+Each session runs one reader greenlet around :class:`~athos_load.wire.ClientProtocol`: feed it
 what arrives, emit its events, send what it returns. A transient drop is recovered here
 (reconnecting → resume with backoff → reconnected); when recovery fails the protocol emits
 ``error`` then ``ended``. Every read has a timeout and every wait a deadline, so no session can
@@ -52,8 +53,8 @@ from .wire import (
     client_frame,
     close_payload,
     mask_frames,
+    masked,
     parse_close,
-    wire_frames,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,11 +64,22 @@ RECV_BYTES = 65536
 
 @dataclass(frozen=True, slots=True)
 class SessionEvent:
-    """What a listener receives: the SDK event name, its payload as in the seed, and when."""
+    """What a listener receives: the typed event and when the session saw it.
 
-    name: str
-    payload: dict[str, Any] | None
+    Code inside the tool reads ``message`` (``event.message.speaking``); ``name`` and ``payload``
+    are the SDK's event name and seed payload, for listeners written against the SDK.
+    """
+
+    message: Event
     at: float  # time.monotonic() when the session saw it
+
+    @property
+    def name(self) -> str:
+        return self.message.name
+
+    @property
+    def payload(self) -> dict[str, Any] | None:
+        return self.message.payload()
 
 
 Listener = Callable[[SessionEvent], Any]
@@ -221,7 +233,7 @@ class RoleplaySession:
         """
         mic = self._pacer.microphone(self, self.audio.frame_seconds, None, start)
         self._mics.append(mic)
-        return mic.say(wire_frames(frames))
+        return mic.say(masked(frames))
 
     def say(self, frames: Sequence[bytes]) -> Utterance:
         """Queue a clip on the session's continuous microphone, which sends silence between clips
@@ -230,7 +242,7 @@ class RoleplaySession:
             silence = mask_frames([bytes(self.audio.frame_bytes)])[0]
             self._microphone = self._pacer.microphone(self, self.audio.frame_seconds, silence)
             self._mics.append(self._microphone)
-        return self._microphone.say(wire_frames(frames))
+        return self._microphone.say(masked(frames))
 
     def hangup(self, timeout: float | None = None) -> None:
         """Hang up and block until ``ended`` (if the server stays silent, end locally at the deadline)."""
@@ -416,7 +428,7 @@ class RoleplaySession:
             self._emit(event)
 
     def _emit(self, event: Event) -> None:
-        record = SessionEvent(event.name, event.payload(), time.monotonic())
+        record = SessionEvent(event, time.monotonic())
         if event.name == "ready":
             self._ready.set()
         for callback in tuple(self._listeners[event.name]):

@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ import aiohttp
 import numpy as np
 
 from athos_load.sim.pacer import Pacer
-from athos_load.wire import FrameReader
+from athos_load.wire import OPCODE_BINARY, OPCODE_TEXT, FrameReader, client_frame
 from athos_load.wire.pacing import Schedule
 
 FRAME_S = 0.020
@@ -45,7 +44,6 @@ RATE = 16000
 SAMPLES = RATE * 20 // 1000
 CYCLE_FRAMES = 200  # 4 s: 1 s of speech then 3 s of silence
 SPEECH_FRAMES = 50
-MASK = b"\x37\xfa\x21\x3d"  # a fixed masking key: the server unmasks whatever key it is given
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CLIENT_LAG_OK_MS = 5.0  # above this the client itself was late, so its lateness figures are not the sim's
 DRILL = "cold-call-discovery"
@@ -56,20 +54,11 @@ SIM_ARGS = [
 ]  # fmt: skip
 
 
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame (RFC 6455 5.3), built once and reused."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    else:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    masked = (np.frombuffer(payload, np.uint8) ^ np.resize(np.frombuffer(MASK, np.uint8), n)).tobytes()
-    return header + MASK + masked
-
-
 t = np.arange(SAMPLES) / RATE
-SPEECH = client_frame(0x2, (0.3 * 32767 * np.sin(2 * np.pi * 300 * t)).astype("<i2").tobytes())  # 6 whole cycles
-SILENCE = client_frame(0x2, (np.random.default_rng(1).normal(0, 30, SAMPLES)).astype("<i2").tobytes())
+SPEECH = client_frame(
+    OPCODE_BINARY, (0.3 * 32767 * np.sin(2 * np.pi * 300 * t)).astype("<i2").tobytes()
+)  # 6 whole cycles
+SILENCE = client_frame(OPCODE_BINARY, (np.random.default_rng(1).normal(0, 30, SAMPLES)).astype("<i2").tobytes())
 
 
 class Stream(asyncio.Protocol):
@@ -162,7 +151,7 @@ async def open_stream(host: str, port: int, token: str, lateness: list[float], s
     if not await asyncio.wait_for(stream.handshaken, 10):
         raise RuntimeError("handshake refused")
     join = json.dumps({"type": "join", "token": token, "drillKey": DRILL}).encode()
-    stream.transport.write(client_frame(0x1, join))
+    stream.transport.write(client_frame(OPCODE_TEXT, join))
     await asyncio.wait_for(stream.ready, 10)
     return stream
 

@@ -48,6 +48,16 @@ def test_bursts_widen_the_bound_rather_than_fail_the_run():
     assert failed <= 2
 
 
+def test_the_bootstrap_reads_a_percentile_as_the_run_summary_does():
+    """One percentile definition: the statistic the baseline compares is the run's own p(q)."""
+    windows = run(np.random.default_rng(3), windows=6, per_window=7)  # 42 samples: ranks fall between them
+    merged = WindowHistogram()
+    for h in windows:
+        merged.merge(h)
+    for q in (50.0, 90.0, 95.0):
+        assert compare(windows, windows, q).baseline == pytest.approx(merged.percentile(q), rel=1e-12), q
+
+
 def test_an_empty_side_gives_no_verdict():
     rng = np.random.default_rng(1)
     comparison = compare(run(rng), [], 95.0)
@@ -134,7 +144,7 @@ def test_a_run_like_its_baseline_passes_and_a_30_percent_slower_platform_fails(t
 def test_a_regression_is_judged_on_the_run_so_far_and_shown_in_the_live_tab():
     from athos_load.gates import _regression
     from athos_load.metrics import Metrics, Timing
-    from athos_load.webui import gate_row
+    from athos_load.plugin.webui import gate_row
 
     rng = np.random.default_rng(5)
 
@@ -145,7 +155,7 @@ def test_a_regression_is_judged_on_the_run_so_far_and_shown_in_the_live_tab():
         for _ in range(40):
             t[0] += 1.0
             for value in scale * rng.lognormal(np.log(0.3), 0.2, size=5):
-                m.observe(Timing.CONNECT_READY, float(value), "s")
+                m.timings[Timing.CONNECT_READY].observe(float(value), scenario="s")
         return m
 
     baseline = Baseline("base.json", recorded(1.0).timeline_summary()["windows"], {})

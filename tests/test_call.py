@@ -26,7 +26,20 @@ from athos_load.call import Call, CallFailure, CallSettings, ScoreDrain
 from athos_load.metrics import Metrics, Outcome, Timing
 from athos_load.scenario import HangupPolicy, Scenario, Turn
 from athos_load.session import SessionError, SessionEvent
-from athos_load.wire import SDK_EVENTS, AudioFormat, ErrorCode
+from athos_load.wire import (
+    SDK_EVENTS,
+    AudioFormat,
+    Connecting,
+    Ended,
+    Error,
+    ErrorCode,
+    Event,
+    Ready,
+    Reconnected,
+    Reconnecting,
+    Speaker,
+    Speaking,
+)
 
 FMT = AudioFormat()
 CLIP_FRAMES = 15  # 0.3 s of audio
@@ -53,12 +66,12 @@ class Platform:
         self.board = board
 
     def connect(self, session: FakeSession) -> None:
-        session.emit("connecting")
+        session.emit(Connecting())
         session.advance(self.connect_seconds)
         if self.refuse is not None:
             session.fail(self.refuse)
             raise SessionError(self.refuse, "refused")
-        session.emit("ready", {"persona": {"name": "Pat"}})
+        session.emit(Ready("Pat", CALL_ID, "resume"))
 
     def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
         """The rep's clip ``index`` has been sent; by default the persona answers it."""
@@ -138,25 +151,25 @@ class FakeSession:
     def advance(self, seconds: float) -> None:
         self.clock += seconds
 
-    def emit(self, name: str, payload: dict[str, Any] | None = None) -> None:
-        event = SessionEvent(name, payload, self.clock)
-        for callback in tuple(self.listeners[name]):
+    def emit(self, message: Event) -> None:
+        event = SessionEvent(message, self.clock)
+        for callback in tuple(self.listeners[message.name]):
             callback(event)
 
     def persona(self, at: float, seconds: float) -> None:
         """The persona speaks from ``at`` for ``seconds``."""
         self.clock = max(self.clock, at)
-        self.emit("personaSpeaking", {"speaking": True})
+        self.emit(Speaking(Speaker.PERSONA, True))
         self.advance(seconds)
-        self.emit("personaSpeaking", {"speaking": False})
+        self.emit(Speaking(Speaker.PERSONA, False))
 
     def fail(self, code: str) -> None:
         self.last_error = SessionError(code, "scripted")
-        self.emit("error", {"code": code, "message": "scripted"})
+        self.emit(Error(code, "scripted"))
 
     def end(self, reason: str) -> None:
         self.end_reason = reason
-        self.emit("ended", {"callId": CALL_ID, "durationSec": 1.0})
+        self.emit(Ended(CALL_ID, 1.0, reason))
         self._ended.set()
         self.platform.ended(self)
 
@@ -424,9 +437,9 @@ def test_a_drop_is_timed_until_reconnected():
     class Drop(Platform):
         def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
             if index == 0:
-                session.emit("reconnecting")
+                session.emit(Reconnecting())
                 session.advance(1.5)
-                session.emit("reconnected")
+                session.emit(Reconnected(CALL_ID))
             super().turn(session, index, utterance)
 
     h = Harness()
@@ -439,7 +452,7 @@ def test_a_drop_is_timed_until_reconnected():
 def test_a_refused_resume_fails_the_reconnect_and_the_call_with_one_error():
     class Lost(Platform):
         def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
-            session.emit("reconnecting")
+            session.emit(Reconnecting())
             session.advance(0.7)
             session.fail(ErrorCode.UNKNOWN_CALL)
             session.end("error")

@@ -57,8 +57,8 @@ def recorded() -> Metrics:
     m = Metrics()
     m.declare(["fast", "slow"])
     for i in range(100):
-        m.observe(Timing.CONNECT_READY, 0.1 + i * 0.001, "fast")  # 0.100 … 0.199
-        m.observe(Timing.CONNECT_READY, 2.0, "slow")
+        m.timings[Timing.CONNECT_READY].observe(0.1 + i * 0.001, scenario="fast")  # 0.100 … 0.199
+        m.timings[Timing.CONNECT_READY].observe(2.0, scenario="slow")
     for scenario in ("fast", "slow"):
         for _ in range(10):
             m.call_started(scenario)
@@ -66,7 +66,7 @@ def recorded() -> Metrics:
             m.call_finished(scenario, Outcome.COMPLETED, 60.0)
         for _ in range(2):
             m.call_finished(scenario, Outcome.FAILED)
-            m.count("athos_setup_failed", scenario)
+            m.setup_failed.inc(scenario=scenario)
         for _ in range(7):
             m.score_settled(scenario, ScoreOutcome.SCORED)
         m.score_settled(scenario, ScoreOutcome.MISSING)
@@ -99,7 +99,7 @@ def test_each_gate_observes_the_tools_own_numbers(tmp_path, gate, observed, pass
 def test_a_percentile_needs_enough_samples_to_judge(tmp_path):
     m = Metrics()
     for _ in range(99):
-        m.observe(Timing.PERSONA_RESPONSE, 0.5, "a")
+        m.timings[Timing.PERSONA_RESPONSE].observe(0.5, scenario="a")
     p99, p95 = load_gates(gates_file(tmp_path, "persona_response: ['p(99) < 1s', 'p(95) < 1s']"))
     assert p99.min_samples == 100 and p99.evaluate(m).passed is None  # 99 samples cannot say much of a p99
     assert p95.min_samples == 20 and p95.evaluate(m).passed is True
@@ -221,8 +221,8 @@ def test_a_saturated_generator_makes_the_run_invalid(tmp_path):
 
             from locust import User, constant, task
 
-            from athos_load.shapes import AthosShape  # noqa: F401
-            from athos_load.users import RoleplayUser, install
+            from athos_load.plugin.shapes import AthosShape  # noqa: F401
+            from athos_load.plugin.users import RoleplayUser, install
 
             install()
 

@@ -37,19 +37,19 @@ def synthetic_summary(*, gap: range, saturated: list[range], seconds: int = 120)
         now[0] = START + t + 0.5
         m.users = 10
         m.call_started("drill")
-        m.observe(Timing.TOKEN_MINT, rng.lognormal(-5, 0.3), "drill")
-        m.observe(Timing.CONNECT_READY, rng.lognormal(-1.6, 0.4), "drill")
+        m.timings[Timing.TOKEN_MINT].observe(rng.lognormal(-5, 0.3), scenario="drill")
+        m.timings[Timing.CONNECT_READY].observe(rng.lognormal(-1.6, 0.4), scenario="drill")
         for _ in range(3):
-            m.observe(Timing.PERSONA_RESPONSE, rng.lognormal(-0.2, 0.25), "drill")
+            m.timings[Timing.PERSONA_RESPONSE].observe(rng.lognormal(-0.2, 0.25), scenario="drill")
         if t % 4 == 0:
-            m.observe(Timing.END_TO_SCORE, rng.lognormal(1.2, 0.3), "drill")
+            m.timings[Timing.END_TO_SCORE].observe(rng.lognormal(1.2, 0.3), scenario="drill")
         if t % 9 == 0:
             m.error("no_reply")
         m.call_finished("drill", Outcome.COMPLETED, 30.0)
         m.score_settled("drill", ScoreOutcome.SCORED)
         m.audio_send_lags(rng.exponential(0.001, 50))
         m.record_health({"cpu_ratio": 0.97 if t in hot else 0.3}, saturated_for=1.0 if t in hot else 0.0)
-        m.observe("loadgen_loop_lag", rng.exponential(0.03 if t in hot else 0.001), m.source)
+        m.loop_lag.observe(rng.exponential(0.03 if t in hot else 0.001), worker=m.source)
     summary = m.summary()
     summary["saturated_seconds"] = float(len(hot))
     summary["loadgen"] = {"max_cpu_ratio": 0.97, "saturated_seconds": float(len(hot))}

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from html.parser import HTMLParser
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from support.locust_run import LOCUST, ROOT, locust_env
 from support.net import free_port
 
 from athos_load.metrics import Timing
-from athos_load.webui import RUN_TAB, TIMINGS_TAB, install_tab
+from athos_load.plugin.webui import RUN_TAB, TIMINGS_TAB, extended_stats, install_tab
 
 FAST_SIM = "--ready-latency fixed:0.05 --response-latency fixed:0.2 --score-delay fixed:0.2"
 PASSING = "gate connect_ready: p(50) < 10s"
@@ -86,11 +85,14 @@ def test_a_failure_in_the_tabs_leaves_locusts_own_stats_as_they_were(caplog, mon
     environment = Environment(user_classes=[Idle])
     environment.create_local_runner()
     environment.create_web_ui("127.0.0.1", 0, delayed_start=True)
-    broken = SimpleNamespace(metrics=None, plan=None, options=None)  # every read of it raises
+
+    def broken() -> list:
+        return extended_stats(None, [], 0.02)  # every read of the metrics raises
+
     install_tab(environment, broken)
     assert [t["key"] for t in environment.web_ui.template_args["extended_tabs"]] == [TIMINGS_TAB, RUN_TAB]
     client = environment.web_ui.app.test_client()
-    with caplog.at_level(logging.ERROR, logger="athos_load.webui"):
+    with caplog.at_level(logging.ERROR, logger="athos_load.plugin.webui"):
         answers = [client.get("/stats/requests") for _ in range(3)]
     for answer in answers:
         assert answer.status_code == 200

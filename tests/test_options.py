@@ -16,7 +16,7 @@ def parse(args: list[str], monkeypatch, env: dict[str, str] | None = None):
     """Locust's own parser (with the tool installed, as the locustfile does), as `locust` builds it."""
     import locust.argument_parser as ap
 
-    from athos_load.users import install
+    from athos_load.plugin.users import install
 
     install()
     for key, value in (env or {}).items():
@@ -48,7 +48,7 @@ def test_every_option_has_its_environment_variable(monkeypatch):
 def test_web_ui_form_shows_the_per_run_options(monkeypatch):
     import locust.argument_parser as ap
 
-    from athos_load.users import install
+    from athos_load.plugin.users import install
 
     install()
     monkeypatch.setattr(sys, "argv", ["locust", "-f", "locustfile.py"])
@@ -71,7 +71,7 @@ def test_library_user_is_abstract_and_the_locustfile_runs_one_rep(tmp_path):
     mine.write_text(
         textwrap.dedent(
             """
-            from athos_load.users import RoleplayUser, install
+            from athos_load.plugin.users import RoleplayUser, install
 
             install()
 

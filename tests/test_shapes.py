@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from athos_load.histogram import LogHistogram
-from athos_load.shapes import AthosShape, CapacitySearch, Gate, parse_params
+from athos_load.plugin.shapes import AthosShape, CapacitySearch, Gate, parse_params
 
 
 def shape_at(name: str, params: str, users: int = 50, rate: float = 5.0, run_time: int | None = None) -> AthosShape:

@@ -50,7 +50,7 @@ def test_worker_windows_fold_into_a_coarser_master():
     for step in range(40):
         clock.t += 0.5
         for i, worker in enumerate(workers):
-            worker.observe(Timing.CONNECT_READY, 0.2 + i, "s")
+            worker.timings[Timing.CONNECT_READY].observe(0.2 + i, scenario="s")
             expected.append(0.2 + i)
             if step % 10 == 0:
                 worker.call_started("s")

@@ -26,7 +26,7 @@ from athos_load.pacer import AudioPacer
 from athos_load.scenario import Scenario, ScenarioError, Turn, load_scenario
 from athos_load.session import SessionEvent
 from athos_load.sim.config import DEFAULT_GREETING_DRILLS, SimConfig
-from athos_load.wire import AudioFormat, ErrorCode
+from athos_load.wire import AudioFormat, ErrorCode, Speaker, Speaking
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = ROOT / "scenarios" / "audio"
@@ -189,10 +189,10 @@ class FakeSession:
         def speak() -> None:
             gevent.sleep(max(0.0, at - time.monotonic()))
             start = time.monotonic()
-            self.call._on_persona(SessionEvent("personaSpeaking", {"speaking": True}, start))
+            self.call._on_persona(SessionEvent(Speaking(Speaker.PERSONA, True), start))
             gevent.sleep(seconds)
             end = time.monotonic()
-            self.call._on_persona(SessionEvent("personaSpeaking", {"speaking": False}, end))
+            self.call._on_persona(SessionEvent(Speaking(Speaker.PERSONA, False), end))
             self.spoken.append((start, end))
 
         gevent.spawn(speak)

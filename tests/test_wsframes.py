@@ -7,15 +7,18 @@ import pytest
 from websocket._abnf import ABNF, frame_buffer
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
+from athos_load.audio import Clip
 from athos_load.wire import (
     OPCODE_BINARY,
     OPCODE_CLOSE,
     OPCODE_TEXT,
+    AudioFormat,
     FrameReader,
+    MaskedFrames,
     client_frame,
     close_payload,
     mask_frames,
-    wire_frames,
+    masked,
 )
 
 
@@ -44,10 +47,13 @@ def test_frames_parse_back_to_their_payloads(length):
 
 def test_every_frame_has_its_own_mask_and_clips_are_framed_once():
     payloads = tuple(bytes(640) for _ in range(50))
-    wire = wire_frames(payloads)
+    wire = mask_frames(payloads)
     keys = {frame[4:8] for frame in wire}
     assert len(keys) > 45  # random per frame (collisions of 32-bit keys are vanishingly rare)
-    assert wire_frames(payloads) is wire  # the same clip object: framed once, shared
+    assert masked(wire) is wire and masked(payloads) is not wire  # masked once; raw payloads are masked anew
+    clip = Clip(None, AudioFormat(), payloads, ())
+    assert isinstance(clip.wire, MaskedFrames) and clip.wire is clip.wire  # a clip is framed once, at load
+    assert [f.data for f in parse(b"".join(clip.wire))] == list(payloads)
     mixed = mask_frames([b"ab", b"abcd"])
     assert [f.data for f in parse(b"".join(mixed))] == [b"ab", b"abcd"]
 

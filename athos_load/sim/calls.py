@@ -2,7 +2,8 @@
 
 A :class:`Call` holds what one call is (ids, audio format, connection, transcript, status) and the
 persona's part of the conversation; the decisions that span calls (joins, drops, ending, scoring)
-are made by :class:`athos_load.sim.platform.Platform`, which every call points back to.
+are made by the platform that holds the call (:class:`CallHost`: the simulator's ``Platform``), to
+which every call points back.
 """
 
 from __future__ import annotations
@@ -12,16 +13,24 @@ import bisect
 import enum
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from athos_load.wire import AudioFormat, CallRecord, CallState, CallStatus, Role, Segment, Speaker, Speaking, advance
 from athos_load.wire.pacing import Schedule
 
 from .connection import Link, persona_wire_frames
+from .pacer import Pacer
+from .truth import TruthLog
 from .vad import EnergyVad
 
-if TYPE_CHECKING:
-    from .platform import Platform
+
+class CallHost(Protocol):
+    """What a call asks of the platform holding it (so this module needs no import of it)."""
+
+    pacer: Pacer
+    truth: TruthLog
+
+    def persona_finished(self, call: Call, now: float) -> None: ...
 
 
 class Turn(enum.Enum):
@@ -58,7 +67,7 @@ class Call:
 
     def __init__(
         self,
-        platform: Platform,
+        platform: CallHost,
         *,
         call_id: str,
         resume_token: str,

@@ -15,6 +15,8 @@ import random
 import secrets
 import time
 
+import numpy as np
+
 from athos_load.wire import (
     CALL_ID_PREFIX,
     AudioFormat,
@@ -101,12 +103,12 @@ class Platform:
         }
 
     def _pacer_lag(self) -> dict[str, float | None]:
-        lags = sorted(self.pacer.lags)
-        if not lags:
+        if not self.pacer.lags:
             return {"pacerLagP99Ms": None, "pacerLagMaxMs": None}
+        lags = np.fromiter(self.pacer.lags, dtype=np.float64)
         return {
-            "pacerLagP99Ms": round(1000 * lags[min(len(lags) - 1, int(0.99 * len(lags)))], 3),
-            "pacerLagMaxMs": round(1000 * lags[-1], 3),
+            "pacerLagP99Ms": round(1000 * float(np.percentile(lags, 99)), 3),
+            "pacerLagMaxMs": round(1000 * float(lags.max()), 3),
         }
 
     def _slowed(self, dist: Distribution) -> float:

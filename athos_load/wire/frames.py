@@ -30,7 +30,6 @@ OPCODES = frozenset({0x0, 0x1, 0x2, 0x8, 0x9, 0xA})  # RFC 6455 §5.2; the rest 
 FIN = 0x80
 RSV = 0x70
 MASKED = 0x80
-MAX_CACHED_CLIPS = 512
 # What a peer may send, at most. Athos sends JSON events of a few hundred bytes and audio frames of
 # ~10 KB (48 kHz, 100 ms); anything near these limits is a broken or hostile peer, and checking the
 # header before buffering is what keeps a claimed 2^62-byte frame from taking the process's memory.
@@ -38,9 +37,6 @@ MAX_FRAME_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_CONTROL_BYTES = 125  # RFC 6455 §5.5
 FINAL_DATA = (FIN | OPCODE_TEXT, FIN | OPCODE_BINARY)  # first header byte of an unfragmented message
-
-_cache: dict[int, tuple[Sequence[bytes], tuple[bytes, ...]]] = {}
-
 
 # RFC 6455 §1.3: the server proves it read the client's key by hashing it with this GUID.
 HANDSHAKE_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -89,30 +85,32 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode() + HANDSHAKE_GUID).digest()).decode()
 
 
-def mask_frames(payloads: Sequence[bytes]) -> tuple[bytes, ...]:
+class MaskedFrames(tuple[bytes, ...]):
+    """Complete masked binary frames, ready to send as they are: what :func:`mask_frames` makes
+    of a clip, once, for every session that plays it (an audio ``Clip`` keeps its own)."""
+
+    __slots__ = ()
+
+
+def mask_frames(payloads: Sequence[bytes]) -> MaskedFrames:
     """Each payload as a complete masked binary frame; payloads of one length go in one numpy pass."""
     if not payloads:
-        return ()
+        return MaskedFrames()
     length = len(payloads[0])
     if any(len(p) != length for p in payloads):
-        return tuple(mask_frames([p])[0] for p in payloads)
+        return MaskedFrames(mask_frames([p])[0] for p in payloads)
     count = len(payloads)
     data = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(count, length)
     keys = np.frombuffer(os.urandom(4 * count), dtype=np.uint8).reshape(count, 4)
     masked = data ^ np.tile(keys, (1, -(-length // 4)))[:, :length]
     head = np.frombuffer(header(length), dtype=np.uint8)
     frames = np.hstack([np.broadcast_to(head, (count, head.size)), keys, masked])
-    return tuple(row.tobytes() for row in frames)
+    return MaskedFrames(row.tobytes() for row in frames)
 
 
-def wire_frames(payloads: Sequence[bytes]) -> tuple[bytes, ...]:
-    """:func:`mask_frames`, cached per clip object: clips are loaded once and shared by every user."""
-    entry = _cache.get(id(payloads))
-    if entry is None or entry[0] is not payloads:
-        if len(_cache) >= MAX_CACHED_CLIPS:  # callers passing fresh lists must not grow memory
-            _cache.clear()
-        entry = _cache[id(payloads)] = (payloads, mask_frames(payloads))
-    return entry[1]
+def masked(frames: Sequence[bytes]) -> MaskedFrames:
+    """``frames`` as masked binary frames: as they are if already masked, else masked now."""
+    return frames if isinstance(frames, MaskedFrames) else mask_frames(frames)
 
 
 class FrameReader:

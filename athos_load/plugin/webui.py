@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from flask import request
 
-from .gates import Gate, GateResult, Regression, RegressionResult, format_value
-from .metrics import Metrics, Outcome, ScoreOutcome, Timing
-from .report import count_text, ms_text
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from ..gates import Gate, GateResult, Regression, RegressionResult, format_value
+from ..metrics import Metrics, Outcome, ScoreOutcome, Timing
+from ..report import count_text, ms_text
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +53,9 @@ TABLES = [
 STATS_PATH = "/stats/requests"  # what the page polls, under any --web-base-path
 
 
-def install_tab(environment: Any, runtime: Runtime) -> None:
-    """Add the tabs to ``environment.web_ui`` (Locust's ``WebUI``); their rows follow the run.
+def install_tab(environment: Any, rows: Callable[[], list[dict[str, Any]]]) -> None:
+    """Add the tabs to ``environment.web_ui`` (Locust's ``WebUI``); ``rows()`` gives their rows
+    now (:func:`extended_stats`), read at every poll, so they follow the run.
 
     Locust merges its own template arguments into ``template_args`` on every page load, so keys
     set once stay. The rows are added to each ``/stats/requests`` answer; anything going wrong
@@ -76,7 +75,7 @@ def install_tab(environment: Any, runtime: Runtime) -> None:
         try:
             body = json.loads(response.get_data())
             others = [s for s in body.get("extended_stats") or [] if s.get("key") not in ours]
-            body["extended_stats"] = others + extended_stats(runtime)
+            body["extended_stats"] = others + rows()
             response.set_data(json.dumps(body))
         except Exception:  # noqa: BLE001 - Locust's own stats page must keep working
             if not failed:
@@ -87,14 +86,12 @@ def install_tab(environment: Any, runtime: Runtime) -> None:
     web_ui.app.after_request(add_rows)
 
 
-def extended_stats(runtime: Runtime) -> list[dict[str, Any]]:
+def extended_stats(metrics: Metrics, gates: list[Gate | Regression], frame_seconds: float) -> list[dict[str, Any]]:
     """The rows of both tabs, as ``/stats/requests`` carries them."""
-    metrics = runtime.metrics
-    gates = runtime.plan.gates if runtime.plan is not None else []
     summary = metrics.summary()
     return [
         {"key": TIMINGS_TAB, "data": timing_rows(summary)},
-        {"key": RUN_TAB, "data": run_rows(metrics, summary, gates, runtime.options.audio.frame_seconds)},
+        {"key": RUN_TAB, "data": run_rows(metrics, summary, gates, frame_seconds)},
     ]
 
 

@@ -25,8 +25,8 @@ from typing import Any
 import gevent
 from locust.runners import STATE_RUNNING, STATE_SPAWNING
 
-from .api import Score, ScoreBoard
-from .metrics import Metrics
+from ..api import Score, ScoreBoard
+from ..metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

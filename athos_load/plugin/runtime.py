@@ -14,7 +14,7 @@ environment as ``environment.athos``. What a process holds depends on its role:
 
 At ``test_stop`` the scores of calls that already ended are drained, then the summary is written
 and, in a headless run, the table printed. On a master this waits for every worker's final delta
-(see :mod:`athos_load.distributed`).
+(see :mod:`athos_load.plugin.distributed`).
 """
 
 from __future__ import annotations
@@ -36,23 +36,23 @@ from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRu
 from locust.stats import CSV_STATS_INTERVAL_SEC
 from prometheus_client import start_http_server, write_to_textfile
 
-from .api import ApiError, AthosApi, ScoreBoard, ScorePoller, WebhookReceiver
-from .baseline import Baseline, BaselineError
-from .call import CallSettings, ScoreDrain
+from ..api import ApiError, AthosApi, ScoreBoard, ScorePoller, WebhookReceiver
+from ..baseline import Baseline, BaselineError
+from ..call import CallSettings, ScoreDrain
+from ..gates import Gate, GateResult, GatesError, Regression, default_regressions, load_gates, verdict
+from ..health import HealthMonitor
+from ..metrics import Metrics, Outcome, Timing
+from ..options import AthosOptions, OptionError
+from ..pacer import AudioPacer
+from ..report import format_table, junit_xml, markdown
+from ..report_html import html_report
+from ..scenario import Scenario, ScenarioError, load_scenarios
+from ..sim.config import SIM_API_KEY, SIM_WEBHOOK_SECRET
+from ..simproc import SimulatorProcess
+from ..verdict import ExitCode
+from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, realtime_url
 from .distributed import MasterHub, WorkerLink
-from .gates import Gate, GateResult, GatesError, Regression, default_regressions, load_gates, verdict
-from .health import HealthMonitor
-from .metrics import Metrics, Outcome, Timing
-from .options import AthosOptions, OptionError
-from .pacer import AudioPacer
-from .report import format_table, junit_xml, markdown
-from .report_html import html_report
-from .scenario import Scenario, ScenarioError, load_scenarios
-from .sim.config import SIM_API_KEY, SIM_WEBHOOK_SECRET
-from .simproc import SimulatorProcess
-from .verdict import ExitCode
-from .webui import install_tab
-from .wire import CURSOR_NOW, AudioFormat, ErrorCode, realtime_url
+from .webui import extended_stats, install_tab
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,11 @@ class Runtime:
         if self.is_master:
             self.hub = MasterHub(runner, self.metrics, self.board, score_timeout=self.options.score_timeout)
         if getattr(environment, "web_ui", None) is not None:
-            install_tab(environment, self)
+            install_tab(environment, self._tab_rows)
+
+    def _tab_rows(self) -> list[dict[str, Any]]:
+        gates = self.plan.gates if self.plan is not None else []
+        return extended_stats(self.metrics, gates, self.options.audio.frame_seconds)
 
     # -- checks before the run -------------------------------------------------------------------
 

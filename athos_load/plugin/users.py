@@ -4,7 +4,7 @@ A locustfile calls :func:`install` once and defines a concrete subclass of :clas
 (the shipped ``locustfile.py`` does exactly that). Importing this module registers nothing. Each
 user is one synthetic sales rep; it owns nothing but its REST connection and a random generator:
 the call flow is :class:`~athos_load.call.Call`, the shared services live in the process's
-:class:`~athos_load.runtime.Runtime` (``environment.athos``), and results reach Locust only
+:class:`~athos_load.plugin.runtime.Runtime` (``environment.athos``), and results reach Locust only
 through its request event.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 import gevent
 from locust import User, between, events, task
 
-from .call import Call
-from .options import OptionError, add_options
+from ..call import Call
+from ..options import OptionError, add_options
+from ..scenario import ScenarioError, pick
+from ..verdict import ExitCode
 from .runtime import Runtime
-from .scenario import ScenarioError, pick
-from .verdict import ExitCode
 
 
 class RoleplayUser(User):
@@ -50,7 +50,7 @@ class RoleplayUser(User):
         gevent.sleep(self.rng.uniform(0.0, 1.0))
         runtime: Runtime | None = getattr(self.environment, "athos", None)
         if runtime is None:
-            raise RuntimeError("athos-load is not installed: call athos_load.users.install() in the locustfile")
+            raise RuntimeError("athos-load is not installed: call athos_load.plugin.users.install() in the locustfile")
         self._settings, scenarios = runtime.user_settings()
         if self.scenario_name is not None:
             scenarios = [s for s in scenarios if s.name == self.scenario_name]

@@ -27,8 +27,8 @@ from typing import Any
 
 from locust import LoadTestShape
 
-from .histogram import LogHistogram
-from .metrics import Timing
+from ..histogram import LogHistogram
+from ..metrics import Timing
 
 logger = logging.getLogger(__name__)
 
