@@ -8,7 +8,7 @@
   once) and hands ``call.scored`` to the board.
 * :class:`ScorePoller`: the fallback when no webhook can reach the tool: polls ``GET /v1/calls``.
 
-Message shapes come from :mod:`athos_load.protocol`; this module only moves them.
+Message shapes come from :mod:`athos_load.wire`; this module only moves them.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import gevent
 import gevent.event
 import requests
+import urllib3
 from gevent.pywsgi import WSGIServer
 
 from .wire import (
@@ -48,6 +49,8 @@ from .wire import (
 )
 
 logger = logging.getLogger(__name__)
+MAX_BODY_BYTES = 8 << 20  # a REST answer past this is broken or hostile (a page of 500 calls is ~0.5 MB)
+_T = TypeVar("_T")
 
 
 class ApiError(Exception):
@@ -61,11 +64,28 @@ class ApiError(Exception):
 
 
 class AthosApi:
-    """The platform's REST API. One per Locust user is fine; the HTTP connection is kept alive."""
+    """The platform's REST API. One per Locust user is fine; the HTTP connection is kept alive.
 
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0, verify: bool | str = True) -> None:
+    Every request has a total deadline, ``timeout``: connecting, sending and the whole answer.
+    requests' own timeout bounds each socket read only, so a platform that trickles its answer a
+    byte at a time would hold a user for the whole run; a gevent timeout around the request bounds
+    it whole. An answer is read up to ``max_body`` bytes, and a larger one is refused unread. Every
+    failure is an :class:`ApiError` with a code: the platform's, ``request_timeout``,
+    ``connect_failed`` or, for an answer that is not what the protocol says, ``remote_protocol``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        verify: bool | str = True,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.max_body = max_body
         self.verify = verify  # a CA bundle path for a private CA; per request, since REQUESTS_CA_BUNDLE
         # in the environment would override a session-wide setting
         self._http = requests.Session()
@@ -73,11 +93,12 @@ class AthosApi:
 
     def mint_token(self, drill_key: str, webhook_url: str | None = None) -> MintResponse:
         body = MintRequest(drill_key, webhook_url).serialize()
-        response = self._request("POST", PATH_SESSIONS, data=body, headers={"Content-Type": "application/json"})
-        return MintResponse.parse(response.content)
+        what = f"POST {PATH_SESSIONS}"
+        answer = self._request("POST", PATH_SESSIONS, data=body, headers={"Content-Type": "application/json"})
+        return _parsed(what, MintResponse.parse, answer)
 
     def get_call(self, call_id: str) -> CallRecord:
-        return parse_call(self._request("GET", f"{PATH_CALLS}/{call_id}").content)
+        return _parsed(f"GET {PATH_CALLS}/:id", parse_call, self._request("GET", f"{PATH_CALLS}/{call_id}"))
 
     def list_calls(
         self, *, status: CallStatus | None = None, after: str | None = None, limit: int = 100
@@ -87,24 +108,51 @@ class AthosApi:
             params["status"] = status.value
         if after is not None:
             params["after"] = after
-        return parse_call_list(self._request("GET", PATH_CALLS, params=params).content)
+        return _parsed(f"GET {PATH_CALLS}", parse_call_list, self._request("GET", PATH_CALLS, params=params))
 
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, **kwargs: Any) -> bytes:
+        """The answer's body, within the deadline and the size limit; an ApiError otherwise."""
+        what = f"{method} {path}"
+        deadline = gevent.Timeout(self.timeout)
+        deadline.start()
         try:
             response = self._http.request(
-                method, self.base_url + path, timeout=self.timeout, verify=self.verify, **kwargs
+                method, self.base_url + path, timeout=self.timeout, verify=self.verify, stream=True, **kwargs
             )
+            try:
+                body = response.raw.read(self.max_body + 1, decode_content=True)
+            finally:
+                response.close()
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+            self._http.close()  # the connection was cut mid-answer: none of it can be reused
+            raise ApiError(ErrorCode.REQUEST_TIMEOUT, f"{what}: no whole answer within {self.timeout:g}s") from None
         except requests.Timeout as exc:
-            raise ApiError(ErrorCode.CONNECT_TIMEOUT, f"{method} {path}: {exc}") from None
-        except requests.RequestException as exc:
-            raise ApiError(ErrorCode.CONNECT_FAILED, f"{method} {path}: {exc}") from None
+            raise ApiError(ErrorCode.REQUEST_TIMEOUT, f"{what}: {exc}") from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiError(ErrorCode.CONNECT_FAILED, f"{what}: {exc}") from None
+        finally:
+            deadline.close()
+        if len(body) > self.max_body:
+            raise ApiError(
+                ErrorCode.REMOTE_PROTOCOL, f"{what}: an answer over {self.max_body} bytes", response.status_code
+            )
         if response.status_code >= 400:
-            err = parse_error_body(response.content)
-            raise ApiError(err.code, err.message, response.status_code)
-        return response
+            err = parse_error_body(body)
+            raise ApiError(err.code, f"{what}: {response.status_code}: {err.message}", response.status_code)
+        return body
+
+
+def _parsed(what: str, parse: Callable[[bytes], _T], body: bytes) -> _T:
+    """``parse(body)``; an answer the protocol does not allow is the platform's error, with a code."""
+    try:
+        return parse(body)
+    except RemoteProtocolError as exc:
+        raise ApiError(ErrorCode.REMOTE_PROTOCOL, f"{what}: {exc}") from None
 
 
 # -- scores ----------------------------------------------------------------------------------------
@@ -289,19 +337,29 @@ class ScorePoller:
     The fallback when the platform cannot reach a webhook on the load generator. One per process.
     It starts from the platform's "now" (``after=now``), so it never reads the platform's history,
     and each pass follows the cursor until a page comes back empty (at most ``max_pages``), so a
-    platform that caps its pages below ``page_limit`` cannot make it fall behind. Any failure is
-    counted and logged, and polling goes on after ``interval``.
+    platform that caps its pages below ``page_limit`` cannot make it fall behind. Any failure, of
+    whatever kind, is counted (``errors``, and by code) and polling goes on: after ``interval``,
+    doubled at each failure in a row up to ``max_interval``, so a platform in trouble is not
+    hammered, and back to ``interval`` after the first pass that works.
     """
 
     def __init__(
-        self, api: AthosApi, board: ScoreBoard, *, interval: float = 1.0, page_limit: int = 500, max_pages: int = 100
+        self,
+        api: AthosApi,
+        board: ScoreBoard,
+        *,
+        interval: float = 1.0,
+        max_interval: float = 30.0,
+        page_limit: int = 500,
+        max_pages: int = 100,
     ) -> None:
         self.api = api
         self.board = board
         self.interval = interval
+        self.max_interval = max(interval, max_interval)
         self.page_limit = page_limit
         self.max_pages = max_pages
-        self.counts: Counter[str] = Counter()  # polls, pages, delivered, errors
+        self.counts: Counter[str] = Counter()  # polls, pages, delivered, errors, and errors by code
         self._cursor: str | None = None
         self._greenlet: gevent.Greenlet | None = None
 
@@ -312,6 +370,10 @@ class ScorePoller:
     def stop(self) -> None:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
+
+    @property
+    def alive(self) -> bool:
+        return self._greenlet is not None and not self._greenlet.dead
 
     def poll_once(self) -> int:
         """One pass over every page of newly scored calls; returns how many were delivered."""
@@ -340,10 +402,19 @@ class ScorePoller:
         return delivered
 
     def _run(self) -> None:
+        delay = self.interval
         while True:
             try:
                 self.poll_once()
+                delay = self.interval
             except Exception as exc:  # noqa: BLE001 - any answer, however broken, is counted, not fatal
                 self.counts["errors"] += 1
-                logger.warning("polling %s failed: %s", PATH_CALLS, exc)
-            gevent.sleep(self.interval)
+                self.counts[str(exc.code) if isinstance(exc, ApiError) else "internal"] += 1
+                if delay == self.interval or logger.isEnabledFor(logging.DEBUG):  # once per run of failures
+                    logger.warning(
+                        "polling %s failed (next tries back off to %gs): %s", PATH_CALLS, self.max_interval, exc
+                    )
+                gevent.sleep(delay)
+                delay = min(self.max_interval, delay * 2)
+                continue
+            gevent.sleep(delay)

@@ -156,6 +156,7 @@ class RoleplaySession:
         self._raw_socket: socket.socket | None = None  # see _raw_socket()
         self._write_lock = gevent.lock.Semaphore()  # one frame at a time on the socket
         self._microphone: Microphone | None = None
+        self._resume_deadline: float | None = None  # a resume sent and not yet answered must be by then
 
     @classmethod
     def create(cls, *, token: str, drill_key: str, url: str, **options: Any) -> RoleplaySession:
@@ -215,8 +216,10 @@ class RoleplaySession:
         try:
             self._ws = self._open(deadline)
         except (OSError, websocket.WebSocketException) as exc:
-            self._fail(ErrorCode.CONNECT_FAILED, f"{type(exc).__name__}: {exc}")
-            raise SessionError(ErrorCode.CONNECT_FAILED, str(exc)) from None
+            timed_out = isinstance(exc, TimeoutError | websocket.WebSocketTimeoutException)
+            code = ErrorCode.CONNECT_TIMEOUT if timed_out else ErrorCode.CONNECT_FAILED
+            self._fail(code, f"{type(exc).__name__}: {exc}")
+            raise SessionError(code, str(exc)) from None
         self._send_text()
         self._reader = gevent.spawn(self._read_loop)
         if not self._ready.wait(max(0.0, deadline - time.monotonic())):
@@ -256,10 +259,11 @@ class RoleplaySession:
             self._protocol.hangup(time.monotonic())
             self._send_text()
             self._flush_events()
-        if not self.wait_ended(self.hangup_timeout if timeout is None else timeout):
-            self._close_socket()
-            self._protocol.connection_lost(time.monotonic(), resumable=False)
-            self._flush_events()
+        limit = self.hangup_timeout if timeout is None else timeout
+        if not self.wait_ended(limit):
+            # A platform that never confirms the end (half-open, stalled) has not completed the
+            # call: it is failed with a code of its own, not counted as a clean hang-up.
+            self._fail(ErrorCode.HANGUP_TIMEOUT, f"no ended within {limit:g}s of the hang-up")
         self.close()
 
     def wait_ended(self, timeout: float | None = None) -> bool:
@@ -307,12 +311,24 @@ class RoleplaySession:
     # -- I/O -------------------------------------------------------------------------------------
 
     def _open(self, deadline: float) -> websocket.WebSocket:
+        """Connect and do the opening handshake by ``deadline``; TimeoutError if it is not done by then."""
         timeout = max(0.1, deadline - time.monotonic())
         sslopt = None
         if self.url.startswith("wss:"):
             sslopt = {"context": self._ssl_context or shared_ssl_context()}
-        # websocket-client does the opening handshake only; every frame after it is ours (wire.frames)
-        ws = websocket.create_connection(self.url, timeout=timeout, sslopt=sslopt, skip_utf8_validation=True)
+        # websocket-client's timeout bounds each socket operation, so a server that trickles its
+        # handshake a byte at a time would never trip it: a gevent timeout bounds the whole of it.
+        # websocket-client does the opening handshake only; every frame after it is ours (wire.frames).
+        whole = gevent.Timeout(timeout)
+        whole.start()
+        try:
+            ws = websocket.create_connection(self.url, timeout=timeout, sslopt=sslopt, skip_utf8_validation=True)
+        except gevent.Timeout as exc:
+            if exc is not whole:
+                raise
+            raise TimeoutError(f"no WebSocket handshake within {timeout:.1f}s") from None  # its socket is closed
+        finally:
+            whole.close()
         ws.settimeout(self.read_timeout)
         self._raw_socket = _raw_socket(ws.sock)
         return ws
@@ -344,8 +360,11 @@ class RoleplaySession:
                 try:
                     data = ws.sock.recv(RECV_BYTES)
                 except TimeoutError:
-                    if time.monotonic() - last_heard > self.idle_timeout and self.state is CallState.READY:
+                    now = time.monotonic()
+                    if now - last_heard > self.idle_timeout and self.state is CallState.READY:
                         self._lost(resumable=True)
+                    elif self._resume_deadline is not None and now > self._resume_deadline:
+                        self._fail(ErrorCode.RECONNECT_FAILED, "no answer to the resume within the connect timeout")
                     continue
                 except (OSError, AttributeError):  # reset, or closed under us (sock is None)
                     self._lost(resumable=True)
@@ -406,8 +425,9 @@ class RoleplaySession:
                 continue
             self.reconnects += 1
             self._protocol.resume(time.monotonic())
+            self._resume_deadline = time.monotonic() + self.connect_timeout
             self._send_text()
-            return  # the reader goes on: reconnected or error arrives as a text frame
+            return  # the reader goes on: reconnected or error arrives as a text frame, by the deadline
         self._fail(ErrorCode.RECONNECT_FAILED, f"no connection after {self.reconnect.max_attempts} attempts")
 
     def _fail(self, code: ErrorCode, message: str) -> None:
@@ -431,6 +451,8 @@ class RoleplaySession:
         record = SessionEvent(event, time.monotonic())
         if event.name == "ready":
             self._ready.set()
+        elif event.name in ("reconnected", "error", "ended"):
+            self._resume_deadline = None  # the resume was answered
         for callback in tuple(self._listeners[event.name]):
             try:
                 callback(record)

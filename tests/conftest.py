@@ -6,8 +6,10 @@ from gevent import monkey
 monkey.patch_all()
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from support.hostile import HostilePeer
 
 from athos_load.simproc import SimulatorProcess
 
@@ -45,3 +47,20 @@ def sim_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
 def sim(sim_factory: Callable[..., SimulatorProcess]) -> SimulatorProcess:
     """A simulator with short fixed latencies (``SIM_FAST_ARGS``) and every fault off."""
     return sim_factory()
+
+
+# -- hostile: a misbehaving platform (tests/support/hostile.py), as a subprocess ----------------------
+
+
+@pytest.fixture
+def hostile(tmp_path: Path) -> Iterator[Callable[[str], HostilePeer]]:
+    """``hostile(script)`` starts the hostile server playing ``script``; stopped by pid at the end."""
+    peers: list[HostilePeer] = []
+
+    def start(script: str) -> HostilePeer:
+        peers.append(HostilePeer.start(script, tmp_path / f"{script}.jsonl", lifetime=60.0))
+        return peers[-1]
+
+    yield start
+    for peer in peers:
+        peer.stop()

@@ -7,12 +7,11 @@ or die silently, and it must answer a Close frame with a Close of the same code.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from support.hostile import HostilePeer
+from support.memory import PeakRss
 
 from athos_load.session import ReconnectPolicy, RoleplaySession, SessionError, SessionEvent
 from athos_load.wire import SDK_EVENTS, ErrorCode
@@ -21,29 +20,6 @@ TIME_BOUND = 5.0  # seconds from connect() to the end of the call; each limit tr
 # A client that buffered what these peers offer would grow by 50 MB (one text frame) to 128 MiB
 # (what the streaming scripts send before giving up), so this bound tells the two apart.
 RSS_BOUND = 50 << 20
-
-
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024  # the kernel reports kB
-    raise LookupError(field)
-
-
-class PeakRss:
-    """This process's peak RSS growth from now: the kernel's high-water mark (VmHWM) is reset
-    through /proc/self/clear_refs, so a buffer that grew and was freed again is still seen."""
-
-    def __init__(self) -> None:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.field = "VmHWM"
-        except OSError:  # no way to reset the peak: the RSS afterwards is the best left
-            self.field = "VmRSS"
-        self.before = _status_bytes("VmRSS")
-
-    def growth(self) -> int:
-        return _status_bytes(self.field) - self.before
 
 
 @dataclass
@@ -63,20 +39,6 @@ class Outcome:
     def error(self) -> tuple[ErrorCode | str, str] | None:
         err = self.session.last_error
         return None if err is None else (err.code, err.message)
-
-
-@pytest.fixture
-def hostile(tmp_path: Path) -> Iterator[Callable[[str], HostilePeer]]:
-    """``hostile(script)`` starts the hostile server playing ``script``; stopped by pid at the end."""
-    peers: list[HostilePeer] = []
-
-    def start(script: str) -> HostilePeer:
-        peers.append(HostilePeer.start(script, tmp_path / f"{script}.jsonl", lifetime=30.0))
-        return peers[-1]
-
-    yield start
-    for peer in peers:
-        peer.stop()
 
 
 def new_session(peer: HostilePeer) -> RoleplaySession:

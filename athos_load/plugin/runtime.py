@@ -63,6 +63,7 @@ SETUP_CODES = frozenset(
         ErrorCode.UNAUTHORIZED,
         ErrorCode.CONNECT_FAILED,
         ErrorCode.CONNECT_TIMEOUT,
+        ErrorCode.REQUEST_TIMEOUT,
         ErrorCode.UNKNOWN_DRILL,
         ErrorCode.BAD_AUDIO_FORMAT,
         ErrorCode.REMOTE_PROTOCOL,
@@ -226,7 +227,7 @@ class Runtime:
                     f"--host {host}: the platform refused the API key in ${self.options.api_key_env} "
                     f"({exc.status} {exc.code})"
                 ) from None
-            if exc.code in (ErrorCode.CONNECT_FAILED, ErrorCode.CONNECT_TIMEOUT):
+            if exc.code in (ErrorCode.CONNECT_FAILED, ErrorCode.CONNECT_TIMEOUT, ErrorCode.REQUEST_TIMEOUT):
                 raise OptionError(f"--host {host}: cannot reach the platform ({_reason(exc.message)})") from None
             logger.info("--host %s answered the start-up check with %s; going on", host, exc.code)
         except Exception as exc:  # noqa: BLE001 - it answered, if strangely: the calls will tell

@@ -59,6 +59,8 @@ class ErrorCode(enum.StrEnum):
     # raised by the client itself
     CONNECT_FAILED = "connect_failed"
     CONNECT_TIMEOUT = "connect_timeout"
+    REQUEST_TIMEOUT = "request_timeout"  # a REST answer not whole within its deadline
+    HANGUP_TIMEOUT = "hangup_timeout"  # the platform never acknowledged a hang-up with ended
     RECONNECT_FAILED = "reconnect_failed"
     REMOTE_PROTOCOL = "remote_protocol"
     NO_REPLY = "no_reply"

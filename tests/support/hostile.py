@@ -7,7 +7,11 @@
 It listens on a free port of 127.0.0.1, answers each connection with a correct WebSocket upgrade
 (RFC 6455 §4.2.2), reads the client's first message (``join``), then plays one scripted
 misbehaviour (``SCRIPTS``: giant frame headers, endless fragments, RFC violations, bad JSON, messages
-out of order, a Close frame). Afterwards it goes on reading what the client sends, answers a
+out of order, a Close frame, a trickled handshake, a hang-up or a resume never answered). An
+``HTTP_SCRIPTS`` script answers any plain HTTP request instead (the REST API's misbehaviours: an
+answer trickled a byte at a time, a 300 MB body, an HTML page where JSON belongs).
+
+After a WebSocket script it goes on reading what the client sends, answers a
 ``hangup`` with ``ended`` and Close 1000, and stops at EOF. Everything it sees is appended to the
 report as JSON lines (the first line gives the port), so a test can assert what the client did on
 the wire. It exits by itself after ``--lifetime`` seconds; tests also stop it by its pid.
@@ -40,6 +44,7 @@ TEXT, BINARY, CONTINUATION, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 STREAM_LIMIT = 128 << 20  # what a streaming script sends at most: far past any sane client limit
 CHUNK = 1 << 20
 IO_TIMEOUT = 5.0  # per send: a client that stops reading cannot hold the script (reads wait to the deadline)
+TRICKLE_GAP = 0.2  # between the bytes of a trickled answer: far under any per-read timeout
 PAUSE = 0.1  # after ready, so the misbehaviour reaches a call in progress, not a connect()
 READY = {"type": "ready", "persona": {"name": "Mallory"}, "callId": "athos_call_hostile", "resumeToken": "rt"}
 
@@ -77,8 +82,9 @@ def text(obj: dict[str, Any]) -> bytes:
 class Connection:
     """One accepted client: the handshake, its frames in, the script's bytes out, the report."""
 
-    def __init__(self, sock: socket.socket, log: Callable[..., None], deadline: float) -> None:
+    def __init__(self, sock: socket.socket, log: Callable[..., None], deadline: float, index: int = 0) -> None:
         self.sock = sock
+        self.index = index  # how many connections the server accepted before this one
         self.log = log
         self.deadline = deadline
         self.buffer = b""
@@ -108,24 +114,38 @@ class Connection:
         out, self.buffer = self.buffer[:n], self.buffer[n:]
         return out
 
-    def handshake(self) -> bool:
+    def read_request(self) -> tuple[str, dict[str, str]] | None:
+        """The HTTP request line and headers (lower-case names); None if the client gave none."""
         while b"\r\n\r\n" not in self.buffer:
             if len(self.buffer) > 16384 or not self._fill(len(self.buffer) + 1):
-                return False
+                return None
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
         headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        self.log(event="request", line=lines[0])
+        return lines[0], headers
+
+    def handshake(self, request: tuple[str, dict[str, str]], trickle: bool = False) -> bool:
+        """Answer the WebSocket upgrade (RFC 6455 §4.2.2); ``trickle``: a byte at a time, slowly."""
+        line, headers = request
         key = headers.get("sec-websocket-key", "")
-        if not lines[0].startswith("GET ") or headers.get("upgrade", "").lower() != "websocket" or not key:
+        if not line.startswith("GET ") or headers.get("upgrade", "").lower() != "websocket" or not key:
             self.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             return False
         accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-        self.send(
+        answer = (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
         )
-        self.log(event="handshake", path=lines[0].split(" ")[1])
+        if trickle and not self.trickle(answer):
+            return False
+        if not trickle:
+            self.send(answer)
+        self.log(event="handshake", path=line.split(" ")[1])
         return True
+
+    def read_body(self, headers: dict[str, str]) -> bytes:
+        return self._take(int(headers.get("content-length") or 0)) or b""
 
     def read_frame(self) -> tuple[int, bytes] | None:
         """The client's next frame, unmasked; None at EOF, a reset, a timeout or the deadline."""
@@ -175,29 +195,50 @@ class Connection:
             sent += len(chunk)
         self.log(event="streamed", bytes=sent, cut_off=not ok)
 
+    def trickle(self, data: bytes, gap: float = TRICKLE_GAP) -> bool:
+        """Send ``data`` a byte at a time, ``gap`` apart: every read the client makes returns in
+        time, so only a deadline on the whole exchange can stop it. False if the client left."""
+        for i in range(len(data)):
+            if time.monotonic() > self.deadline or not self.send(data[i : i + 1]):
+                self.log(event="trickled", bytes=i, cut_off=True)
+                return False
+            time.sleep(gap)
+        self.log(event="trickled", bytes=len(data), cut_off=False)
+        return True
+
     def ready(self) -> None:
         self.send(text(READY))
         time.sleep(PAUSE)
 
     # -- the connection --------------------------------------------------------------------------
 
-    def serve(self, script: Callable[[Connection], None]) -> None:
-        if not self.handshake():
+    def serve(self, script: str) -> None:
+        request = self.read_request()
+        if request is None:
+            return
+        if script in HTTP_SCRIPTS:
+            HTTP_SCRIPTS[script](self, request)
+            return
+        if request[1].get("upgrade", "").lower() != "websocket":  # REST behaves: mint a token
+            self.read_body(request[1])
+            self.send(http_answer("200 OK", MINTED))
+            return
+        if not self.handshake(request, trickle=script == "trickle-handshake"):
             return
         first = self.read_frame()
         if first is None:
             self.log(event="eof")
             return
         self.record(*first)
-        script(self)
+        SCRIPTS[script](self)
         self.drain()
 
-    def drain(self) -> None:
+    def drain(self, answer_hangup: bool = True) -> None:
         """Read until the client goes: answer a hangup as a platform would, note its Close."""
         while (got := self.read_frame()) is not None:
             opcode, payload = got
             self.record(opcode, payload)
-            if opcode == TEXT and b'"hangup"' in payload and not self.answered_hangup:
+            if opcode == TEXT and b'"hangup"' in payload and answer_hangup and not self.answered_hangup:
                 self.answered_hangup = True
                 ended = {"type": "ended", "callId": READY["callId"], "durationSec": 1.0, "reason": "hangup"}
                 self.send(text(ended) + frame(CLOSE, (1000).to_bytes(2, "big")))
@@ -301,6 +342,26 @@ def unknown_event(c: Connection) -> None:
     c.send(text({"type": "userSpeaking", "speaking": True}) + text({"type": "userSpeaking", "speaking": False}))
 
 
+def trickle_handshake(c: Connection) -> None:
+    """The upgrade was answered a byte at a time (see :meth:`Connection.serve`); then a call."""
+    c.ready()
+
+
+def silent_hangup(c: Connection) -> None:
+    """A platform gone half-open: it hears the hang-up (and everything else) and never answers."""
+    c.ready()
+    c.drain(answer_hangup=False)
+
+
+def unanswered_resume(c: Connection) -> None:
+    """The call drops (no Close frame); the resume on the next connection is read, never answered."""
+    if c.index == 0:
+        c.ready()
+        c.sock.shutdown(socket.SHUT_RDWR)
+    else:
+        c.drain(answer_hangup=False)
+
+
 def closer(body: bytes) -> Callable[[Connection], None]:
     def close(c: Connection) -> None:
         c.ready()
@@ -330,6 +391,56 @@ SCRIPTS: dict[str, Callable[[Connection], None]] = {
     "close-4000": closer((4000).to_bytes(2, "big") + b"bye"),
     "close-1006": closer((1006).to_bytes(2, "big")),  # describes a lost connection; never on the wire
     "close-short": closer(b"\x03"),  # a 1-byte body: half a code
+    "trickle-handshake": trickle_handshake,
+    "silent-hangup": silent_hangup,
+    "unanswered-resume": unanswered_resume,
+}
+
+
+# -- REST misbehaviours: an answer to any HTTP request that is not an upgrade -----------------------
+
+
+def http_answer(status: str, body: bytes, content_type: str = "application/json", length: int | None = None) -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+MINTED = json.dumps({"token": "tok_hostile", "expiresAt": "2099-01-01T00:00:00Z"}).encode()
+
+
+def trickle_http(c: Connection, request: tuple[str, dict[str, str]]) -> None:
+    """A correct answer, a byte at a time."""
+    c.read_body(request[1])
+    c.trickle(http_answer("200 OK", MINTED))
+
+
+def huge_body(c: Connection, request: tuple[str, dict[str, str]]) -> None:
+    """A 300 MB answer (as claimed, and sent for as long as the client reads)."""
+    c.read_body(request[1])
+    size = 300_000_000
+    c.flood(itertools.chain([http_answer("200 OK", b"", length=size)], itertools.repeat(bytes(CHUNK), size // CHUNK)))
+
+
+def html_ok(c: Connection, request: tuple[str, dict[str, str]]) -> None:
+    """A 200 with an HTML page, as a captive portal or a misrouted proxy answers."""
+    c.read_body(request[1])
+    c.send(http_answer("200 OK", b"<html><body>Welcome</body></html>", "text/html"))
+
+
+def html_error(c: Connection, request: tuple[str, dict[str, str]]) -> None:
+    """A 502 from a proxy, with its HTML page instead of the platform's error body."""
+    c.read_body(request[1])
+    c.send(http_answer("502 Bad Gateway", b"<html><body>Bad Gateway</body></html>", "text/html"))
+
+
+HTTP_SCRIPTS: dict[str, Callable[[Connection, tuple[str, dict[str, str]]], None]] = {
+    "trickle-http": trickle_http,
+    "huge-body": huge_body,
+    "html-ok": html_ok,
+    "html-error": html_error,
 }
 
 
@@ -343,6 +454,7 @@ def serve(script: str, report: Path, lifetime: float) -> None:
 
         log(event="listening", port=server.getsockname()[1])
         server.settimeout(0.2)
+        index = 0
         while time.monotonic() < deadline:
             try:
                 sock, _ = server.accept()
@@ -350,7 +462,8 @@ def serve(script: str, report: Path, lifetime: float) -> None:
                 continue
             log(event="connection")
             with sock:
-                Connection(sock, log, deadline).serve(SCRIPTS[script])
+                Connection(sock, log, deadline, index).serve(script)
+            index += 1
 
 
 # -- the test side --------------------------------------------------------------------------------
@@ -366,7 +479,7 @@ class HostilePeer:
 
     @classmethod
     def start(cls, script: str, report: Path, lifetime: float = 30.0, timeout: float = 10.0) -> HostilePeer:
-        if script not in SCRIPTS:
+        if script not in SCRIPTS and script not in HTTP_SCRIPTS:
             raise ValueError(f"unknown script {script!r}")
         proc = subprocess.Popen(
             [sys.executable, __file__, script, "--report", str(report), "--lifetime", str(lifetime)],
@@ -383,6 +496,10 @@ class HostilePeer:
     @property
     def url(self) -> str:
         return f"ws://{LOOPBACK}:{self.port}/v1/realtime"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
 
     def events(self) -> list[dict[str, Any]]:
         """What the server has reported so far (complete lines only: it may be writing one)."""
@@ -412,7 +529,7 @@ class HostilePeer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("script", choices=sorted(SCRIPTS))
+    parser.add_argument("script", choices=sorted([*SCRIPTS, *HTTP_SCRIPTS]))
     parser.add_argument("--report", type=Path, required=True, help="JSON lines of what the server saw")
     parser.add_argument("--lifetime", type=float, default=30.0, help="seconds before it exits by itself")
     args = parser.parse_args()
