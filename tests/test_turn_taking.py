@@ -198,16 +198,8 @@ class FakeSession:
         gevent.spawn(speak)
 
 
-class FakeMetrics:
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.observed: list[tuple[str, float]] = []
-
-    def observe(self, timing: str, seconds: float, label: str = "") -> None:
-        self.observed.append((str(timing), seconds))
-
-    def error(self, code: object) -> None:
-        self.errors.append(str(code))
+def errors(metrics: Metrics) -> dict[str, float]:
+    return metrics.summary()["errors"]
 
 
 def replies(latency: float = 0.1, seconds: float = 0.3) -> Any:
@@ -220,7 +212,7 @@ def replies(latency: float = 0.1, seconds: float = 0.3) -> Any:
 
 
 def converse(script: Any, *, greets: bool = False, barge_in: float | None = None, think: float = 0.0,
-             reply_timeout: float = 2.0, before: Any = None) -> tuple[FakeSession, FakeMetrics, float]:  # fmt: skip
+             reply_timeout: float = 2.0, before: Any = None) -> tuple[FakeSession, Metrics, float]:  # fmt: skip
     """Two turns (the second a barge-in if ``barge_in``) played against ``script``; ``before``
     (called with the session) sets up what the persona does from the start."""
     clip = Clip(None, FMT, (bytes(FMT.frame_bytes),) * CLIP_FRAMES, (SPEECH,))
@@ -228,7 +220,8 @@ def converse(script: Any, *, greets: bool = False, barge_in: float | None = None
         name="fake", drill="fake", turns=(Turn(clip, "a.wav"), Turn(clip, "b.wav", barge_in=barge_in)),
         think_time=(think, think), reply_timeout=reply_timeout, persona_greets=greets, max_call_seconds=30,
     )  # fmt: skip
-    metrics = FakeMetrics()
+    metrics = Metrics()
+    metrics.declare(["fake"])
     settings = CallSettings(api=None, ws_url="", board=None, metrics=metrics, pacer=None, audio=FMT, drain=None)  # type: ignore[arg-type]
     call = Call(settings, scenario, lambda **kw: None, random.Random(1))
     session = FakeSession(call, script)
@@ -254,7 +247,7 @@ def test_fake_waits_for_a_declared_greeting_that_starts_late():
     greeting = session.spoken[0]
     assert session.said[0].start >= greeting[1]  # after it, though it began after the call was ready
     assert_never_over_the_persona(session)
-    assert metrics.errors == [] and len(session.said) == 2
+    assert errors(metrics) == {} and len(session.said) == 2
 
 
 def test_fake_does_not_start_over_an_undeclared_greeting():
@@ -265,7 +258,7 @@ def test_fake_does_not_start_over_an_undeclared_greeting():
     session, metrics, t0 = converse(replies(), before=greeting_under_way)
     assert session.said[0].start >= session.spoken[0][1]
     assert_never_over_the_persona(session)
-    assert metrics.errors == []
+    assert errors(metrics) == {}
 
 
 def test_fake_an_utterance_during_the_rep_speech_is_not_the_reply():
@@ -281,7 +274,7 @@ def test_fake_an_utterance_during_the_rep_speech_is_not_the_reply():
     first_reply = session.spoken[1]
     assert session.said[1].start >= first_reply[1]
     assert_never_over_the_persona(session)
-    assert metrics.errors == [] and len([t for t, _ in metrics.observed if t == "persona_response"]) == 2
+    assert errors(metrics) == {} and metrics.timing("persona_response").count == 2
 
 
 def test_fake_waits_when_the_persona_speaks_again_during_think_time():
@@ -309,7 +302,7 @@ def test_fake_no_reply_is_counted_and_the_call_goes_on():
             session.persona(utterance.start + SPEECH[1] + 0.1, 0.2)  # only the second turn is answered
 
     session, metrics, _ = converse(script, reply_timeout=0.3)
-    assert metrics.errors == [ErrorCode.NO_REPLY.value]
+    assert errors(metrics) == {ErrorCode.NO_REPLY.value: 1}
     assert session.said[1].start - session.said[0].end == pytest.approx(0.3, abs=0.1)
     assert len(session.spoken) == 1
 
