@@ -20,13 +20,15 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import gevent
 import gevent.event
+import gevent.pool
 import requests
 import urllib3
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .wire import (
     CURSOR_NOW,
@@ -49,6 +51,7 @@ from .wire import (
 )
 
 logger = logging.getLogger(__name__)
+MAX_WEBHOOK_BYTES = 1_000_000  # a call.scored is a few hundred bytes
 MAX_BODY_BYTES = 8 << 20  # a REST answer past this is broken or hostile (a page of 500 calls is ~0.5 MB)
 _T = TypeVar("_T")
 
@@ -229,9 +232,17 @@ class ScoreBoard:
 class WebhookReceiver:
     """Receives ``call.scored`` on ``POST <path>`` and hands it to a :class:`ScoreBoard`.
 
-    ``counts`` tallies every delivery by outcome: ``accepted``, ``duplicate`` (a redelivered event
-    id: answered 200 so the sender stops retrying, handed on once), and the rejections
-    ``missing``, ``malformed``, ``bad_signature``, ``stale`` (401) and ``bad_body`` (400).
+    It faces whatever can reach its port, so nothing a sender does costs more than bounded time
+    and memory: a body past ``max_body`` is refused (413), each request from its first byte to the
+    answer must be done within ``request_timeout`` (a sender that trickles its headers or body, or
+    opens a connection and says nothing, is cut off), and at most ``max_connections`` are served at
+    once (the rest wait in the listen backlog). Content-Length and chunked bodies are both read.
+
+    ``counts`` tallies every delivery by outcome: ``accepted``, ``duplicate`` (a replayed event id:
+    answered 200 so the sender stops retrying, handed on once), and the rejections ``missing``,
+    ``malformed``, ``bad_signature``, ``stale`` (401), ``bad_body`` (400: signed, but not a
+    ``call.scored``), ``bad_request`` (400: truncated, or not HTTP), ``too_large`` (413) and
+    ``timeout`` (cut off at ``request_timeout``).
     """
 
     def __init__(
@@ -245,16 +256,24 @@ class WebhookReceiver:
         tolerance: float = 300.0,
         public_url: str | None = None,
         max_seen: int = 100_000,
+        max_body: int = MAX_WEBHOOK_BYTES,
+        request_timeout: float = 10.0,
+        max_connections: int = 256,
     ) -> None:
         self.board = board
         self.secret = secret
         self.path = path
         self.tolerance = tolerance
+        self.max_body = max_body
         self.counts: Counter[str] = Counter()
         self._seen: OrderedDict[str, None] = OrderedDict()  # event ids, oldest first, bounded
         self._max_seen = max_seen
         self._public_url = public_url
-        self._server = _NoDelayWSGIServer((host, port), self._app, log=None, error_log=logger)
+        self._connections = gevent.pool.Pool(max_connections)
+        self._server = _ReceiverServer(
+            (host, port), self._app, log=None, error_log=logger, spawn=self._connections,
+            counts=self.counts, request_timeout=request_timeout,
+        )  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -263,6 +282,11 @@ class WebhookReceiver:
             return self._public_url
         host, port = self._server.address[:2]
         return f"http://{host}:{port}{self.path}"
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now (at most ``max_connections``)."""
+        return len(self._connections)
 
     def start(self) -> WebhookReceiver:
         self._server.start()
@@ -298,22 +322,51 @@ class WebhookReceiver:
             return _respond(start_response, 404, "not_found")
         if environ.get("REQUEST_METHOD") != "POST":
             return _respond(start_response, 405, "method_not_allowed")
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        if length > 1_000_000:
-            self.counts["bad_body"] += 1
-            return _respond(start_response, 413, "too_large")
-        body = environ["wsgi.input"].read(length)
+        body, problem = self._read_body(environ)
+        if problem is not None:
+            self.counts[problem] += 1
+            status = {"too_large": 413, "timeout": 408}.get(problem, 400)
+            return _respond(start_response, status, problem, close=True)
         signature = environ.get("HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_"))
         status, outcome = self.handle(body, signature, time.time())
         return _respond(start_response, status, outcome)
 
+    def _read_body(self, environ: dict[str, Any]) -> tuple[bytes, str | None]:
+        """The whole body (Content-Length or chunked), or why there is none to judge."""
+        declared = environ.get("CONTENT_LENGTH")
+        try:
+            length = int(declared) if declared else None
+        except ValueError:
+            return b"", "bad_request"
+        if length is not None and length > self.max_body:
+            return b"", "too_large"
+        stream = environ["wsgi.input"]
+        try:
+            # chunked: pywsgi decodes it; read one byte past the limit to tell an oversized one
+            body = stream.read(self.max_body + 1 if length is None else length)
+        except (OSError, ValueError):  # a broken chunk, a reset
+            return b"", "bad_request"
+        except gevent.Timeout:  # the request's deadline (_BoundedHandler) passed while the body trickled in
+            # pywsgi would read the rest of the body after the answer, with no deadline left: mark
+            # the input as read to the end, so it answers and closes (Connection: close) at once
+            stream.content_length, stream.chunked_input = stream.position, False
+            return b"", "timeout"
+        if len(body) > self.max_body:
+            return b"", "too_large"
+        if length is not None and len(body) < length:
+            return b"", "bad_request"  # the sender stopped short of its Content-Length
+        return body, None
 
-class _NoDelayWSGIServer(WSGIServer):
-    """pywsgi writes a response's headers and body separately; without TCP_NODELAY the second
-    write can wait ~40 ms for a delayed ACK, and the platform sees a slow 200."""
+
+class _ReceiverServer(WSGIServer):
+    """pywsgi with TCP_NODELAY (it writes a response's headers and body separately; without it the
+    second write can wait ~40 ms for a delayed ACK, and the platform sees a slow 200), and with
+    each request bounded in time by :class:`_BoundedHandler`."""
+
+    def __init__(self, *args: Any, counts: Counter[str], request_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, handler_class=_BoundedHandler, **kwargs)
+        self.counts = counts
+        self.request_timeout = request_timeout
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         with contextlib.suppress(OSError):
@@ -321,13 +374,42 @@ class _NoDelayWSGIServer(WSGIServer):
         super().handle(sock, address)
 
 
-def _respond(start_response: Callable[..., Any], status: int, outcome: str) -> list[bytes]:
-    reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed"}
+class _BoundedHandler(WSGIHandler):
+    """Each request, from waiting for its first line to the answer, within the server's
+    ``request_timeout``; a connection past it is closed. A keep-alive connection that goes quiet
+    after a request is simply closed; one that never finished a request is counted ``timeout``."""
+
+    server: _ReceiverServer
+    _served = 0
+
+    def handle_one_request(self) -> Any:
+        self.requestline = None
+        deadline = gevent.Timeout(self.server.request_timeout)
+        deadline.start()
+        try:
+            result = super().handle_one_request()
+        except gevent.Timeout as exc:
+            if exc is not deadline:
+                raise
+            if self.requestline or not self._served:
+                self.server.counts["timeout"] += 1
+            return None  # close the connection
+        finally:
+            deadline.close()
+        if result is True:
+            self._served += 1
+        elif isinstance(result, tuple):  # pywsgi refused the request itself (a bad request line or header)
+            self.server.counts["bad_request"] += 1
+        return result
+
+
+def _respond(start_response: Callable[..., Any], status: int, outcome: str, close: bool = False) -> list[bytes]:
+    """A small JSON answer; ``close``: end the connection after it (what is left of the request is unread)."""
     body = f'{{"outcome":"{outcome}"}}'.encode()
-    start_response(
-        f"{status} {reasons.get(status, 'Error')}",
-        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-    )
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    if close:
+        headers.append(("Connection", "close"))
+    start_response(f"{status} {HTTPStatus(status).phrase}", headers)
     return [body]
 
 

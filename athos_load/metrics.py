@@ -647,6 +647,20 @@ def _window_values(
     return lambda counter: [(key, n) for (name, key), n in counts.items() if name == counter.name]
 
 
+class TallyCollector:
+    """A tally kept elsewhere (``Counter`` by outcome) exposed as one counter family at scrape
+    time: the webhook receiver's deliveries by outcome, ``athos_webhooks_total{outcome}``."""
+
+    def __init__(self, name: str, documentation: str, label: str, tally: Callable[[], Mapping[str, float]]) -> None:
+        self.name, self.documentation, self.label, self.tally = name, documentation, label, tally
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, n in sorted(self.tally().items()):
+            family.add_metric([value], n)
+        yield family
+
+
 class _Collector:
     """Renders :class:`Metrics` at scrape time: every declared instrument, then the levels."""
 

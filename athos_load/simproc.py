@@ -20,6 +20,25 @@ from .wire import realtime_url
 LISTENING = re.compile(rb"athos-sim: listening on (https?://\S+)")
 
 
+SECRET_OPTIONS = ("--api-key", "--webhook-secret")
+
+
+def redact(args: Sequence[str]) -> list[str]:
+    """``args`` with the values of athos-sim's secret options hidden, for messages and reports."""
+    out: list[str] = []
+    hide = False
+    for arg in args:
+        name, eq, _ = arg.partition("=")
+        if hide:
+            out.append("***")
+        elif eq and name in SECRET_OPTIONS:
+            out.append(f"{name}=***")
+        else:
+            out.append(arg)
+        hide = not eq and arg in SECRET_OPTIONS
+    return out
+
+
 class SimulatorProcess:
     """An ``athos-sim`` child process on loopback, from start to a bounded stop."""
 
@@ -69,7 +88,7 @@ class SimulatorProcess:
                 return match.group(1).decode()
         self.stop()
         raise RuntimeError(
-            f"athos-sim did not start ({shlex.join(self.args[3:])}): {seen.decode(errors='replace')[-500:]}"
+            f"athos-sim did not start ({shlex.join(redact(self.args[3:]))}): {seen.decode(errors='replace')[-500:]}"
         )
 
     @property

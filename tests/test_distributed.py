@@ -79,6 +79,7 @@ def test_master_merges_what_two_workers_recorded(tmp_path):
     for outcome in ("completed", "failed", "aborted"):
         assert total(prom, "athos_sessions_total", outcome=outcome) == calls[outcome]
     assert total(prom, "athos_scores_total") == calls["scored"]
+    assert total(prom, "athos_webhooks_total", outcome="accepted") == summary["webhooks"]["accepted"]  # at the master
     # every worker's health is shown at the master, one series each, beside the master's own
     workers_seen = {dict(labels)["worker"] for (n, labels) in prom if n == "athos_loadgen_memory_bytes"}
     assert workers_seen == {"master", "w0", "w1"}

@@ -26,7 +26,7 @@ def test_a_wrong_realtime_url_stops_the_run_after_the_first_failed_calls(sim_fac
         "--host", sim.http_url, "--headless", "-u", "3", "-r", "3", "-t", "120s",
         "--athos-scenario", "scenarios/smoke", "--athos-summary", str(tmp_path / "s.json"),
         "--athos-ws-url", sim.ws_url.replace("/v1/realtime", "/v1/nowhere"),
-        env=locust_env(ATHOS_API_KEY=sim.api_key), timeout=110,
+        env=locust_env(ATHOS_API_KEY=sim.api_key, ATHOS_WEBHOOK_SECRET=sim.webhook_secret), timeout=110,
     )  # fmt: skip
     assert time.monotonic() - started < 60  # not the 120 s the run asked for
     assert result.returncode == 2, result.stderr[-2000:]
@@ -39,7 +39,8 @@ def test_with_a_host_the_tool_says_the_platform_must_reach_its_receiver(sim_fact
     sim = sim_factory()
     result = run_locust(
         "--host", sim.http_url, "--headless", "-u", "1", "-t", "3s", "--athos-scenario", "scenarios/smoke",
-        "--athos-drain-timeout", "0", env=locust_env(ATHOS_API_KEY=sim.api_key), timeout=60,
+        "--athos-drain-timeout", "0", timeout=60,
+        env=locust_env(ATHOS_API_KEY=sim.api_key, ATHOS_WEBHOOK_SECRET=sim.webhook_secret),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("athos-load: ")]

@@ -1,5 +1,7 @@
 """The webhook receiver over real HTTP on loopback, and the score board it feeds."""
 
+import contextlib
+import socket
 import time
 
 import gevent
@@ -111,3 +113,99 @@ def test_score_arriving_as_the_waiter_is_killed_is_kept_for_the_next_waiter():
     gevent.sleep(0.01)
     assert waiter.dead
     assert board.wait("x", timeout=0.5).score == 70.0  # the drain's wait still gets it
+
+
+# -- a receiver anyone can reach: bounded in time, memory and connections ---------------------------
+
+
+def raw(rx, data: bytes, *, wait: float = 5.0, close_write: bool = False) -> bytes:
+    """Send ``data`` on a new connection and read until the receiver closes it (or ``wait`` passes)."""
+    host, port = rx.url.split("/")[2].split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        sock.sendall(data)
+        if close_write:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
+
+
+def post_head(rx, headers: dict[str, str]) -> bytes:
+    path = "/" + rx.url.split("/", 3)[3]
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_a_non_ascii_signature_is_a_401_not_a_500(receiver):
+    body = ScoredEvent("evt_u", "athos_call_1", 80.0, time.time()).serialize().encode()
+    head = post_head(receiver, {"Content-Length": str(len(body))})
+    head = head.replace(b"\r\n\r\n", f"\r\n{SIGNATURE_HEADER}: t=1,v1=".encode() + "é".encode() + b"\r\n\r\n", 1)
+    answer = raw(receiver, head + body)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert receiver.counts["malformed"] == 1
+
+
+def test_a_signed_chunked_delivery_is_accepted(receiver):
+    waiter = receiver.board.expect("athos_call_c")
+    body = ScoredEvent("evt_c", "athos_call_c", 64.0, time.time()).serialize().encode()
+    headers = {SIGNATURE_HEADER: sign_webhook(SECRET, int(time.time()), body), EVENT_ID_HEADER: "evt_c"}
+    chunks = (body[i : i + 7] for i in range(0, len(body), 7))  # a generator: requests sends it chunked
+    response = requests.post(receiver.url, data=chunks, headers=headers, timeout=5)
+    assert response.status_code == 200, response.text
+    assert waiter.get(timeout=5).score == 64.0 and receiver.counts["accepted"] == 1
+
+
+def test_a_chunked_body_past_the_limit_is_refused():
+    rx = WebhookReceiver(ScoreBoard(), SECRET, max_body=1000).start()
+    try:
+        chunks = (b"x" * 100 for _ in range(50))
+        response = requests.post(rx.url, data=chunks, headers={SIGNATURE_HEADER: "t=1,v1=00"}, timeout=5)
+        assert response.status_code == 413 and rx.counts["too_large"] == 1
+    finally:
+        rx.stop()
+
+
+def test_a_truncated_delivery_is_a_bad_request_not_a_missing_signature(receiver):
+    body = ScoredEvent("evt_t", "athos_call_1", 80.0, time.time()).serialize().encode()
+    head = post_head(receiver, {"Content-Length": str(len(body)), SIGNATURE_HEADER: sign_webhook(SECRET, 1, body)})
+    answer = raw(receiver, head + body[:20], close_write=True)
+    assert answer.startswith(b"HTTP/1.1 400") or answer == b"", answer[:200]
+    assert receiver.counts["bad_request"] == 1 and receiver.counts["missing"] == 0
+
+
+@pytest.mark.parametrize("slow", ["headers", "body", "silence"])
+def test_a_slow_sender_is_cut_off_at_the_request_timeout(slow):
+    rx = WebhookReceiver(ScoreBoard(), SECRET, request_timeout=0.5).start()
+    try:
+        body = ScoredEvent("evt_s", "athos_call_1", 80.0, time.time()).serialize().encode()
+        head = post_head(rx, {"Content-Length": str(len(body)), SIGNATURE_HEADER: sign_webhook(SECRET, 1, body)})
+        sent = {"headers": head[:30], "body": head + body[:10], "silence": b""}[slow]
+        started = time.monotonic()
+        answer = raw(rx, sent, wait=5.0)
+        assert time.monotonic() - started < 3.0  # closed by the receiver, not by our own wait
+        assert answer in (b"", b"HTTP/1.1 408") or answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert rx.counts["timeout"] == 1, rx.counts
+    finally:
+        rx.stop()
+
+
+def test_many_idle_connections_are_capped_and_a_delivery_still_gets_through():
+    rx = WebhookReceiver(ScoreBoard(), SECRET, request_timeout=0.5, max_connections=4).start()
+    host, port = rx.url.split("/")[2].split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(20)]  # say nothing
+    try:
+        peak = 0
+        for _ in range(20):
+            gevent.sleep(0.05)
+            peak = max(peak, rx.connections)
+        assert 0 < peak <= 4
+        waiter = rx.board.expect("athos_call_1")
+        response = deliver(rx)  # waits behind the idle ones, which are cut off 0.5 s at a time
+        assert response.status_code == 200 and waiter.get(timeout=5).score == 80.0
+        assert rx.counts["timeout"] >= 16  # every idle connection served was counted
+    finally:
+        for sock in idle:
+            sock.close()
+        rx.stop()

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import shlex
 import sys
 import time
@@ -41,14 +42,14 @@ from ..baseline import Baseline, BaselineError
 from ..call import CallSettings, ScoreDrain
 from ..gates import Gate, GateResult, GatesError, Regression, default_regressions, load_gates, verdict
 from ..health import HealthMonitor
-from ..metrics import Metrics, Outcome, Timing
+from ..metrics import Metrics, Outcome, TallyCollector, Timing
 from ..options import AthosOptions, OptionError
 from ..pacer import AudioPacer
 from ..report import format_table, junit_xml, markdown
 from ..report_html import html_report
 from ..scenario import Scenario, ScenarioError, load_scenarios
-from ..sim.config import SIM_API_KEY, SIM_WEBHOOK_SECRET
-from ..simproc import SimulatorProcess
+from ..sim.config import SIM_API_KEY
+from ..simproc import SimulatorProcess, redact
 from ..verdict import ExitCode
 from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, realtime_url
 from .distributed import MasterHub, WorkerLink
@@ -241,10 +242,18 @@ class Runtime:
         """The webhook receiver (or poller) and, with no --host, the simulator that posts to it."""
         opts = self.options
         builtin = not self.environment.host
-        secret = os.environ.get(opts.webhook_secret_env) or SIM_WEBHOOK_SECRET
-        if builtin and not self.api_key:
-            self.api_key = SIM_API_KEY
         address = opts.webhook_address
+        secret = os.environ.get(opts.webhook_secret_env, "")
+        if builtin:
+            # The built-in simulator signs with a secret of this run's own, handed over through its
+            # environment: with a public default anyone who reached the receiver could forge scores.
+            secret = secret or secrets.token_hex(32)
+            self.api_key = self.api_key or SIM_API_KEY  # the simulator's own, on loopback only
+        elif address is not None and not secret:
+            raise OptionError(
+                f"--host {self.environment.host}: set the secret the platform signs call.scored with in "
+                f"${opts.webhook_secret_env}, or use --athos-webhook-listen off to poll for scores"
+            )
         if address is not None:
             try:
                 self.receiver = WebhookReceiver(
@@ -254,6 +263,15 @@ class Runtime:
                 raise OptionError(
                     f"--athos-webhook-listen {opts.webhook_listen}: cannot listen ({exc.strerror})"
                 ) from None
+            receiver = self.receiver
+            self.metrics.registry.register(
+                TallyCollector(
+                    "athos_webhooks",
+                    "call.scored deliveries by outcome (accepted, duplicate, or why one was refused)",
+                    "outcome",
+                    lambda: receiver.counts,
+                )
+            )
             print(f"athos-load: call.scored webhooks are received at {self.receiver.url}", flush=True)
             if not builtin and not opts.webhook_url and address[0] in ("127.0.0.1", "localhost", "::1"):
                 print(
@@ -489,7 +507,8 @@ class Runtime:
             "run_time": getattr(parsed, "run_time", None),
             "workers": runner.worker_count if self.is_master else 0,
             "scenarios": [s.name for s in self.plan.scenarios] if self.plan is not None else [],
-            "athos": {k: v for k, v in dataclasses.asdict(self.options).items() if v not in ("", None)},
+            "athos": {k: v for k, v in dataclasses.asdict(self.options).items() if v not in ("", None)}
+            | ({"sim_args": shlex.join(redact(shlex.split(self.options.sim_args)))} if self.options.sim_args else {}),
         }
 
     def _drain(self, timeout: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -11,6 +12,8 @@ from .errors import RemoteProtocolError, SignatureError
 from .fields import dumps, from_iso, iso, loads, number, typed
 from .rest import CallStatus
 from .values import SIGNATURE_HEADER
+
+_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +74,11 @@ def verify_webhook(secret: str, header: str | None, body: bytes, now: float, tol
         timestamp = int(parts["t"][0])
     except (KeyError, ValueError):
         raise SignatureError("malformed", f"{SIGNATURE_HEADER} has no valid t=") from None
-    expected = sign_webhook(secret, timestamp, body).rpartition("v1=")[2].encode()
-    # bytes, not str: compare_digest refuses non-ASCII text, and a header may hold anything
-    if not any(hmac.compare_digest(expected, v.encode("utf-8", "replace")) for v in parts.get("v1", [])):
+    signatures = [v for v in parts.get("v1", []) if _HEX64.fullmatch(v)]  # several while a secret rotates
+    if not signatures:
+        raise SignatureError("malformed", f"{SIGNATURE_HEADER} has no v1= of 64 hex digits")
+    expected = sign_webhook(secret, timestamp, body).rpartition("v1=")[2]
+    if not any(hmac.compare_digest(expected, v) for v in signatures):
         raise SignatureError("bad_signature", "signature does not match the body")
     if abs(now - timestamp) > tolerance:
         raise SignatureError("stale", f"timestamp {timestamp} is {now - timestamp:.0f}s from now")
