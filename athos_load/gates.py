@@ -437,8 +437,9 @@ def verdict(
     """``passed``, ``failed`` or ``invalid``, with the reasons, for the JSON summary.
 
     Invalid (the numbers cannot be trusted) wins over failed: no call completed, a gate had too few
-    samples, a generator was saturated for more than :data:`SATURATED_SHARE` of the run, or the
-    audio send lag p99 exceeded one frame. A run stopped by an ``abort_on_fail`` gate has failed.
+    samples, a generator was saturated for more than :data:`SATURATED_SHARE` of the run, a worker
+    was lost mid-run, or the audio send lag p99 exceeded one frame. A run stopped by an
+    ``abort_on_fail`` gate has failed.
     """
     invalid: list[str] = []
     if summary["calls"]["completed"] == 0:
@@ -451,6 +452,11 @@ def verdict(
         invalid.append(
             f"the generator was saturated for {saturated:.0f} s of {duration:.0f} s "
             f"(more than {SATURATED_SHARE:.0%}): its latencies include its own delay"
+        )
+    for worker in summary.get("lost_workers") or []:
+        invalid.append(
+            f"worker {worker['worker']} was lost ({worker['why']}) at {worker['at']}: "
+            f"{worker['calls_lost']:g} unfinished calls counted lost"
         )
     lag = (summary.get("audio_send_lag") or {}).get("p99")
     if lag is not None and lag > frame_seconds:

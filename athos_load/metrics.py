@@ -53,6 +53,7 @@ class Outcome(enum.StrEnum):
     COMPLETED = "completed"  # the call ended normally (hang-up, persona closed, max duration)
     FAILED = "failed"  # refused, dropped for good, or an error ended it
     ABORTED = "aborted"  # cut off by the end of the run
+    LOST = "lost"  # unfinished on a worker that disappeared (killed, cut off): counted by the master
 
 
 class ScoreOutcome(enum.StrEnum):

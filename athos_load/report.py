@@ -20,7 +20,10 @@ def format_table(summary: dict[str, Any]) -> str:
             line += f"   reconnects per session-minute: {shown}"
         lines.append(line)
     calls = summary["calls"]
-    lines.append("calls: " + ", ".join(f"{k} {count_text(v)}" for k, v in calls.items()))
+    shown = {k: v for k, v in calls.items() if v or k != "lost"}  # lost: only when a worker was
+    lines.append("calls: " + ", ".join(f"{k} {count_text(v)}" for k, v in shown.items()))
+    for worker in summary.get("lost_workers") or []:
+        lines.append(f"worker {worker['worker']} lost at {worker['at']} ({worker['why']})")
     if summary.get("errors"):
         lines.append("errors: " + ", ".join(f"{k} {count_text(v)}" for k, v in summary["errors"].items()))
     saturated = summary.get("saturated_seconds") or 0

@@ -474,8 +474,9 @@ def _calls(summary: dict[str, Any]) -> str:
         f'<div class="tile{" bad" if key in BAD_OUTCOMES and value else ""}">'
         f"<b>{_e(count_text(value))}</b>{_e(key)}</div>"
         for key, value in calls.items()
+        if value or key != "lost"  # lost: only when a worker was
     )
-    lines = []
+    lines = [f"worker {w['worker']} lost at {w['at']} ({w['why']})" for w in summary.get("lost_workers") or []]
     rate = summary.get("reconnects_per_session_minute")
     lines.append(
         f"reconnects: {count_text(summary.get('reconnects', 0))}"
@@ -493,7 +494,8 @@ def _calls(summary: dict[str, Any]) -> str:
         )
     text = "".join(f"<li>{_e(line)}</li>" for line in lines)
     legend = (
-        '<p class="note">started = completed + failed + aborted (cut off by the end of the run); '
+        '<p class="note">started = completed + failed + aborted (cut off by the end of the run) '
+        "+ lost (unfinished on a worker that disappeared); "
         "completed = scored + score_missing (the platform lost it) + score_pending (the run ended first).</p>"
     )
     return _section("Calls", f'<div class="tiles">{tiles}</div>{legend}<ul class="facts">{text}</ul>')

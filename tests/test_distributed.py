@@ -3,11 +3,15 @@ master's merged numbers add up."""
 
 import csv
 import json
+import signal
 import subprocess
+import time
 
 import yaml
 from support.locust_run import LOCUST, ROOT, check_accounting, locust_env, samples, total
 from support.net import free_port
+
+from athos_load.verdict import ExitCode
 
 
 def test_master_merges_what_two_workers_recorded(tmp_path):
@@ -98,3 +102,54 @@ def test_master_merges_what_two_workers_recorded(tmp_path):
     windows = summary["timeline"]["windows"]
     assert sum(w["calls"]["started"] for w in windows) == calls["started"]
     assert max(w["active_calls"] or 0 for w in windows) > 0  # the workers' calls, summed at the master
+
+
+def test_a_worker_killed_mid_run_is_counted_lost_and_makes_the_run_invalid(tmp_path):
+    """SIGKILL one of two workers while its calls are in progress: the master says which worker
+    and when, counts its unfinished calls as lost so the totals add up, drops its gauges, and the
+    verdict is invalid (a gate that passes on the numbers cannot be trusted with a worker gone)."""
+    port = free_port()
+    gates = tmp_path / "gates.yaml"
+    gates.write_text('connect_ready: ["p(50) < 30s"]\n')
+    master = subprocess.Popen(
+        [
+            *LOCUST, "--athos-scenario", "scenarios/smoke", "--master", "--master-bind-host", "127.0.0.1",
+            "--master-bind-port", str(port), "--expect-workers", "2", "--headless", "-u", "8", "-r", "8",
+            "-t", "16s", "--athos-summary", str(tmp_path / "summary.json"), "--athos-gates", str(gates),
+            "--athos-metrics-file", str(tmp_path / "final.prom"), "--athos-drain-timeout", "5",
+        ],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=locust_env(),
+    )  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [*LOCUST, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=locust_env(),
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    try:
+        time.sleep(9)  # both workers spawned (within ~3 s) and reported their calls in progress
+        workers[1].send_signal(signal.SIGKILL)
+        out, _ = master.communicate(timeout=120)
+        workers[0].wait(timeout=30)
+    finally:
+        for proc in (master, *workers):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    assert master.returncode == ExitCode.INVALID, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (lost,) = summary["lost_workers"]
+    assert lost["worker"] in ("w0", "w1") and lost["calls_lost"] > 0, lost
+    assert f"athos-load: worker {lost['worker']} ({lost['id']}) stopped sending heartbeats: lost" in out
+    check_accounting(summary)
+    assert summary["calls"]["lost"] == lost["calls_lost"]
+    assert summary["verdict"]["status"] == "invalid"
+    assert any(f"worker {lost['worker']} was lost" in reason for reason in summary["verdict"]["reasons"])
+    prom = samples(tmp_path / "final.prom")
+    assert total(prom, "athos_sessions_active") == 0  # nothing left in progress, the lost worker's included
+    assert total(prom, "athos_sessions_total", outcome="lost") == lost["calls_lost"]

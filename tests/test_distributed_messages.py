@@ -9,9 +9,11 @@ from typing import Any
 
 import gevent
 from locust.event import Events
+from locust.runners import STATE_MISSING
 
 from athos_load.api import Score, ScoreBoard
-from athos_load.metrics import Metrics, Outcome, Timing
+from athos_load.metrics import Metrics, Outcome, ScoreOutcome, Timing
+from athos_load.plugin import distributed
 from athos_load.plugin.distributed import MasterHub, WorkerLink
 
 
@@ -40,6 +42,14 @@ class Bus:
         self.master.environment.events.worker_report.fire(client_id=worker.node_id, data=data)
 
 
+class Clients(dict):
+    """The master's ``runner.clients``: worker nodes by id."""
+
+    @property
+    def all(self) -> list[Any]:
+        return list(self.values())
+
+
 class Node:
     def __init__(self, bus: Bus, node_id: str) -> None:
         self.bus = bus
@@ -47,7 +57,7 @@ class Node:
         self.handlers: dict[str, Any] = {}
         self.unhandled: list[tuple[str, Any]] = []
         self.environment = SimpleNamespace(events=Events())
-        self.clients = SimpleNamespace(all=[])
+        self.clients = Clients()
 
     def register_message(self, name: str, handler: Any) -> None:
         self.handlers[name] = handler
@@ -63,7 +73,7 @@ def cluster(workers: int = 2) -> tuple[Bus, MasterHub, list[WorkerLink]]:
     bus = Bus()
     hub = MasterHub(bus.master, Metrics(), ScoreBoard(), score_timeout=5.0)
     links = [WorkerLink(bus.worker(f"node{i}"), Metrics(source="local"), ScoreBoard()) for i in range(workers)]
-    bus.master.clients.all = [SimpleNamespace(id=node_id, state="running") for node_id in bus.workers]
+    bus.master.clients.update({node_id: SimpleNamespace(id=node_id, state="running") for node_id in bus.workers})
     return bus, hub, links
 
 
@@ -104,3 +114,32 @@ def test_the_end_of_a_run_asks_running_workers_to_stop_and_waits_for_each_final_
     assert missing == {"node1"}  # the second never sent its final delta within the time given
     assert [name for name, _ in bus.workers["node1"].unhandled] == ["stop"]  # each running worker was asked
     assert hub.metrics.summary()["calls"]["started"] == 1
+    assert [(w["worker"], w["why"]) for w in hub.lost] == [("w1", "sent no final report")]
+
+
+def test_a_worker_that_goes_missing_is_lost_and_the_totals_still_add_up(monkeypatch):
+    monkeypatch.setattr(distributed, "WATCH_SECONDS", 0.02)
+    bus, hub, (first, second) = cluster()
+    for _ in range(3):
+        first.metrics.call_started("s")
+        first.metrics.call_finished("s", Outcome.COMPLETED, 10.0)
+        first.metrics.score_settled("s", ScoreOutcome.SCORED)
+        second.metrics.call_started("s")
+    second.metrics.call_finished("s", Outcome.COMPLETED, 10.0)  # its score still awaited
+    for worker in bus.workers.values():
+        bus.report(worker)
+    assert hub.metrics.active_calls() == 2
+    bus.master.clients["node1"].state = STATE_MISSING  # Locust: its heartbeats stopped
+    with gevent.Timeout(2):
+        while not hub.lost:
+            gevent.sleep(0.01)
+    (lost,) = hub.lost
+    assert (lost["worker"], lost["calls_lost"], lost["scores_unsettled"]) == ("w1", 2, 1)
+    calls = hub.metrics.summary()["calls"]
+    assert calls["started"] == calls["completed"] + calls["failed"] + calls["aborted"] + calls["lost"] == 6
+    assert calls["completed"] == calls["scored"] + calls["score_missing"] + calls["score_pending"] == 4
+    assert calls["lost"] == 2 and calls["score_pending"] == 1
+    assert hub.metrics.active_calls() == 0  # its gauges went with it
+    second.metrics.call_finished("s", Outcome.COMPLETED, 10.0)  # whatever it says later was accounted for
+    bus.report(bus.workers["node1"])
+    assert hub.metrics.summary()["calls"] == calls

@@ -180,6 +180,7 @@ def test_summary_accounts_for_every_call():
         "completed": 1,
         "failed": 1,
         "aborted": 0,
+        "lost": 0,
         "scored": 1,
         "score_missing": 0,
         "score_pending": 0,

@@ -420,9 +420,7 @@ class Runtime:
             return
         self._drain(timeout)
         if self.hub is not None:
-            missing = self.hub.wait_for_finals(timeout + 10.0)
-            if missing:
-                logger.warning("no final report from %d worker(s): their last seconds are missing", len(missing))
+            self.hub.wait_for_finals(timeout + 10.0)  # a worker with no final report is counted lost
         summary = self.summary()
         self._judge(summary)
         reports = (
@@ -485,6 +483,8 @@ class Runtime:
         saturated = [h.get("saturated_seconds", 0.0) for h in self.metrics.health.values()]
         summary["saturated_seconds"] = max([health["saturated_seconds"], *saturated])
         summary["loadgen"] = health
+        if self.hub is not None:
+            summary["lost_workers"] = self.hub.lost
         if self.receiver is not None:
             summary["webhooks"] = dict(self.receiver.counts)
         if self.poller is not None:
@@ -532,6 +532,8 @@ class Runtime:
                 watch.kill(block=False)
         if self.poller is not None:
             self.poller.stop()
+        if self.hub is not None:
+            self.hub.stop()
         if self.receiver is not None:
             self.receiver.stop()
         if self.simulator is not None:
