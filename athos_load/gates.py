@@ -57,7 +57,8 @@ RATES = {
 }
 VALUES = {"reconnects_per_session_minute": "transient drops per minute of connected call time"}
 METRICS = (*TIMINGS, *RATES, *VALUES)
-FILTERS = {"scenario": (*TIMINGS, "scores_missing", "call_setup"), "code": ("errors",)}
+# audio_send_lag is the generator's, not a scenario's: it has no scenario label to filter by
+FILTERS = {"scenario": (*(t.value for t in Timing), "scores_missing", "call_setup"), "code": ("errors",)}
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "athos_load"
 LOCUST_LAYER = "plugin"
 # What the sans-I/O wire layer may import besides itself: no socket, no clock, no event loop.
 WIRE_ALLOWED = {"__future__", "base64", "collections", "dataclasses", "datetime", "enum", "hashlib", "hmac",
-                "json", "math", "os", "typing", "numpy"}  # fmt: skip
+                "json", "math", "os", "re", "typing", "numpy"}  # fmt: skip
 
 
 def modules(room: str = "") -> list[Path]:

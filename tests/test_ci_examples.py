@@ -1,7 +1,7 @@
 """docs/ci.md's CI jobs as written: the locust command of the GitHub Actions and of the GitLab CI
 example, run against a simulator standing in for staging. Only the host changes, the load and the
-duration shrink (with the smoke drills, whose calls end in seconds, for the full ones), and the
-output directory moves into the test's own."""
+duration shrink (with one second of silence per call for the full drills, so calls end and score
+in seconds), and the output directory moves into the test's own."""
 
 import json
 import re
@@ -10,11 +10,11 @@ import subprocess
 from xml.etree import ElementTree as ET
 
 import yaml
-from support.locust_run import ROOT, locust_env
+from support.locust_run import ROOT, locust_env, silent_scenario
 
 from athos_load.verdict import ExitCode
 
-SHORTER = {"--host": None, "-u": "10", "-r": "10", "-t": "20s"}
+SHORTER = {"--host": None, "-u": "10", "-r": "10", "-t": "8s"}
 
 
 def documented_commands() -> tuple[list[str], list[str]]:
@@ -41,14 +41,14 @@ def test_the_documented_ci_job_runs_and_writes_what_it_uploads(sim_factory, tmp_
             arg = str(tmp_path / arg)
         command.append(arg)
     assert command[0] == "locust"
-    command += ["--athos-scenario", "scenarios/smoke"]
+    command += ["--athos-scenario", str(silent_scenario(tmp_path, 1.0))]  # calls that end in seconds
     env = locust_env(ATHOS_API_KEY=sim.api_key, ATHOS_WEBHOOK_SECRET=sim.webhook_secret)
     locust = str(ROOT / ".venv" / "bin" / "locust") if (ROOT / ".venv" / "bin" / "locust").exists() else "locust"
     result = subprocess.run([locust, *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
-    # 20 s of 10 users cannot judge the release gates' p(99)s: the job fails as invalid, and says why
+    # 8 s of 10 users cannot judge the release gates' p(99)s: the job fails as invalid, and says why
     assert result.returncode == ExitCode.INVALID, (result.returncode, summary["verdict"])
     assert summary["verdict"]["status"] == "invalid"
     assert all("needed to judge it" in reason for reason in summary["verdict"]["reasons"]), summary["verdict"]

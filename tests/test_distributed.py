@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import yaml
-from support.locust_run import LOCUST, ROOT, check_accounting, locust_env, samples, total
+from support.locust_run import LOCUST, ROOT, check_accounting, locust_env, samples, silent_scenario, total
 from support.net import free_port
 
 from athos_load.verdict import ExitCode
@@ -111,11 +111,12 @@ def test_a_worker_killed_mid_run_is_counted_lost_and_makes_the_run_invalid(tmp_p
     port = free_port()
     gates = tmp_path / "gates.yaml"
     gates.write_text('connect_ready: ["p(50) < 30s"]\n')
+    scenario = silent_scenario(tmp_path, 30.0)  # calls that are still going when the worker dies
     master = subprocess.Popen(
         [
-            *LOCUST, "--athos-scenario", "scenarios/smoke", "--master", "--master-bind-host", "127.0.0.1",
+            *LOCUST, "--athos-scenario", str(scenario), "--master", "--master-bind-host", "127.0.0.1",
             "--master-bind-port", str(port), "--expect-workers", "2", "--headless", "-u", "8", "-r", "8",
-            "-t", "16s", "--athos-summary", str(tmp_path / "summary.json"), "--athos-gates", str(gates),
+            "-t", "10s", "--athos-summary", str(tmp_path / "summary.json"), "--athos-gates", str(gates),
             "--athos-metrics-file", str(tmp_path / "final.prom"), "--athos-drain-timeout", "5",
         ],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=locust_env(),
@@ -131,7 +132,7 @@ def test_a_worker_killed_mid_run_is_counted_lost_and_makes_the_run_invalid(tmp_p
         for _ in range(2)
     ]
     try:
-        time.sleep(9)  # both workers spawned (within ~3 s) and reported their calls in progress
+        time.sleep(6)  # both workers spawned (within ~3 s) and reported their calls in progress
         workers[1].send_signal(signal.SIGKILL)
         out, _ = master.communicate(timeout=120)
         workers[0].wait(timeout=30)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gevent
 import pytest
-from support.locust_run import check_accounting, run_locust, samples, total
+from support.locust_run import check_accounting, run_locust, samples, silent_scenario, total
 
 from athos_load.health import HealthMonitor
 from athos_load.metrics import Metrics
@@ -33,7 +33,7 @@ def locust_rows(tmp_path: Path) -> dict[str, dict[str, str]]:
 
 def test_scores_unsettled_at_the_drain_timeout_are_pending_not_missing(tmp_path):
     result, summary = headless(
-        tmp_path, "-u", "4", "-r", "4", "-t", "16s", "--athos-scenario", "scenarios/smoke",
+        tmp_path, "-u", "4", "-r", "4", "-t", "6s", "--athos-scenario", str(silent_scenario(tmp_path, 1.0)),
         "--athos-sim-args", "--score-delay fixed:60", "--athos-drain-timeout", "1",
         "--athos-metrics-file", str(tmp_path / "final.prom"),
     )  # fmt: skip
@@ -72,7 +72,7 @@ def test_a_failed_step_has_no_response_time_in_locust(tmp_path):
         f"  - audio: {scenarios}/audio/cold-call-discovery/04-demo.wav\n"
     )
     result, summary = headless(
-        tmp_path, "-u", "2", "-r", "2", "-t", "14s", "--athos-scenario", str(impatient),
+        tmp_path, "-u", "2", "-r", "2", "-t", "8s", "--athos-scenario", str(impatient),
         "--athos-sim-args", "--response-latency fixed:5",
     )  # fmt: skip
     check_accounting(summary)

@@ -41,6 +41,11 @@ def test_the_shipped_release_gate_loads():
         ('errors: ["p(95) < 3"]\n', 1, "errors takes count, rate"),
         ('errors{scenario:x}: ["count == 0"]\n', 1, "cannot filter by 'scenario' (errors takes {code:…})"),
         ('errors{code:nope}: ["count == 0"]\n', 1, "unknown error code 'nope'"),
+        (
+            'audio_send_lag{scenario:x}: ["p(99) < 20ms"]\n',
+            1,
+            "cannot filter by 'scenario' (audio_send_lag takes no filter)",
+        ),
         ('end_to_score:\n  - threshold: "p(99) < 90s"\n    abort_on_fail: yes\n', 2, "abort_on_fail: expected true"),
         ('end_to_score:\n  - threshold: "p(99) < 90s"\n    delay_abort_eval: soon\n', 2, "not a duration"),
         ("connect_ready: [\n", 2, "not YAML"),
@@ -162,7 +167,7 @@ errors: ["rate < 0.5"]
 
 def test_generous_gates_pass_and_decide_the_exit_code(tmp_path):
     # a dropped resume fails a call now and then: Locust alone would exit 1; the gates say 0
-    result, summary = gated_run(tmp_path, GENEROUS, "-u", "10", "-r", "10", "-t", "20s")
+    result, summary = gated_run(tmp_path, GENEROUS, "-u", "10", "-r", "10", "-t", "16s", "--athos-drain-timeout", "2")
     assert result.returncode == ExitCode.PASSED, result.stderr[-3000:]
     assert summary["verdict"] == {"status": "passed", "reasons": []}
     assert [g["passed"] for g in summary["gates"]] == [True] * 5
@@ -233,7 +238,7 @@ def test_a_saturated_generator_makes_the_run_invalid(tmp_path):
 
             class Hog(User):
                 fixed_count = 1
-                wait_time = constant(0)
+                wait_time = constant(0.01)  # a breath between burns: starved, the run could not even stop on time
 
                 @task
                 def burn(self):
@@ -246,8 +251,8 @@ def test_a_saturated_generator_makes_the_run_invalid(tmp_path):
     gates = gates_file(tmp_path, 'connect_ready: ["p(95) < 30s"]\n')
     result = subprocess.run(
         [
-            *LOCUST[:-2], "-f", str(locustfile), "--headless", "-u", "3", "-r", "3", "-t", "20s",
-            "--athos-scenario", "scenarios/smoke", "--athos-gates", str(gates),
+            *LOCUST[:-2], "-f", str(locustfile), "--headless", "-u", "3", "-r", "3", "-t", "12s",
+            "--athos-scenario", "scenarios/smoke", "--athos-gates", str(gates), "--athos-drain-timeout", "0",
             "--athos-summary", str(tmp_path / "s.json"),
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=locust_env(),

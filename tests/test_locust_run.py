@@ -66,7 +66,7 @@ def test_faults_show_reconnects_and_errors_by_code(tmp_path):
         "-r",
         "12",
         "-t",
-        "15s",
+        "10s",
         "--athos-scenario",
         "scenarios/smoke",
         "--athos-sim-args",

@@ -104,7 +104,7 @@ def test_environment_and_config_file_drive_a_real_run(tmp_path):
         LOCUST_ATHOS_SUMMARY=str(tmp_path / "s.json"),
         ATHOS_API_KEY="a-key-of-our-own",
     )
-    result = run_locust("--config", str(conf), "--headless", "-u", "3", "-r", "3", "-t", "14s", env=env, timeout=90)
+    result = run_locust("--config", str(conf), "--headless", "-u", "3", "-r", "3", "-t", "6s", env=env, timeout=90)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["calls"]["started"] > 0 and summary["errors"] == {}

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import requests
-from support.locust_run import LOCUST, ROOT, locust_env, run_locust
+from support.locust_run import LOCUST, ROOT, locust_env, run_locust, silent_scenario
 from support.net import free_port
 
 from athos_load.sim.config import SIM_WEBHOOK_SECRET, WEBHOOK_SECRET_ENV
@@ -37,9 +37,10 @@ def cmdline_of(pid: int) -> bytes:
 def test_the_built_in_simulator_signs_with_a_secret_of_the_run_nobody_else_knows(tmp_path):
     port = free_port()
     summary_path = tmp_path / "s.json"
+    scenario = silent_scenario(tmp_path, 1.0)  # calls that end, and score, quickly
     run = subprocess.Popen(
         [
-            *LOCUST, "--headless", "-u", "4", "-r", "4", "-t", "15s", "--athos-scenario", "scenarios/smoke",
+            *LOCUST, "--headless", "-u", "4", "-r", "4", "-t", "6s", "--athos-scenario", str(scenario),
             "--athos-webhook-listen", f"127.0.0.1:{port}", "--athos-summary", str(summary_path),
             "--athos-drain-timeout", "5",
         ],

@@ -27,6 +27,14 @@ def run_locust(*args: str, timeout: float = 120, env: dict[str, str] | None = No
     )
 
 
+def silent_scenario(directory: Path, seconds: float, name: str = "silent") -> Path:
+    """A scenario file of one turn of ``seconds`` of silence, then a hang-up: calls whose length is
+    known and short, for runs that test what a call's content does not change."""
+    path = directory / f"{name}.yaml"
+    path.write_text(f"name: {name}\ndrill: cold-call-discovery\nturns:\n  - silence: {seconds}\nhangup: immediately\n")
+    return path
+
+
 def samples(path: Path) -> dict[tuple[str, tuple], float]:
     """Every sample of a Prometheus exposition file, keyed by name and sorted labels."""
     out = {}
