@@ -45,8 +45,10 @@ from typing import Any, ClassVar
 
 import yaml
 
+from . import trends
 from .baseline import CONFIDENCE, MIN_WINDOWS, RESAMPLES, Baseline, Comparison, compare
 from .metrics import KNOWN_CODES, Metrics, Outcome, Timing
+from .trends import Drift, timing_drift
 
 TIMINGS = (*(t.value for t in Timing), "audio_send_lag")
 # counted metric -> (what ``count`` is, what ``rate`` is)
@@ -73,6 +75,11 @@ _METRIC = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<key>\w+):(?P<value>[^{}]+)\})?
 _EXPRESSION = re.compile(
     r"^\s*(?P<agg>avg|min|max|med|count|rate|value|p\((?P<q>[0-9.]+)\))\s*"
     r"(?P<op><=|>=|==|!=|<|>)\s*(?P<number>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?P<unit>ms|s|m)?\s*$"
+)
+# drift(p95) < 10%/h: a timing's percentile growing by at most a tenth of its level an hour
+_DRIFT = re.compile(
+    r"^\s*drift\((?:p(?P<q>[0-9]+(?:\.[0-9]+)?)|(?P<med>med))\)\s*(?P<op><=|>=|<|>)\s*"
+    r"(?P<number>-?[0-9]*\.?[0-9]+)\s*%/h\s*$"
 )
 _REGRESSION = re.compile(r"^(?P<name>[a-z_]+)\.(?P<stat>avg|med|p(?P<q>[0-9]+(?:\.[0-9]+)?))$")
 _PERCENT = re.compile(r"^\s*(?P<number>[0-9]*\.?[0-9]+)\s*%\s*$")
@@ -102,13 +109,25 @@ class Gate:
 
     @property
     def min_samples(self) -> int:
+        if self.aggregate == "drift":
+            return trends.MIN_WINDOWS
         return _min_samples(self.quantile if self.aggregate == "p" else None)
 
     def evaluate(self, metrics: Metrics) -> GateResult:
+        if self.aggregate == "drift":
+            return self._evaluate_drift(metrics)
         observed, samples = observe(metrics, self)
         enough = observed is not None and samples >= self.min_samples
         passed = bool(enough and OPERATORS[self.op](observed, self.limit))
         return GateResult(self, observed, samples, passed if enough else None)
+
+    def _evaluate_drift(self, metrics: Metrics) -> GateResult:
+        """Fails only when the whole interval lies past the limit: noise alone rarely fails it."""
+        found = timing_drift(metrics.timeline_summary(), self.name, self.quantile or 50.0)
+        if found is None:
+            return GateResult(self, None, 0, None)
+        bound = found.low if self.op in ("<", "<=") else found.high  # the end nearest the limit
+        return GateResult(self, found.per_hour, found.windows, OPERATORS[self.op](bound, self.limit), found)
 
     def __str__(self) -> str:
         return f"{self.metric}: {self.expression}"
@@ -120,9 +139,11 @@ class GateResult:
     observed: float | None
     samples: int
     passed: bool | None  # None: too few samples to judge
+    drift: Drift | None = None  # for a drift gate: the slope's interval
 
     def shortfall(self) -> str:
-        return f"{self.samples} samples, at least {self.gate.min_samples} needed to judge it"
+        unit = "windows" if self.gate.aggregate == "drift" else "samples"
+        return f"{self.samples} {unit}, at least {self.gate.min_samples} needed to judge it"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +155,7 @@ class GateResult:
             "min_samples": self.gate.min_samples,
             "passed": self.passed,
             "abort_on_fail": self.gate.abort_on_fail,
+            **({"interval": [self.drift.low, self.drift.high]} if self.drift is not None else {}),
         }
 
 
@@ -349,11 +371,22 @@ def _parse_threshold(
     if not isinstance(node, yaml.ScalarNode):
         raise GatesError(f'{where}: {metric}: a threshold is a string like "p(95) < 1.5s"')
     expression = str(node.value)
+    drifting = _DRIFT.match(expression)
+    if drifting:
+        if name not in (t.value for t in Timing):
+            raise GatesError(f"{where}: {metric}: {expression!r}: drift is of a timing's percentile")
+        if filt is not None:
+            raise GatesError(f"{where}: {metric}: {expression!r}: drift is over the whole run: no filter")
+        quantile = 50.0 if drifting["med"] else float(drifting["q"])
+        if not 0 < quantile < 100:
+            raise GatesError(f"{where}: {metric}: {expression!r}: drift(pN) needs 0 < N < 100")
+        limit = float(drifting["number"]) / 100.0
+        return Gate(metric, name, filt, expression, "drift", quantile, drifting["op"], limit, abort, delay, line)
     match = _EXPRESSION.match(expression)
     if not match:
         raise GatesError(
             f'{where}: {metric}: {expression!r}: expected AGGREGATE OP VALUE, e.g. "p(95) < 1.5s" '
-            "(avg, min, max, med, p(N), count, rate, value; <, <=, >, >=, ==, !=)"
+            "(avg, min, max, med, p(N), count, rate, value; <, <=, >, >=, ==, !=), or drift(pN) < X%/h"
         )
     aggregate = "p" if match["q"] is not None else match["agg"]
     quantile = float(match["q"]) if match["q"] is not None else None
@@ -482,6 +515,8 @@ def format_value(result: GateResult | RegressionResult) -> str:
     value = result.observed
     if value is None:
         return "no data"
+    if result.drift is not None:
+        return result.drift.shown()
     if result.gate.name in TIMINGS and result.gate.aggregate != "count":
         return _duration(value)
     if result.gate.aggregate == "count":

@@ -17,7 +17,7 @@ import pytest
 import requests
 import websocket
 
-from athos_load.sim.config import Distribution
+from athos_load.sim.config import Degradation, Distribution, SimConfig
 from athos_load.sim.connection import Connection
 from athos_load.sim.counters import Counters
 from athos_load.wire import (
@@ -218,6 +218,39 @@ def test_distribution_specs():
     for bad in ("fixed", "fixed:-1", "fixed:x", "uniform:3,1", "lognormal:0.4,0.15", "normal:1,2", "lognormal:0,1"):
         with pytest.raises(ValueError):
             Distribution.parse(bad)
+
+
+def test_degradation_grows_with_time_steps_at_its_minute_and_leaks_with_calls():
+    d = Degradation(growth=0.5, step_at=600.0, step_factor=1.5, leak=0.2)
+    assert d.factor(0.0, 0) == 1.0
+    assert d.factor(3600.0, 0) == pytest.approx(1.5 * 1.5)  # +50% an hour, and the step since minute 10
+    assert d.factor(599.0, 0) == pytest.approx(1 + 0.5 * 599 / 3600)
+    assert d.factor(0.0, 5000) == pytest.approx(2.0)  # +20% per 1000 calls served
+    assert Degradation.parse_step("600:1.5") == (600.0, 1.5)
+    for bad in ("600", "x:1", "600:0", "-1:2", "600:nan"):
+        with pytest.raises(ValueError, match="AT:FACTOR"):
+            Degradation.parse_step(bad)
+    with pytest.raises(SystemExit):
+        SimConfig.from_args(["--latency-step", "soon"])
+
+
+def test_a_latency_step_slows_the_platform_from_its_time_on(sim_factory):
+    sim = sim_factory("--ready-latency", "fixed:0.1", "--load-slowdown", "0", "--latency-step", "2:4")
+    started = time.monotonic()
+
+    def ready_latency() -> float:
+        token = mint(sim)
+        sent = time.monotonic()
+        peer = join(sim, token)
+        arrived = peer.wait_for("ready")
+        took = next(at for at, msg in peer.messages if msg is arrived) - sent
+        peer.close()
+        return took
+
+    before = ready_latency()
+    time.sleep(max(0.0, started + 2.2 - time.monotonic()))
+    after = ready_latency()
+    assert before < 0.3 and 0.35 < after < 1.0, (before, after)
 
 
 class FakeTransport:

@@ -50,6 +50,7 @@ from ..report_html import html_report
 from ..scenario import Scenario, ScenarioError, load_scenarios
 from ..sim.config import SIM_API_KEY
 from ..simproc import SimulatorProcess, redact
+from ..trends import drifts
 from ..verdict import ExitCode
 from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, realtime_url
 from .distributed import MasterHub, WorkerLink
@@ -494,6 +495,7 @@ class Runtime:
             summary["capacity"] = capacity
         summary["settings"] = self._run_settings()
         summary["timeline"] = self.metrics.timeline_summary()
+        summary["drift"] = drifts(summary["timeline"], [t.value for t in Timing])
         return summary
 
     def _run_settings(self) -> dict[str, Any]:

@@ -78,6 +78,38 @@ class Distribution:
 
 
 @dataclass(frozen=True, slots=True)
+class Degradation:
+    """A platform that gets worse as it runs, for soak tests (drift and change-point detection):
+    ready and response latencies are multiplied by :meth:`factor`, the product of
+
+    * ``growth``: ``1 + growth * hours since start`` (latency that creeps up: 0.2 is +20% an hour);
+    * ``step``: ``step_factor`` from ``step_at`` seconds after start on (a bad deploy at minute M);
+    * ``leak``: ``1 + leak * calls served / 1000`` (a leak: slower with every call it has made).
+    """
+
+    growth: float = 0.0
+    step_at: float = 0.0
+    step_factor: float = 1.0
+    leak: float = 0.0
+
+    def factor(self, elapsed: float, served: int) -> float:
+        step = self.step_factor if self.step_factor != 1.0 and elapsed >= self.step_at else 1.0
+        return (1.0 + self.growth * elapsed / 3600.0) * step * (1.0 + self.leak * served / 1000.0)
+
+    @staticmethod
+    def parse_step(text: str) -> tuple[float, float]:
+        """``AT:FACTOR``: seconds after start, and the multiplier from then on."""
+        at, sep, factor = text.partition(":")
+        try:
+            values = (float(at), float(factor))
+        except ValueError:
+            values = (math.nan, math.nan)
+        if not sep or not all(math.isfinite(v) for v in values) or values[0] < 0 or values[1] <= 0:
+            raise ValueError(f"{text!r}: expected AT:FACTOR (seconds >= 0, a factor > 0), e.g. 600:1.5")
+        return values
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
     """Every knob of the simulator; the defaults are a healthy platform with realistic latencies."""
 
@@ -106,6 +138,7 @@ class SimConfig:
     persona_utterance: Distribution = Distribution("uniform", 1.0, 3.0)
     load_slowdown: float = 0.5
     latency_scale: float = 1.0
+    degradation: Degradation = Degradation()
     # conversation
     greeting: float = 0.0
     greeting_drills: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GREETING_DRILLS))
@@ -150,10 +183,21 @@ class SimConfig:
         values: dict[str, Any] = {k: v for k, v in vars(ns).items() if k != "log_level"}
         values["api_key"] = values["api_key"] or os.environ.get(API_KEY_ENV) or SIM_API_KEY
         values["webhook_secret"] = values["webhook_secret"] or os.environ.get(WEBHOOK_SECRET_ENV) or SIM_WEBHOOK_SECRET
+        step_at, step_factor = values.pop("latency_step") or (0.0, 1.0)
+        values["degradation"] = Degradation(
+            values.pop("latency_growth"), step_at, step_factor, values.pop("leak_slowdown")
+        )
         return cls(**values)
 
 
 # -- command line ----------------------------------------------------------------------------------
+
+
+def _step(text: str) -> tuple[float, float]:
+    try:
+        return Degradation.parse_step(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _distribution(spec: str) -> Distribution:
@@ -315,6 +359,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=d.latency_scale,
         help="ready and response latencies are multiplied by F: 1.3 is a release 30%% slower (baseline tests)",
+    )
+    g.add_argument(
+        "--latency-growth",
+        type=_non_negative,
+        default=d.degradation.growth,
+        help="degradation over time: latencies are multiplied by 1 + F * hours since start (0.2: +20%% an hour)",
+    )
+    g.add_argument(
+        "--latency-step",
+        type=_step,
+        default=None,
+        metavar="AT:FACTOR",
+        help="a step change: latencies are multiplied by FACTOR from AT seconds after start on (600:1.5)",
+    )
+    g.add_argument(
+        "--leak-slowdown",
+        type=_non_negative,
+        default=d.degradation.leak,
+        help="a leak: latencies are multiplied by 1 + F * calls served / 1000",
     )
 
     g = p.add_argument_group("conversation")

@@ -114,7 +114,8 @@ class Platform:
     def _slowed(self, dist: Distribution) -> float:
         """A latency draw, stretched by load (a busy platform answers more slowly) and by the scale."""
         stretch = 1.0 + self.config.load_slowdown * self.book.active / 100.0
-        return dist.sample(self.rng) * stretch * self.config.latency_scale
+        worse = self.config.degradation.factor(time.monotonic() - self.started_at, self.book.total)
+        return dist.sample(self.rng) * stretch * self.config.latency_scale * worse
 
     # -- REST --------------------------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""Drift: a timing that creeps up over a run is flagged, a steady one with bursts is not, and the
+drift gate fails only when the whole interval lies past its limit. Runs are synthetic here (a
+recorded timeline on a virtual clock, in milliseconds); the simulator's degradation knobs that make
+a real platform drift are in test_sim.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from athos_load.gates import GatesError, load_gates
+from athos_load.metrics import Metrics, Timing
+from athos_load.timeline import WindowHistogram
+from athos_load.trends import drift, drifts, timing_drift
+
+START = 1_767_225_600.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = START
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def soak(growth_per_hour: float, *, hours: float = 2.0, seed: int = 0, bursts: int = 0) -> Metrics:
+    """A run of ``hours``: every 20 s, 20 turn latencies (median 0.9 s) growing by
+    ``growth_per_hour`` of their starting level an hour, and ``bursts`` windows three times slower."""
+    rng = np.random.default_rng(seed)
+    clock = Clock()
+    metrics = Metrics()
+    metrics.timeline.clock = clock
+    steps = int(hours * 3600 / 20)
+    slow = set(rng.choice(steps, size=bursts, replace=False).tolist()) if bursts else set()
+    for step in range(steps):
+        clock.t = START + step * 20.0
+        factor = (1 + growth_per_hour * step * 20.0 / 3600) * (3.0 if step in slow else 1.0)
+        metrics.timings[Timing.PERSONA_RESPONSE].observe_many(
+            factor * rng.lognormal(np.log(0.9), 0.3, 20), scenario="s"
+        )
+    return metrics
+
+
+def test_a_timing_that_creeps_up_is_measured_per_hour():
+    found = timing_drift(soak(0.3).timeline_summary(), "persona_response", 95)
+    assert found is not None and found.windows >= 100  # 2 h in at most 120 windows, less the warm-up
+    assert found.per_hour == pytest.approx(0.3, abs=0.06)  # relative to the level after the warm-up
+    assert found.low < found.per_hour < found.high and found.low > 0.15
+
+
+def test_a_steady_run_with_bursts_shows_no_drift():
+    """Theil-Sen: a few windows three times slower barely move the slope (least squares would)."""
+    for seed in range(5):
+        found = timing_drift(soak(0.0, seed=seed, bursts=6).timeline_summary(), "persona_response", 95)
+        assert found is not None and found.low < 0 < found.high, found
+
+
+def test_too_few_windows_give_no_drift():
+    assert drift([0.0, 10.0, 20.0], [1.0, 1.1, 1.2]) is None
+    assert drift([0.0] * 8, [1.0] * 8) is None  # no time passed
+    empty = {"window_seconds": 1.0, "windows": []}
+    assert drifts(empty, ["connect_ready"]) == {"connect_ready": {"p50": None, "p95": None}}
+
+
+def test_the_drift_gate_fails_only_when_the_interval_lies_past_the_limit(tmp_path):
+    path = tmp_path / "gates.yaml"
+    path.write_text('persona_response: ["drift(p95) < 10%/h", "drift(med) < 50%/h"]\n')
+    gates = load_gates(path)
+    assert [(g.aggregate, g.quantile, g.limit) for g in gates] == [("drift", 95.0, 0.1), ("drift", 50.0, 0.5)]
+    creeping = [g.evaluate(soak(0.3)) for g in gates]
+    assert [r.passed for r in creeping] == [False, True]
+    assert creeping[0].to_dict()["shown"].startswith("+") and "%/h (95% interval" in creeping[0].to_dict()["shown"]
+    false_alarms = sum(gates[0].evaluate(soak(0.0, seed=seed, bursts=4)).passed is False for seed in range(20))
+    assert false_alarms <= 2  # about one in forty is the interval's own error rate
+    short = gates[0].evaluate(soak(0.3, hours=0.02))
+    assert short.passed is None and "windows, at least 6 needed" in short.shortfall()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('audio_send_lag: ["drift(p95) < 10%/h"]\n', "drift is of a timing's percentile"),
+        ('connect_ready{scenario:x}: ["drift(p95) < 10%/h"]\n', "drift is over the whole run: no filter"),
+        ('connect_ready: ["drift(p95) < 10%"]\n', "expected AGGREGATE OP VALUE"),
+        ('connect_ready: ["drift(p100) < 10%/h"]\n', "needs 0 < N < 100"),
+    ],
+)
+def test_a_mistaken_drift_gate_names_the_problem(tmp_path, text, message):
+    path = tmp_path / "gates.yaml"
+    path.write_text(text)
+    with pytest.raises(GatesError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_gates(path)
+
+
+def test_window_histograms_round_trip_for_drift():
+    h = WindowHistogram()
+    h.record_many(np.array([0.5, 1.0, 2.0]))
+    assert WindowHistogram.from_dict(h.to_dict()).percentile(50) == pytest.approx(1.0, rel=0.02)
