@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 PLOT_BG = "#f3f5f9"  # every drawn plot area's background (the screenshot test finds plots by it)
 SATURATED = "#f7c6a3"  # windows in which the generator was saturated
+CHANGE = "#6a3d9a"  # a change-point: the first window at a new level
 PERCENTILES = (("p50", "#2f6db5"), ("p95", "#e08a1e"), ("p99", "#c8312f"))
 SERIES = ("#2f6db5", "#e08a1e", "#3a9a5b", "#c8312f", "#7d5ba6", "#8c6d31", "#d45fa4", "#4f9fa8")
 VERDICT_COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "invalid": "#9a6700"}
@@ -193,6 +194,13 @@ def _latency_figure(summary: dict[str, Any], run: RunTimeline) -> Figure:
         stats = summary.get(name) or {}
         factor, unit = _latency_unit(stats.get("p99") or stats.get("max"))
         drawn.append(_percentiles_over_time(over_time, run, name, factor, unit))
+        for change in (summary.get("change_points") or {}).get(name) or []:
+            # where the platform changed behaviour: the first window at the new level
+            over_time.axvline((change["at"] - run.start) / run.scale, color=CHANGE, lw=1.2, ls=":")
+            over_time.annotate(
+                f"{change['change']:+.0%}", ((change["at"] - run.start) / run.scale, 1.0),
+                xycoords=("data", "axes fraction"), fontsize=7, color=CHANGE, ha="left", va="top",
+            )  # fmt: skip
         drawn[-1] |= _distribution(spread, run, name, stats, factor, unit)
     return _fit(fig, drawn, 1.75)
 

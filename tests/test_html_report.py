@@ -15,7 +15,7 @@ from PIL import Image
 from support.locust_run import run_locust
 
 from athos_load.metrics import Metrics, Outcome, ScoreOutcome, Timing
-from athos_load.report_html import PLOT_BG, SATURATED, RunTimeline, html_report
+from athos_load.report_html import CHANGE, PLOT_BG, SATURATED, RunTimeline, html_report
 from athos_load.timeline import Timeline
 from athos_load.verdict import ExitCode
 
@@ -205,3 +205,15 @@ def test_headless_chromium_shows_the_plots_drawn(report_run, tmp_path):
             [np.abs(area - np.array(c)).max(axis=-1) > 6 for c in plain], axis=0
         )
         assert ink.sum() > 15, f"the plot at {(top, left)} is blank"
+
+
+def test_a_change_point_is_marked_on_its_timing_plot():
+    summary = synthetic_summary(gap=range(0), saturated=[])
+    windows = summary["timeline"]["windows"]
+    at = windows[60]["start"]
+    summary["change_points"] = {"persona_response": [{"at": at, "before": 0.8, "after": 1.2, "change": 0.5}]}
+    page = html_report(summary)
+    latency = svgs(page)[0]
+    assert latency.count(f"stroke: {CHANGE}") == 1  # one dotted line, on persona_response's panel only
+    assert drawn_text(page, "+50%")
+    assert f"stroke: {CHANGE}" not in html_report(synthetic_summary(gap=range(0), saturated=[]))

@@ -11,7 +11,7 @@ import pytest
 from athos_load.gates import GatesError, load_gates
 from athos_load.metrics import Metrics, Timing
 from athos_load.timeline import WindowHistogram
-from athos_load.trends import drift, drifts, timing_drift
+from athos_load.trends import changes, drift, drifts, timing_change_points, timing_drift
 
 START = 1_767_225_600.0
 
@@ -24,18 +24,23 @@ class Clock:
         return self.t
 
 
-def soak(growth_per_hour: float, *, hours: float = 2.0, seed: int = 0, bursts: int = 0) -> Metrics:
+def soak(
+    growth_per_hour: float, *, hours: float = 2.0, seed: int = 0, bursts: int = 0, step: tuple[float, float] = (0, 1)
+) -> Metrics:
     """A run of ``hours``: every 20 s, 20 turn latencies (median 0.9 s) growing by
-    ``growth_per_hour`` of their starting level an hour, and ``bursts`` windows three times slower."""
+    ``growth_per_hour`` of their starting level an hour, ``bursts`` windows three times slower, and
+    from ``step[0]`` seconds on everything ``step[1]`` times slower."""
     rng = np.random.default_rng(seed)
     clock = Clock()
     metrics = Metrics()
     metrics.timeline.clock = clock
     steps = int(hours * 3600 / 20)
     slow = set(rng.choice(steps, size=bursts, replace=False).tolist()) if bursts else set()
-    for step in range(steps):
-        clock.t = START + step * 20.0
-        factor = (1 + growth_per_hour * step * 20.0 / 3600) * (3.0 if step in slow else 1.0)
+    at, times = step
+    for k in range(steps):
+        clock.t = START + k * 20.0
+        factor = (1 + growth_per_hour * k * 20.0 / 3600) * (3.0 if k in slow else 1.0)
+        factor *= times if k * 20.0 >= at else 1.0
         metrics.timings[Timing.PERSONA_RESPONSE].observe_many(
             factor * rng.lognormal(np.log(0.9), 0.3, 20), scenario="s"
         )
@@ -97,3 +102,28 @@ def test_window_histograms_round_trip_for_drift():
     h = WindowHistogram()
     h.record_many(np.array([0.5, 1.0, 2.0]))
     assert WindowHistogram.from_dict(h.to_dict()).percentile(50) == pytest.approx(1.0, rel=0.02)
+
+
+# -- change-points ------------------------------------------------------------------------------------
+
+
+def test_a_step_change_is_located_within_one_window():
+    """+50% from minute 70 of a two-hour run: one change, in the window that holds minute 70."""
+    metrics = soak(0.0, step=(70 * 60.0, 1.5), bursts=3)
+    timeline = metrics.timeline_summary()
+    (change,) = timing_change_points(timeline, "persona_response")
+    assert abs(change.at - (START + 70 * 60.0)) <= timeline["window_seconds"], (change.at - START) / 60
+    assert change.change == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_steady_run_with_bursts_has_no_change_points():
+    for seed in range(10):
+        timeline = soak(0.0, seed=seed, bursts=6).timeline_summary()
+        assert timing_change_points(timeline, "persona_response") == [], seed
+
+
+def test_change_points_reach_the_summary_and_the_report():
+    timeline = soak(0.0, step=(3600.0, 2.0)).timeline_summary()
+    found = changes(timeline, ["persona_response", "connect_ready"])
+    assert [c["change"] for c in found["persona_response"]] == [pytest.approx(1.0, abs=0.15)]
+    assert found["connect_ready"] == []  # no samples: nothing to find

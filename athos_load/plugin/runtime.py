@@ -50,9 +50,10 @@ from ..report_html import html_report
 from ..scenario import Scenario, ScenarioError, load_scenarios
 from ..sim.config import SIM_API_KEY
 from ..simproc import SimulatorProcess, redact
-from ..trends import drifts
+from ..trends import changes, drifts
 from ..verdict import ExitCode
 from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, realtime_url
+from .bookkeeping import TRIM_EVERY, trim
 from .distributed import MasterHub, WorkerLink
 from .webui import extended_stats, install_tab
 
@@ -109,6 +110,7 @@ class Runtime:
         self.link: WorkerLink | None = None
         self._scenario_cache: dict[tuple[Path, AudioFormat], list[Scenario]] = {}
         self._watch: gevent.Greenlet | None = None
+        self._bookkeeping: gevent.Greenlet | None = None
         self._gates_watch: gevent.Greenlet | None = None
         self._started_at: float | None = None
         self._aborted_by: GateResult | None = None
@@ -135,6 +137,8 @@ class Runtime:
             raise
         if self.is_master:
             self.hub = MasterHub(runner, self.metrics, self.board, score_timeout=self.options.score_timeout)
+        if runner is not None:
+            self._bookkeeping = gevent.spawn(self._keep_bookkeeping_bounded)
         if getattr(environment, "web_ui", None) is not None:
             install_tab(environment, self._tab_rows)
 
@@ -407,6 +411,12 @@ class Runtime:
                     (self.runner.quit if _headless(self.environment) else self.runner.stop)()
                     return
 
+    def _keep_bookkeeping_bounded(self) -> None:
+        """Locust's per-second counts and stats history, bounded (see plugin/bookkeeping.py)."""
+        while True:
+            gevent.sleep(TRIM_EVERY)
+            trim(self.runner.stats, time.time())
+
     def _running(self) -> bool:
         return self.runner is not None and self.runner.state in (STATE_SPAWNING, STATE_RUNNING)
 
@@ -496,6 +506,7 @@ class Runtime:
         summary["settings"] = self._run_settings()
         summary["timeline"] = self.metrics.timeline_summary()
         summary["drift"] = drifts(summary["timeline"], [t.value for t in Timing])
+        summary["change_points"] = changes(summary["timeline"], [t.value for t in Timing])
         return summary
 
     def _run_settings(self) -> dict[str, Any]:
@@ -529,7 +540,7 @@ class Runtime:
 
     def on_quitting(self) -> None:
         self.health.stop()
-        for watch in (self._watch, self._gates_watch):
+        for watch in (self._watch, self._gates_watch, self._bookkeeping):
             if watch is not None:
                 watch.kill(block=False)
         if self.poller is not None:
