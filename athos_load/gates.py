@@ -58,7 +58,7 @@ RATES = {
     "call_setup": "calls that reached ready over calls that tried (ready + failed before ready)",
 }
 VALUES = {"reconnects_per_session_minute": "transient drops per minute of connected call time"}
-METRICS = (*TIMINGS, *RATES, *VALUES)
+METRICS = (*TIMINGS, *RATES, *VALUES, *trends.LEVELS)
 # audio_send_lag is the generator's, not a scenario's: it has no scenario label to filter by
 FILTERS = {"scenario": (*(t.value for t in Timing), "scores_missing", "call_setup"), "code": ("errors",)}
 
@@ -78,7 +78,7 @@ _EXPRESSION = re.compile(
 )
 # drift(p95) < 10%/h: a timing's percentile growing by at most a tenth of its level an hour
 _DRIFT = re.compile(
-    r"^\s*drift\((?:p(?P<q>[0-9]+(?:\.[0-9]+)?)|(?P<med>med))\)\s*(?P<op><=|>=|<|>)\s*"
+    r"^\s*drift(?:\((?:p(?P<q>[0-9]+(?:\.[0-9]+)?)|(?P<med>med))\))?\s*(?P<op><=|>=|<|>)\s*"
     r"(?P<number>-?[0-9]*\.?[0-9]+)\s*%/h\s*$"
 )
 _REGRESSION = re.compile(r"^(?P<name>[a-z_]+)\.(?P<stat>avg|med|p(?P<q>[0-9]+(?:\.[0-9]+)?))$")
@@ -123,11 +123,15 @@ class Gate:
 
     def _evaluate_drift(self, metrics: Metrics) -> GateResult:
         """Fails only when the whole interval lies past the limit: noise alone rarely fails it."""
-        found = timing_drift(metrics.timeline_summary(), self.name, self.quantile or 50.0)
+        timeline = metrics.timeline_summary()
+        if self.name in trends.LEVELS:
+            found = trends.level_drift(timeline, self.name)
+        else:
+            found = timing_drift(timeline, self.name, self.quantile or 50.0)
         if found is None:
             return GateResult(self, None, 0, None)
         bound = found.low if self.op in ("<", "<=") else found.high  # the end nearest the limit
-        return GateResult(self, found.per_hour, found.windows, OPERATORS[self.op](bound, self.limit), found)
+        return GateResult(self, found.per_hour, found.windows, bool(OPERATORS[self.op](bound, self.limit)), found)
 
     def __str__(self) -> str:
         return f"{self.metric}: {self.expression}"
@@ -373,12 +377,17 @@ def _parse_threshold(
     expression = str(node.value)
     drifting = _DRIFT.match(expression)
     if drifting:
-        if name not in (t.value for t in Timing):
+        level = name in trends.LEVELS
+        has_quantile = drifting["q"] is not None or drifting["med"] is not None
+        if not level and name not in (t.value for t in Timing):
             raise GatesError(f"{where}: {metric}: {expression!r}: drift is of a timing's percentile")
+        if level == has_quantile:
+            form = "drift < X%/h" if level else "drift(pN) < X%/h"
+            raise GatesError(f"{where}: {metric}: {expression!r}: {name} takes {form}")
         if filt is not None:
             raise GatesError(f"{where}: {metric}: {expression!r}: drift is over the whole run: no filter")
-        quantile = 50.0 if drifting["med"] else float(drifting["q"])
-        if not 0 < quantile < 100:
+        quantile = None if level else 50.0 if drifting["med"] else float(drifting["q"])
+        if quantile is not None and not 0 < quantile < 100:
             raise GatesError(f"{where}: {metric}: {expression!r}: drift(pN) needs 0 < N < 100")
         limit = float(drifting["number"]) / 100.0
         return Gate(metric, name, filt, expression, "drift", quantile, drifting["op"], limit, abort, delay, line)
@@ -411,6 +420,8 @@ def _aggregates(name: str) -> tuple[str, ...]:
         return ("avg", "min", "max", "med", "p", "count")
     if name in RATES:
         return ("count", "rate")
+    if name in trends.LEVELS:
+        return ("drift",)
     return ("value",)
 
 

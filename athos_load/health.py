@@ -122,6 +122,7 @@ class HealthMonitor:
         sample = {
             "cpu_seconds": self._cpu[-1][1],
             "memory_bytes": float(self._process.memory_info().rss),
+            "open_fds": float(self._process.num_fds()) if hasattr(self._process, "num_fds") else 0.0,
             "saturated": 1.0 if saturated else 0.0,
             "cpu_ratio": cpu,
             "loop_lag_p99": lag_p99,

@@ -507,6 +507,8 @@ class Metrics:
         """The generator's latest health sample; ``saturated_for`` seconds since the last were saturated."""
         self.health[self.source] = sample
         self.timeline.peak("cpu_ratio", self.source, sample.get("cpu_ratio", 0.0))
+        self.timeline.peak("rss_bytes", self.source, sample.get("memory_bytes", 0.0))
+        self.timeline.peak("open_fds", self.source, sample.get("open_fds", 0.0))
         self.timeline.peak("users", self.source, self.users)
         self._peak_active()  # every second, so a window of long calls with no start or end shows them
         if saturated_for:
@@ -622,6 +624,8 @@ class Metrics:
             entry["active_calls"] = window.level("active_calls")
             entry["users"] = window.level("users", max)  # a master counts every worker's users
             entry["cpu_ratio"] = window.level("cpu_ratio", max)
+            entry["rss_bytes"] = window.level("rss_bytes")  # every process's peak, summed: the generator's
+            entry["open_fds"] = window.level("open_fds")
             windows.append(entry)
         return {"window_seconds": self.timeline.width, "windows": windows}
 
@@ -688,6 +692,7 @@ def _health_families(m: Metrics) -> Iterator[Metric]:
     labels = [SOURCE_LABEL]
     cpu = CounterMetricFamily("athos_loadgen_cpu_seconds", "CPU time of the generator process", labels=labels)
     memory = GaugeMetricFamily("athos_loadgen_memory_bytes", "resident memory of the generator", labels=labels)
+    fds = GaugeMetricFamily("athos_loadgen_open_fds", "open file descriptors of the generator", labels=labels)
     saturated = GaugeMetricFamily(
         "athos_loadgen_saturated",
         "1 when the generator is saturated: its timings are not to be trusted",
@@ -696,8 +701,9 @@ def _health_families(m: Metrics) -> Iterator[Metric]:
     for source, health in sorted(m.health.items()):
         cpu.add_metric([source], health.get("cpu_seconds", 0.0))
         memory.add_metric([source], health.get("memory_bytes", 0.0))
+        fds.add_metric([source], health.get("open_fds", 0.0))
         saturated.add_metric([source], health.get("saturated", 0.0))
-    yield from (cpu, memory, saturated, m.loop_lag.family())
+    yield from (cpu, memory, fds, saturated, m.loop_lag.family())
 
 
 def _le(bound: float) -> str:

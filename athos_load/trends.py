@@ -80,7 +80,8 @@ def drift(times: Sequence[float], values: Sequence[float]) -> Drift | None:
     level = float(fit.intercept)
     if not (level > 0 and math.isfinite(fit.slope)):
         return None
-    return Drift(fit.slope / level, fit.low_slope / level, fit.high_slope / level, level, len(times))
+    low, high = float(fit.low_slope), float(fit.high_slope)
+    return Drift(float(fit.slope) / level, low / level, high / level, level, len(times))
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,19 @@ def timing_drift(timeline: dict[str, Any], timing: str, quantile: float) -> Drif
     return drift([t + width / 2 for t in starts], values)
 
 
+# the generator's own levels per window (metrics.timeline_summary), by the names gates use
+LEVELS = {"loadgen_rss": "rss_bytes", "loadgen_open_fds": "open_fds"}
+
+
+def level_drift(timeline: dict[str, Any], level: str) -> Drift | None:
+    """The drift of one of :data:`LEVELS` (the generator's memory or descriptors) over the run: a
+    leak in the tool, told apart from the platform slowing down."""
+    width = float(timeline.get("window_seconds") or 1.0)
+    windows = [w for w in timeline.get("windows", []) if w.get(LEVELS[level])]
+    windows = windows[math.ceil(WARMUP_SHARE * len(windows)) :]
+    return drift([w["start"] + width / 2 for w in windows], [w[LEVELS[level]] for w in windows])
+
+
 def change_points(starts: Sequence[float], values: Sequence[float]) -> list[ChangePoint]:
     """The shifts in level of ``values`` (positive, one per window starting at ``starts``)."""
     if len(values) < MIN_WINDOWS:
@@ -151,6 +165,9 @@ def drifts(timeline: dict[str, Any], timings: Sequence[str], quantiles: Sequence
     for timing in timings:
         found = {f"p{q:g}": timing_drift(timeline, timing, q) for q in quantiles}
         out[timing] = {key: None if d is None else d.to_dict() for key, d in found.items()}
+    for level in LEVELS:
+        found_level = level_drift(timeline, level)
+        out[level] = None if found_level is None else found_level.to_dict()
     return out
 
 

@@ -257,7 +257,7 @@ def test_instruments_are_declared_once_with_valid_names_and_labels():
     # every family /metrics shows is a declared instrument or one of the levels read at scrape time
     names = {family.name for family in text_string_to_metric_families(generate_latest(m.registry).decode())}
     levels = {"athos_sessions_active", "athos_loadgen_users", "athos_loadgen_cpu_seconds"}
-    levels |= {"athos_loadgen_memory_bytes", "athos_loadgen_saturated"}
+    levels |= {"athos_loadgen_memory_bytes", "athos_loadgen_open_fds", "athos_loadgen_saturated"}
     declared = {name.removesuffix("_total") for name in m.instruments}
     assert names - levels == declared
 

@@ -65,7 +65,11 @@ def test_too_few_windows_give_no_drift():
     assert drift([0.0, 10.0, 20.0], [1.0, 1.1, 1.2]) is None
     assert drift([0.0] * 8, [1.0] * 8) is None  # no time passed
     empty = {"window_seconds": 1.0, "windows": []}
-    assert drifts(empty, ["connect_ready"]) == {"connect_ready": {"p50": None, "p95": None}}
+    assert drifts(empty, ["connect_ready"]) == {
+        "connect_ready": {"p50": None, "p95": None},
+        "loadgen_rss": None,
+        "loadgen_open_fds": None,
+    }
 
 
 def test_the_drift_gate_fails_only_when_the_interval_lies_past_the_limit(tmp_path):
@@ -127,3 +131,47 @@ def test_change_points_reach_the_summary_and_the_report():
     found = changes(timeline, ["persona_response", "connect_ready"])
     assert [c["change"] for c in found["persona_response"]] == [pytest.approx(1.0, abs=0.15)]
     assert found["connect_ready"] == []  # no samples: nothing to find
+
+
+# -- the generator's own health over the run ------------------------------------------------------------
+
+
+def generator(rss_growth_per_hour: float, *, hours: float = 2.0, seed: int = 0) -> Metrics:
+    """Health samples every 10 s: RSS from 200 MB (noise of 1 MB) growing by the given share an hour."""
+    rng = np.random.default_rng(seed)
+    clock = Clock()
+    metrics = Metrics()
+    metrics.timeline.clock = clock
+    for k in range(int(hours * 360)):
+        clock.t = START + k * 10.0
+        rss = 200e6 * (1 + rss_growth_per_hour * k * 10.0 / 3600) + rng.normal(0, 1e6)
+        metrics.record_health({"cpu_ratio": 0.4, "memory_bytes": rss, "open_fds": 300 + rng.integers(0, 20)})
+    return metrics
+
+
+def test_a_leak_in_the_generator_fails_its_rss_drift_gate_and_a_flat_one_passes(tmp_path):
+    path = tmp_path / "gates.yaml"
+    path.write_text('loadgen_rss: ["drift < 1%/h"]\nloadgen_open_fds: ["drift < 5%/h"]\n')
+    rss, fds = load_gates(path)
+    leaking = generator(0.05)
+    assert rss.evaluate(leaking).passed is False and fds.evaluate(leaking).passed is True
+    found = drifts(leaking.timeline_summary(), [])["loadgen_rss"]
+    assert found["per_hour"] == pytest.approx(0.05, abs=0.01) and found["low"] > 0.01
+    assert [rss.evaluate(generator(0.0, seed=seed)).passed for seed in range(5)] == [True] * 5
+    summary = generator(0.0).timeline_summary()["windows"][-1]
+    assert summary["rss_bytes"] > 0 and summary["open_fds"] >= 300
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('loadgen_rss: ["drift(p95) < 1%/h"]\n', "loadgen_rss takes drift < X%/h"),
+        ('connect_ready: ["drift < 1%/h"]\n', "connect_ready takes drift(pN) < X%/h"),
+        ('loadgen_rss: ["value < 1"]\n', "loadgen_rss takes drift"),
+    ],
+)
+def test_a_drift_gate_in_the_wrong_form_names_the_right_one(tmp_path, text, message):
+    path = tmp_path / "gates.yaml"
+    path.write_text(text)
+    with pytest.raises(GatesError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_gates(path)
