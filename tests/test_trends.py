@@ -1,17 +1,21 @@
 """Drift: a timing that creeps up over a run is flagged, a steady one with bursts is not, and the
-drift gate fails only when the whole interval lies past its limit. Runs are synthetic here (a
-recorded timeline on a virtual clock, in milliseconds); the simulator's degradation knobs that make
-a real platform drift are in test_sim.py."""
+drift gate fails only when the whole interval lies past its limit; change-points are located, and
+the generator's own memory has a drift of its own. Runs are synthetic (a recorded timeline on a
+virtual clock, in milliseconds), but for one accelerated soak against a degrading simulator."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from support.locust_run import run_locust, silent_scenario
 
 from athos_load.gates import GatesError, load_gates
 from athos_load.metrics import Metrics, Timing
 from athos_load.timeline import WindowHistogram
 from athos_load.trends import changes, drift, drifts, timing_change_points, timing_drift
+from athos_load.verdict import ExitCode
 
 START = 1_767_225_600.0
 
@@ -175,3 +179,22 @@ def test_a_drift_gate_in_the_wrong_form_names_the_right_one(tmp_path, text, mess
     path.write_text(text)
     with pytest.raises(GatesError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_gates(path)
+
+
+def test_an_accelerated_soak_against_a_degrading_platform_fails_its_drift_gate(tmp_path):
+    """A real run: 16 s of short calls against a simulator whose latencies double every 10 s
+    (--latency-growth 360, per hour); connect_ready's p95 drift gate fails on its interval."""
+    gates = tmp_path / "gates.yaml"
+    gates.write_text('connect_ready: ["drift(p95) < 100%/h"]\n')
+    result = run_locust(
+        "--headless", "-u", "30", "-r", "30", "-t", "16s", "--athos-scenario", str(silent_scenario(tmp_path, 0.5)),
+        "--athos-gates", str(gates), "--athos-summary", str(tmp_path / "s.json"), "--athos-drain-timeout", "1",
+        "--athos-sim-args", "--ready-latency fixed:0.1 --load-slowdown 0 --latency-growth 360",
+        timeout=90,
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "s.json").read_text())
+    (gate,) = summary["gates"]
+    assert result.returncode == ExitCode.GATE_FAILED, (result.stderr[-2000:], gate)
+    low, high = gate["interval"]
+    assert gate["passed"] is False and low > 1.0 and gate["observed"] > 10.0  # ~+36000%/h: x2 every 10 s
+    assert summary["drift"]["connect_ready"]["p95"]["per_hour"] == pytest.approx(gate["observed"], rel=1e-5)
