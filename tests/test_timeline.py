@@ -1,6 +1,9 @@
 """Time windows: bounded however long the run, nothing dropped when they coarsen, and a worker's
 windows folding exactly into the master's."""
 
+import json
+import tracemalloc
+
 import numpy as np
 
 from athos_load.metrics import Metrics, Outcome, Timing
@@ -91,3 +94,32 @@ def test_a_window_accounts_calls_and_health():
     assert second["session_seconds"] == 30.0 and second["saturated_seconds"] == 0.8
     assert second["cpu_ratio"] == 0.97 and second["users"] == 2
     assert second["active_calls"] == 2  # the level the finished call was part of
+
+
+def test_a_week_of_a_soak_holds_no_more_than_a_day():
+    """A simulated week of a whole Metrics (every timing, counters, health levels) a sample a
+    minute: the windows stay within their bound, coarsening keeps every sample, and the memory the
+    process holds for it (traced allocations) is no bigger after seven days than after one."""
+    clock = Clock()
+    metrics = Metrics()
+    metrics.timeline.clock = clock
+    rng = np.random.default_rng(3)
+    sizes = {}
+    minutes = 7 * 24 * 60
+    tracemalloc.start()
+    for minute in range(minutes):
+        clock.t += 60.0
+        for timing in Timing:
+            metrics.timings[timing].observe(float(rng.lognormal(-1, 0.5)), scenario="s")
+        metrics.call_started("s")
+        metrics.call_finished("s", Outcome.COMPLETED, 50.0)
+        metrics.record_health({"cpu_ratio": 0.3, "memory_bytes": 2e8, "open_fds": 300.0})
+        assert len(metrics.timeline.windows) <= 120
+        if minute + 1 in (24 * 60, minutes):
+            sizes[(minute + 1) // (24 * 60)] = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    summary = metrics.timeline_summary()
+    assert sum(w["connect_ready"]["count"] for w in summary["windows"]) == minutes
+    assert sum(w["calls"]["started"] for w in summary["windows"]) == minutes
+    assert sizes[7] <= 1.05 * sizes[1], sizes
+    assert len(json.dumps(summary)) < 2_000_000  # and its summary stays small: sparse histograms

@@ -182,12 +182,12 @@ def test_a_drift_gate_in_the_wrong_form_names_the_right_one(tmp_path, text, mess
 
 
 def test_an_accelerated_soak_against_a_degrading_platform_fails_its_drift_gate(tmp_path):
-    """A real run: 16 s of short calls against a simulator whose latencies double every 10 s
+    """A real run: 12 s of short calls against a simulator whose latencies double every 10 s
     (--latency-growth 360, per hour); connect_ready's p95 drift gate fails on its interval."""
     gates = tmp_path / "gates.yaml"
     gates.write_text('connect_ready: ["drift(p95) < 100%/h"]\n')
     result = run_locust(
-        "--headless", "-u", "30", "-r", "30", "-t", "16s", "--athos-scenario", str(silent_scenario(tmp_path, 0.5)),
+        "--headless", "-u", "30", "-r", "30", "-t", "12s", "--athos-scenario", str(silent_scenario(tmp_path, 0.5)),
         "--athos-gates", str(gates), "--athos-summary", str(tmp_path / "s.json"), "--athos-drain-timeout", "1",
         "--athos-sim-args", "--ready-latency fixed:0.1 --load-slowdown 0 --latency-growth 360",
         timeout=90,
