@@ -181,6 +181,7 @@ def test_a_drift_gate_in_the_wrong_form_names_the_right_one(tmp_path, text, mess
         load_gates(path)
 
 
+@pytest.mark.long  # the bounded version: the synthetic drift tests above, and the simulator's step in test_sim
 def test_an_accelerated_soak_against_a_degrading_platform_fails_its_drift_gate(tmp_path):
     """A real run: 12 s of short calls against a simulator whose latencies double every 10 s
     (--latency-growth 360, per hour); connect_ready's p95 drift gate fails on its interval."""
