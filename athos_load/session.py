@@ -449,19 +449,20 @@ class RoleplaySession:
 
     def _emit(self, event: Event) -> None:
         record = SessionEvent(event, time.monotonic())
-        if event.name == "ready":
+        name = event.name  # built per call for a speaking event: once here
+        if name == "ready":
             self._ready.set()
-        elif event.name in ("reconnected", "error", "ended"):
+        elif name in ("reconnected", "error", "ended"):
             self._resume_deadline = None  # the resume was answered
-        for callback in tuple(self._listeners[event.name]):
+        for callback in tuple(self._listeners[name]):
             try:
                 callback(record)
             except Exception:
                 # A listener's bug must not kill the call; it is logged with its traceback.
-                logger.exception("listener for %r raised", event.name)
+                logger.exception("listener for %r raised", name)
         if self._protocol.finished:
             self._ready.set()
-            if event.name == "ended" or self._protocol.state is CallState.FAILED:
+            if name == "ended" or self._protocol.state is CallState.FAILED:
                 self._ended.set()
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the fault proxy is the test suite's: one proxy, not a copy
 
-from support.faultproxy import FaultProxy  # noqa: E402
+from support.faultproxy import FaultProxy, stalled  # noqa: E402
 
 from athos_load.simproc import SimulatorProcess  # noqa: E402
 
@@ -61,9 +60,8 @@ def inject(fault: str, proxy: FaultProxy, sim: SimulatorProcess) -> str:
     if fault in ("rst", "fin"):
         return f"{fault}: {proxy.inject(fault)} connections"
     if fault == "stall":
-        os.kill(sim.process.pid, signal.SIGSTOP)
-        time.sleep(STALL_SECONDS)
-        os.kill(sim.process.pid, signal.SIGCONT)
+        with stalled(sim.process.pid):
+            time.sleep(STALL_SECONDS)
         return f"platform stalled {STALL_SECONDS:g} s"
     held = proxy.inject("blackhole")
     time.sleep(HALF_OPEN_SECONDS)
@@ -110,7 +108,6 @@ def main() -> int:
                 k, next_fault = k + 1, next_fault + 60.0
             time.sleep(0.5)
     finally:
-        os.kill(sim.process.pid, signal.SIGCONT)
         if run.poll() is None:
             run.kill()
         run.wait(30)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from typing import Any
 
 import gevent
 import pytest
-from support.faultproxy import FaultProxy
+from support.faultproxy import FaultProxy, stalled
 from support.locust_run import LOCUST, ROOT, check_accounting, locust_env, silent_scenario
 from support.net import free_port
 
@@ -160,11 +158,8 @@ def test_a_platform_stalled_mid_call_is_waited_for(rig):
     started = time.monotonic()
     call, running = rig.start(silent_call())
     rig.when_ready(call)
-    os.kill(rig.sim.process.pid, signal.SIGSTOP)
-    try:
+    with stalled(rig.sim.process.pid):
         gevent.sleep(0.8)
-    finally:
-        os.kill(rig.sim.process.pid, signal.SIGCONT)
     summary = rig.finish(running, started)
     assert call.outcome is Outcome.COMPLETED and summary["errors"] == {}
     assert summary["calls"]["scored"] == 1
@@ -174,11 +169,8 @@ def test_a_platform_stalled_at_the_hang_up_fails_the_call_at_the_deadline(rig):
     started = time.monotonic()
     call, running = rig.start(silent_call(seconds=2.0))
     rig.when_ready(call, after=1.5)  # near the end of the turn: the stall spans the hang-up
-    os.kill(rig.sim.process.pid, signal.SIGSTOP)
-    try:
+    with stalled(rig.sim.process.pid):
         summary = rig.finish(running, started)
-    finally:
-        os.kill(rig.sim.process.pid, signal.SIGCONT)
     assert call.outcome is Outcome.FAILED
     assert set(summary["errors"]) & {ErrorCode.HANGUP_TIMEOUT, ErrorCode.RECONNECT_FAILED}
 
@@ -229,14 +221,12 @@ def test_a_run_through_faults_ends_on_time_with_every_call_accounted_for(sim_fac
         time.sleep(3)
         hit = proxy.inject("rst")
         time.sleep(2)
-        os.kill(sim.process.pid, signal.SIGSTOP)
-        time.sleep(1.5)
-        os.kill(sim.process.pid, signal.SIGCONT)
+        with stalled(sim.process.pid):
+            time.sleep(1.5)
         time.sleep(1.5)
         proxy.inject("fin")
         out, err = run.communicate(timeout=60)
     finally:
-        os.kill(sim.process.pid, signal.SIGCONT)
         if run.poll() is None:
             run.kill()
             run.wait(5)

@@ -16,18 +16,22 @@ ways, until told otherwise on its standard input, one command per line:
 Each command is acknowledged on standard output (``ok fin 3``: three connections were cut) after
 it took effect. It exits by itself after ``--lifetime`` seconds, or at EOF on its standard input.
 Standard library only; a subprocess, not a thread, so the gevent-patched tests do not schedule it.
-:class:`FaultProxy` is the test side.
+:class:`FaultProxy` is the test side; :func:`stalled` stalls the platform behind it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import selectors
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 LOOPBACK = "127.0.0.1"
@@ -136,6 +140,17 @@ class Proxy:
 
 
 # -- the test side --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stalled(pid: int) -> Iterator[None]:
+    """The process ``pid`` (a platform started by the test) stopped with SIGSTOP for the block:
+    it holds its sockets and answers nothing, as a platform in a long GC pause or swapped out."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 class FaultProxy:

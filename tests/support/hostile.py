@@ -137,10 +137,8 @@ class Connection:
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
         )
-        if trickle and not self.trickle(answer):
+        if not (self.trickle(answer) if trickle else self.send(answer)):
             return False
-        if not trickle:
-            self.send(answer)
         self.log(event="handshake", path=line.split(" ")[1])
         return True
 
