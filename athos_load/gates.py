@@ -48,7 +48,7 @@ import yaml
 from . import trends
 from .baseline import CONFIDENCE, MIN_WINDOWS, RESAMPLES, Baseline, Comparison, compare
 from .metrics import KNOWN_CODES, Metrics, Outcome, Timing
-from .trends import Drift, timing_drift
+from .trends import Drift
 
 TIMINGS = (*(t.value for t in Timing), "audio_send_lag")
 # counted metric -> (what ``count`` is, what ``rate`` is)
@@ -76,10 +76,11 @@ _EXPRESSION = re.compile(
     r"^\s*(?P<agg>avg|min|max|med|count|rate|value|p\((?P<q>[0-9.]+)\))\s*"
     r"(?P<op><=|>=|==|!=|<|>)\s*(?P<number>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(?P<unit>ms|s|m)?\s*$"
 )
-# drift(p95) < 10%/h: a timing's percentile growing by at most a tenth of its level an hour
+# drift(p95) < 10%/h: a timing's percentile growing by at most a tenth of its level an hour;
+# a rate's in its own units: errors: drift < 0.01/h (error events per call, up by 0.01 an hour)
 _DRIFT = re.compile(
     r"^\s*drift(?:\((?:p(?P<q>[0-9]+(?:\.[0-9]+)?)|(?P<med>med))\))?\s*(?P<op><=|>=|<|>)\s*"
-    r"(?P<number>-?[0-9]*\.?[0-9]+)\s*%/h\s*$"
+    r"(?P<number>-?[0-9]*\.?[0-9]+)\s*(?P<pct>%)?/h\s*$"
 )
 _REGRESSION = re.compile(r"^(?P<name>[a-z_]+)\.(?P<stat>avg|med|p(?P<q>[0-9]+(?:\.[0-9]+)?))$")
 _PERCENT = re.compile(r"^\s*(?P<number>[0-9]*\.?[0-9]+)\s*%\s*$")
@@ -123,11 +124,7 @@ class Gate:
 
     def _evaluate_drift(self, metrics: Metrics) -> GateResult:
         """Fails only when the whole interval lies past the limit: noise alone rarely fails it."""
-        timeline = metrics.timeline_summary()
-        if self.name in trends.LEVELS:
-            found = trends.level_drift(timeline, self.name)
-        else:
-            found = timing_drift(timeline, self.name, self.quantile or 50.0)
+        found = trends.metric_drift(metrics.timeline_summary(), self.name, self.quantile)
         if found is None:
             return GateResult(self, None, 0, None)
         bound = found.low if self.op in ("<", "<=") else found.high  # the end nearest the limit
@@ -377,19 +374,22 @@ def _parse_threshold(
     expression = str(node.value)
     drifting = _DRIFT.match(expression)
     if drifting:
-        level = name in trends.LEVELS
+        timing = name in (t.value for t in Timing)
         has_quantile = drifting["q"] is not None or drifting["med"] is not None
-        if not level and name not in (t.value for t in Timing):
-            raise GatesError(f"{where}: {metric}: {expression!r}: drift is of a timing's percentile")
-        if level == has_quantile:
-            form = "drift < X%/h" if level else "drift(pN) < X%/h"
+        if not (timing or name in trends.LEVELS or name in trends.RATES):
+            raise GatesError(
+                f"{where}: {metric}: {expression!r}: drift is of a timing's percentile, "
+                f"a rate ({', '.join(trends.RATES)}) or the generator's {', '.join(trends.LEVELS)}"
+            )
+        form = "drift(pN) < X%/h" if timing else "drift < X/h" if name in trends.RATES else "drift < X%/h"
+        if timing != has_quantile or (drifting["pct"] is None) != (name in trends.RATES):
             raise GatesError(f"{where}: {metric}: {expression!r}: {name} takes {form}")
         if filt is not None:
             raise GatesError(f"{where}: {metric}: {expression!r}: drift is over the whole run: no filter")
-        quantile = None if level else 50.0 if drifting["med"] else float(drifting["q"])
+        quantile = None if not timing else 50.0 if drifting["med"] else float(drifting["q"])
         if quantile is not None and not 0 < quantile < 100:
             raise GatesError(f"{where}: {metric}: {expression!r}: drift(pN) needs 0 < N < 100")
-        limit = float(drifting["number"]) / 100.0
+        limit = float(drifting["number"]) / (100.0 if drifting["pct"] else 1.0)
         return Gate(metric, name, filt, expression, "drift", quantile, drifting["op"], limit, abort, delay, line)
     match = _EXPRESSION.match(expression)
     if not match:

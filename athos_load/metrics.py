@@ -302,13 +302,15 @@ class Histogram(Instrument):
         """Create the series at zero, so it is exported before its first observation."""
         self._series(self.key(labels))
 
-    def merged(self, **match: object) -> LogHistogram:
-        """The percentiles' histogram over the series whose labels match."""
+    def merged(self, since: Mapping[LabelKey, LogHistogram] | None = None, **match: object) -> LogHistogram:
+        """The percentiles' histogram over the series whose labels match; with ``since`` (copies of
+        series taken earlier, by label values) only what each series recorded after its copy."""
         matches = self.matcher(match)
         merged = LogHistogram()
         for key, series in self.series.items():
             if matches(key):
-                merged.merge(series.log)
+                earlier = since.get(key) if since else None
+                merged.merge(series.log if earlier is None else series.log.since(earlier))
         return merged
 
     def family(self) -> HistogramMetricFamily:
@@ -344,6 +346,8 @@ class Metrics:
         self.health: dict[str, dict[str, float]] = {}  # source -> cpu_seconds, memory_bytes, saturated
         self.users = 0
         self.timeline = Timeline()  # the same recordings over time, for reports and baselines
+        self.warmup_until: float | None = None  # epoch seconds; the run's timings leave out what came before
+        self._at_warmup: dict[str, dict[LabelKey, LogHistogram]] = {}  # each series as it stood then
 
         def histogram(name: str, doc: str, labels: Sequence[str], short_name: str) -> Histogram:
             return self.add(
@@ -393,11 +397,14 @@ class Metrics:
             "server messages of a type this version does not know, ignored (a newer platform build may add one)",
             "scenario",
         )
-        self.session_seconds = counter(
-            "athos_session_seconds",
-            "seconds of calls from ready to their end; reconnects per session-minute = "
-            "60 * athos_reconnects_total / athos_session_seconds_total",
-            "scenario",
+        # counted when a call ends, but into the windows over which its seconds accrued (call_finished)
+        self.session_seconds = self.add(
+            Counter(
+                "athos_session_seconds",
+                "seconds of calls from ready to their end; reconnects per session-minute = "
+                "60 * athos_reconnects_total / athos_session_seconds_total",
+                ("scenario",),
+            )
         )
         self.loop_lag = histogram(
             "athos_loadgen_loop_lag_seconds",
@@ -472,6 +479,15 @@ class Metrics:
                 self.sessions.touch(scenario=scenario, outcome=outcome)
             self.active[self.source][scenario] += 0
 
+    def end_warmup(self) -> None:
+        """The warm-up (a soak's ramp) is over: from now on the run's timings (summary, gates) leave
+        out what came before, and so do drift and change-points. The exported Prometheus series
+        stay whole (a counter never goes back); the first call settles it, later ones do nothing."""
+        if self.warmup_until is not None:
+            return
+        self.warmup_until = self.timeline.clock()
+        self._at_warmup = {h.short_name: {key: s.log.copy() for key, s in h.series.items()} for h in self.histograms}
+
     # -- recording -------------------------------------------------------------------------------
 
     def call_started(self, scenario: str) -> None:
@@ -489,6 +505,9 @@ class Metrics:
         self.active[self.source][scenario] -= 1
         if connected_seconds > 0:
             self.session_seconds.inc(connected_seconds, scenario=scenario)
+            end = self.timeline.clock()
+            key = self.session_seconds.key({"scenario": scenario})
+            self.timeline.spread(self.session_seconds.name, key, end - connected_seconds, end)
 
     def score_settled(self, scenario: str, outcome: ScoreOutcome) -> None:
         self.score_counters[outcome].inc(scenario=scenario)
@@ -571,13 +590,15 @@ class Metrics:
     # -- reading ---------------------------------------------------------------------------------
 
     def timing(self, timing: str, scenario: str | None = None) -> LogHistogram:
-        """One timing over every scenario, or one scenario's (none, for a histogram not kept per scenario)."""
+        """One timing over every scenario, or one scenario's (none, for a histogram not kept per
+        scenario), after the warm-up when one ended (:meth:`end_warmup`)."""
         histogram = self.histogram(str(timing))
+        since = self._at_warmup.get(histogram.short_name)
         if scenario is None:
-            return histogram.merged()
+            return histogram.merged(since)
         if "scenario" not in histogram.labelnames:
             return LogHistogram()
-        return histogram.merged(scenario=scenario)
+        return histogram.merged(since, scenario=scenario)
 
     def total(self, name: str, **match: object) -> float:
         """The sum of a counter's series whose labels match, by name: ``total("athos_sessions", outcome="failed")``."""
@@ -607,7 +628,8 @@ class Metrics:
             "session_minutes": round(accounting["session_seconds"] / 60.0, 3),
             "unknown_messages": self.unknown_messages.total(),
             "errors": accounting["errors"],
-            "audio_send_lag": self.audio_send_lag.merged().summary(),
+            "audio_send_lag": self.timing("audio_send_lag").summary(),
+            "warmup_until": self.warmup_until,
         }
 
     def timeline_summary(self) -> dict[str, Any]:
@@ -627,7 +649,7 @@ class Metrics:
             entry["rss_bytes"] = window.level("rss_bytes")  # every process's peak, summed: the generator's
             entry["open_fds"] = window.level("open_fds")
             windows.append(entry)
-        return {"window_seconds": self.timeline.width, "windows": windows}
+        return {"window_seconds": self.timeline.width, "warmup_until": self.warmup_until, "windows": windows}
 
     def _accounting(self, values: Callable[[Counter], Iterable[tuple[LabelKey, float]]]) -> dict[str, Any]:
         """Calls by outcome and score, errors by code, reconnects and session seconds, from the

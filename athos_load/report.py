@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from .metrics import Timing
+from .trends import Drift
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -32,6 +34,31 @@ def format_table(summary: dict[str, Any]) -> str:
             f"generator saturated for {saturated:.0f} s: latencies recorded then include the generator's own delay"
         )
     return "\n".join(lines)
+
+
+def trend_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """What changed over the run, from a summary's ``drift`` and ``change_points``, as (what, value,
+    state) text for the report and the live tab: every drift measured (``rising`` when its whole
+    interval is above zero), then every change-point; nothing where too little was recorded."""
+    rows = []
+    for name, found in (summary.get("drift") or {}).items():
+        for stat, data in [("", found)] if found is None or "per_hour" in found else found.items():
+            if data is None:
+                continue
+            drift = Drift(**data)
+            state = "rising" if drift.low > 0 else "falling" if drift.high < 0 else "steady"
+            rows.append((f"drift {name} {stat}".strip(), f"{drift.shown()} over {drift.windows} windows", state))
+    for name, changes in (summary.get("change_points") or {}).items():
+        for change in changes:
+            levels = f"p95 {ms_text(change['before'])} → {ms_text(change['after'])} ms"
+            value = f"{change['change']:+.0%} from {clock_text(change['at'])}: {levels}"
+            rows.append((f"change {name}", value, "shifted"))
+    return rows
+
+
+def clock_text(epoch: float) -> str:
+    """A wall-clock time of the run, in UTC (windows and change-points are epoch-aligned)."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%H:%M:%S UTC")
 
 
 def ms_text(seconds: float | None, none: str = "-") -> str:

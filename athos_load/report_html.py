@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .metrics import DOCS, Timing
-from .report import count_text, ms_text, observed_text
+from .report import count_text, ms_text, observed_text, trend_rows
 from .timeline import WindowHistogram
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 PLOT_BG = "#f3f5f9"  # every drawn plot area's background (the screenshot test finds plots by it)
 SATURATED = "#f7c6a3"  # windows in which the generator was saturated
 CHANGE = "#6a3d9a"  # a change-point: the first window at a new level
+WARMUP = "#e6e6e6"  # the warm-up (a soak's ramp), left out of the timings, drift and change-points
 PERCENTILES = (("p50", "#2f6db5"), ("p95", "#e08a1e"), ("p99", "#c8312f"))
 SERIES = ("#2f6db5", "#e08a1e", "#3a9a5b", "#c8312f", "#7d5ba6", "#8c6d31", "#d45fa4", "#4f9fa8")
 VERDICT_COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "invalid": "#9a6700"}
@@ -78,6 +79,7 @@ def html_report(summary: dict[str, Any]) -> str:
         _gates(summary),
         _calls(summary),
         _timings(summary),
+        _trends(summary),
         *_plots(summary, run),
         _capacity(summary),
         _settings(summary),
@@ -101,6 +103,8 @@ class RunTimeline:
         for window in windows:
             self.slots[round((window["start"] - self.start) / self.width)] = window
         self.seconds = slots * self.width
+        until = timeline.get("warmup_until")
+        self.warmup_seconds = max(0.0, until - self.start) if until is not None and windows else 0.0
         # long runs read better in minutes or hours than in thousands of seconds
         self.unit, self.scale = next((u, s) for u, s, upto in TIME_UNITS if self.seconds <= upto)
 
@@ -170,6 +174,18 @@ def _plots(summary: dict[str, Any], run: RunTimeline) -> list[str]:
             f"windows of {run.width:g} s; a gap is a window in which nothing was recorded. "
             f'<span class="swatch" style="background:{SATURATED}"></span> shaded: the generator was saturated '
             "(its own delay is in the latencies recorded then)."
+            + (
+                f' <span class="swatch" style="background:{WARMUP}"></span> shaded: the warm-up, left out of the '
+                "timings, drift and change-points."
+                if run.warmup_seconds
+                else ""
+            )
+            + (
+                f' <span class="swatch" style="background:{CHANGE}"></span> dotted: a change-point, where a '
+                "timing's p95 moved to a new level (by the share shown)."
+                if any((summary.get("change_points") or {}).values())
+                else ""
+            )
         )
         if run
         else "The summary holds no timeline: nothing to plot over time."
@@ -380,6 +396,8 @@ NOTE_ROW = 0.3  # a "no data" row's height, relative to a plot's
 def _time_axis(ax: Axes, run: RunTimeline) -> None:
     from matplotlib.ticker import FuncFormatter
 
+    if run.warmup_seconds:
+        ax.axvspan(0, run.warmup_seconds / run.scale, color=WARMUP, lw=0, zorder=0)
     for start, end in run.saturated_spans():
         ax.axvspan(start, end, color=SATURATED, lw=0, zorder=0)
     ax.set_xlim(0, max(run.seconds / run.scale, 1e-9))
@@ -528,8 +546,31 @@ def _timings(summary: dict[str, Any]) -> str:
                 for key in ("min", "p50", "p95", "p99", "max")
             )
         rows.append(f"<tr><td><code>{_e(name)}</code></td><td>{_e(doc)}</td>{cells}</tr>")
-    note = '<p class="note">milliseconds, from the run-wide histograms (accurate to 0.1%).</p>'
+    note = '<p class="note">milliseconds, from the run-wide histograms (accurate to 0.1%)'
+    if summary.get("warmup_until") is not None:
+        note += f", after the warm-up (from {_e(_clock(summary['warmup_until']))})"
+    note += ".</p>"
     return _section("Timings", f"<table>{head}{''.join(rows)}</table>{note}")
+
+
+def _trends(summary: dict[str, Any]) -> str:
+    """Drift and change-points as text: what got worse over the run, and when."""
+    if "drift" not in summary:
+        return ""
+    rows = trend_rows(summary)
+    note = (
+        '<p class="note">Drift: the slope per hour of each percentile (relative to its level; rates in their '
+        "own units) over the windows after the warm-up, Theil–Sen with its 95% interval: <b>rising</b> when the "
+        "whole interval is above zero. Change: the window from which a timing's p95 held a new level.</p>"
+    )
+    if not rows:
+        return _section("Over the run", '<p class="note">Too few windows to measure drift (6 are needed).</p>')
+    body = "".join(
+        f'<tr class="{"fail" if state in ("rising", "shifted") else ""}"><td>{_e(what)}</td>'
+        f"<td>{_e(value)}</td><td>{_e(state)}</td></tr>"
+        for what, value, state in rows
+    )
+    return _section("Over the run", f"<table><tr><th>what</th><th>measured</th><th>reads</th></tr>{body}</table>{note}")
 
 
 def _capacity(summary: dict[str, Any]) -> str:

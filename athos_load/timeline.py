@@ -119,6 +119,22 @@ class Timeline:
     def peak(self, level: str, source: str, value: float) -> None:
         self.now().peak(level, source, value)
 
+    def spread(self, family: str, labels: tuple[str, ...], start: float, end: float) -> None:
+        """Count the seconds from ``start`` to ``end`` (epoch) into the windows they fell in, so a
+        quantity that accrues (session seconds) sits where it accrued, not where it was reported."""
+        self.now()  # the window of now exists (and the grid is as coarse as it will be for this)
+        while end // self.width - start // self.width >= self.max_windows:  # longer than the timeline
+            self._coarsen()
+        first, last = int(start // self.width), int(end // self.width)
+        for index in range(first, last + 1):
+            low, high = max(start, index * self.width), min(end, (index + 1) * self.width)
+            if high > low:
+                window = self.windows.get(index)
+                if window is None:
+                    window = self.windows[index] = Window()
+                window.counters[(family, labels)] += high - low
+        self._bound()
+
     # -- distribution ----------------------------------------------------------------------------
 
     def take_delta(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 
 from locust.stats import RequestStats
 
-from athos_load.plugin.bookkeeping import KEEP_SECONDS, MAX_HISTORY, trim
+from athos_load.plugin.bookkeeping import KEEP_SECONDS, MAX_HISTORY, footprint, trim
 
 WEEK = 7 * 24 * 3600
 START = 1_767_225_600
@@ -32,6 +32,7 @@ def test_a_week_of_locust_bookkeeping_is_trimmed_to_what_locust_shows():
     before_rps = {name: stats.get(name, "WS").current_rps for name in ("token_mint", "call")}
     total_rps = stats.total.current_rps
     sized_before = sum(sys.getsizeof(e.num_reqs_per_sec) for e in stats.entries.values())
+    held_before = footprint(stats)
     for _ in range(20):  # a trim every half minute for ten minutes: the history settles under its bound
         trim(stats, START + WEEK)
     for entry in (stats.total, *stats.entries.values()):
@@ -45,6 +46,9 @@ def test_a_week_of_locust_bookkeeping_is_trimmed_to_what_locust_shows():
     assert times == sorted(times) and times[0] == START and times[-1] == START + WEEK - 5  # the whole run
     recent = [t for t in times if t >= START + WEEK - 3600]
     assert len(recent) == 720  # the last hour at full resolution (5 s)
+    held = footprint(stats)  # what the summary reports of Locust's own memory
+    assert held["history_rows"] == len(history) and held["per_second_keys"] <= 8 * (KEEP_SECONDS + 1)
+    assert held_before["per_second_keys"] > 2_000_000 and held["bytes"] < held_before["bytes"] / 100
 
 
 def test_a_short_run_is_left_as_it_is():

@@ -15,8 +15,9 @@ from PIL import Image
 from support.locust_run import run_locust
 
 from athos_load.metrics import Metrics, Outcome, ScoreOutcome, Timing
-from athos_load.report_html import CHANGE, PLOT_BG, SATURATED, RunTimeline, html_report
+from athos_load.report_html import CHANGE, PLOT_BG, SATURATED, WARMUP, RunTimeline, html_report
 from athos_load.timeline import Timeline
+from athos_load.trends import changes, drifts
 from athos_load.verdict import ExitCode
 
 FIGURES = 3  # latency per timing; sessions, reconnects and errors; the generator's health
@@ -45,7 +46,7 @@ def synthetic_summary(*, gap: range, saturated: list[range], seconds: int = 120)
             m.timings[Timing.END_TO_SCORE].observe(rng.lognormal(1.2, 0.3), scenario="drill")
         if t % 9 == 0:
             m.error("no_reply")
-        m.call_finished("drill", Outcome.COMPLETED, 30.0)
+        m.call_finished("drill", Outcome.COMPLETED, 0.4)  # connected within its window: gaps stay empty
         m.score_settled("drill", ScoreOutcome.SCORED)
         m.audio_send_lags(rng.exponential(0.001, 50))
         m.record_health({"cpu_ratio": 0.97 if t in hot else 0.3}, saturated_for=1.0 if t in hot else 0.0)
@@ -217,3 +218,28 @@ def test_a_change_point_is_marked_on_its_timing_plot():
     assert latency.count(f"stroke: {CHANGE}") == 1  # one dotted line, on persona_response's panel only
     assert drawn_text(page, "+50%")
     assert f"stroke: {CHANGE}" not in html_report(synthetic_summary(gap=range(0), saturated=[]))
+
+
+def test_drift_change_points_and_the_warm_up_are_written_out():
+    """The report says in words what changed over the run (the same rows as the live tab), and
+    shades the warm-up its timings leave out."""
+    summary = synthetic_summary(gap=range(0), saturated=[], seconds=240)  # 2 s windows: 6 turns in each
+    timeline = summary["timeline"]
+    timeline["warmup_until"] = summary["warmup_until"] = START + 20
+    names = [t.value for t in Timing]
+    summary["drift"] = drifts(timeline, names)
+    summary["change_points"] = changes(timeline, names)
+    summary["change_points"]["persona_response"] = [{"at": START + 60, "before": 0.8, "after": 1.2, "change": 0.5}]
+    page = html_report(summary)
+    section = page[page.index("<h2>Over the run</h2>") :].split("</section>")[0]
+    rows = re.findall(r"<tr[^>]*><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", section)
+    by_what = {what: (value, state) for what, value, state in rows}
+    value, state = by_what["drift persona_response p95"]
+    assert state in ("steady", "rising", "falling") and "/h (95% interval" in value
+    assert "over" in value and "windows" in value
+    assert by_what["change persona_response"] == ("+50% from 22:14:20 UTC: p95 800 → 1,200 ms", "shifted")
+    # under a session-minute in each window: no reconnect rate to measure, and no row for it
+    assert "drift reconnects_per_session_minute" not in by_what
+    assert "after the warm-up (from" in page and f"fill: {WARMUP}" in svgs(page)[0]
+    plain = synthetic_summary(gap=range(0), saturated=[])
+    assert f"fill: {WARMUP}" not in html_report(plain) and "<h2>Over the run</h2>" not in html_report(plain)

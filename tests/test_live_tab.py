@@ -2,6 +2,7 @@
 its ``/stats/requests`` JSON, and the page as headless Chromium renders it."""
 
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,8 @@ import requests
 from support.locust_run import LOCUST, ROOT, locust_env
 from support.net import free_port
 
-from athos_load.metrics import Timing
-from athos_load.plugin.webui import RUN_TAB, TIMINGS_TAB, extended_stats, install_tab
+from athos_load.metrics import Metrics, Timing
+from athos_load.plugin.webui import RUN_TAB, TIMINGS_TAB, WINDOWS_TAB, OverTime, extended_stats, install_tab
 
 FAST_SIM = "--ready-latency fixed:0.05 --response-latency fixed:0.2 --score-delay fixed:0.2"
 PASSING = "gate connect_ready: p(50) < 10s"
@@ -41,6 +42,9 @@ def test_the_tabs_show_the_run_in_progress(tmp_path):
         timings, run = _tab(report, TIMINGS_TAB), _tab(report, RUN_TAB)
         _check_timings(timings, report)
         _check_run(run)
+        windows = _tab(report, WINDOWS_TAB)  # newest first, one per second in so short a run
+        assert windows and [w["start"] for w in windows] == sorted((w["start"] for w in windows), reverse=True)
+        assert any(int(w["active"]) > 0 for w in windows) and any(w["ready"] != "-" for w in windows)
 
         if shutil.which("chromium") is None:
             pytest.skip("no chromium on this machine: the JSON was checked, the rendered page is not")
@@ -50,7 +54,7 @@ def test_the_tabs_show_the_run_in_progress(tmp_path):
         assert set(shown) == {t.value for t in Timing}
         assert int(shown["connect_ready"][1]) > 0 and float(shown["connect_ready"][2].replace(",", "")) > 0
         dom = _chromium(tmp_path, f"{base}/?tab={RUN_TAB}", "--dump-dom")
-        assert _tab_titles(dom) >= {"Athos timings", "Athos run"}
+        assert _tab_titles(dom) >= {"Athos timings", "Athos run", "Athos over time"}
         states = {row[0]: row[-1] for row in _rows(dom)}
         assert states[PASSING] == "passing" and states[FAILING] == "failing"
         assert states["generator"] == "healthy"
@@ -90,7 +94,7 @@ def test_a_failure_in_the_tabs_leaves_locusts_own_stats_as_they_were(caplog, mon
         return extended_stats(None, [], 0.02)  # every read of the metrics raises
 
     install_tab(environment, broken)
-    assert [t["key"] for t in environment.web_ui.template_args["extended_tabs"]] == [TIMINGS_TAB, RUN_TAB]
+    assert [t["key"] for t in environment.web_ui.template_args["extended_tabs"]] == [TIMINGS_TAB, RUN_TAB, WINDOWS_TAB]
     client = environment.web_ui.app.test_client()
     with caplog.at_level(logging.ERROR, logger="athos_load.plugin.webui"):
         answers = [client.get("/stats/requests") for _ in range(3)]
@@ -100,6 +104,36 @@ def test_a_failure_in_the_tabs_leaves_locusts_own_stats_as_they_were(caplog, mon
         assert "stats" in body and body["state"] == "ready" and "extended_stats" not in body
     assert len([r for r in caplog.records if "Athos tabs" in r.getMessage()]) == 1  # said once, not per poll
     environment.runner.quit()
+
+
+def test_drift_and_change_points_close_the_run_tab():
+    """Two hours of a turn latency that steps up by half at 70 min, read as the tab reads it: a
+    change-point row, and the drift rows; recomputed only every few seconds."""
+    clock = [1_767_225_600.0]
+    metrics = Metrics()
+    metrics.timeline.clock = lambda: clock[0]
+    rng = np.random.default_rng(1)
+    for k in range(360):
+        clock[0] = 1_767_225_600.0 + k * 20.0
+        factor = 1.5 if k * 20.0 >= 70 * 60 else 1.0
+        metrics.timings[Timing.PERSONA_RESPONSE].observe_many(factor * rng.lognormal(-0.1, 0.3, 20), scenario="s")
+    now = [0.0]
+    over_time = OverTime(metrics, every=5.0, clock=lambda: now[0])
+    run = {row["what"]: row for row in _tab({"extended_stats": extended_stats(metrics, [], 0.02, over_time)}, RUN_TAB)}
+    change = run["change persona_response"]
+    assert change["state"] == "shifted" and re.match(r"\+(4[0-9]|5[0-9])% ", change["value"]), change
+    assert re.search(r"from 01:(09|10):\d\d UTC", change["value"]), change  # 70 min in, within a window
+    assert run["drift persona_response p95"]["state"] == "rising"  # a step reads as a rise too
+    assert "/h (95% interval" in run["drift persona_response p50"]["value"]
+    assert len(over_time.windows) == 30 and over_time.windows[0]["response"] != "-"
+    before = over_time.windows[0]["response"]
+    metrics.timings[Timing.PERSONA_RESPONSE].observe_many(np.full(5, 100.0), scenario="s")
+    now[0] = 4.0
+    over_time.refresh()
+    assert over_time.windows[0]["response"] == before  # not recomputed yet: a poll stays cheap
+    now[0] = 5.0
+    over_time.refresh()
+    assert over_time.windows[0]["response"] == "100,000"
 
 
 # -- helpers ---------------------------------------------------------------------------------------

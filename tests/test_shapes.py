@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from athos_load.histogram import LogHistogram
+from athos_load.metrics import Metrics, Timing
 from athos_load.plugin.shapes import AthosShape, CapacitySearch, Gate, parse_params
 
 
@@ -13,7 +14,8 @@ def shape_at(name: str, params: str, users: int = 50, rate: float = 5.0, run_tim
     options = SimpleNamespace(
         athos_shape=name, athos_shape_params=params, num_users=users, spawn_rate=rate, run_time=run_time
     )
-    shape.runner = SimpleNamespace(environment=SimpleNamespace(parsed_options=options))
+    athos = SimpleNamespace(metrics=Metrics())
+    shape.runner = SimpleNamespace(environment=SimpleNamespace(parsed_options=options, athos=athos))
     return shape
 
 
@@ -51,6 +53,34 @@ def test_spike_jumps_at_once_and_recovers():
 def test_soak_ramps_over_its_ramp_time_and_holds():
     shape = shape_at("soak", "ramp_seconds=100,hold_seconds=3600", users=200)
     assert ticks(shape, [0, 3700, 3701]) == [(200, 2.0), (200, 2.0), None]
+
+
+def test_soak_wave_goes_between_its_two_levels_over_its_period():
+    shape = shape_at("soak", "ramp_seconds=100,low=50,period=3600", users=250, rate=1.0)
+    users = [u for u, _ in ticks(shape, [50, 100, 100 + 900, 100 + 1800, 100 + 2700, 100 + 3600])]
+    assert users == [250, 250, 150, 50, 150, 250]
+    assert ticks(shape, [1000])[0][1] == 2.5  # the ramp's rate, 250 users / 100 s: steeper than the wave
+    # a fast wave: Locust may change the count as fast as the wave does at its steepest, 200 pi / 60 s
+    fast = shape_at("soak", "ramp_seconds=100,low=50,period=60", users=250, rate=1.0)
+    assert ticks(fast, [1000])[0][1] == pytest.approx(200 * 3.14159 / 60, rel=1e-3)
+
+
+def test_soak_warm_up_leaves_the_ramp_out_of_the_runs_timings():
+    shape = shape_at("soak", "ramp_seconds=100,warmup_seconds=120", users=10)
+    metrics = shape.runner.environment.athos.metrics
+    metrics.timings[Timing.CONNECT_READY].observe(5.0, scenario="s")  # a slow call in the ramp
+    ticks(shape, [0, 60, 119])
+    assert metrics.warmup_until is None and metrics.timing("connect_ready").count == 1
+    ticks(shape, [120])
+    assert metrics.warmup_until is not None
+    for _ in range(3):
+        metrics.timings[Timing.CONNECT_READY].observe(0.2, scenario="s")
+    steady = metrics.timing("connect_ready")
+    assert steady.count == 3 and steady.max == pytest.approx(0.2, rel=0.01)
+    # the exported series is whole: a Prometheus counter never goes back
+    assert metrics.timings[Timing.CONNECT_READY].merged().count == 4
+    # the warm-up defaults to the ramp
+    assert parse_params("soak", "ramp_seconds=30")["warmup_seconds"] == 30
 
 
 @pytest.mark.parametrize(

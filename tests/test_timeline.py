@@ -5,6 +5,7 @@ import json
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from athos_load.metrics import Metrics, Outcome, Timing
 from athos_load.timeline import BASE_SECONDS, Timeline
@@ -84,16 +85,43 @@ def test_a_window_accounts_calls_and_health():
     m.call_started("s")
     m.call_started("s")
     clock.t += 1.0
-    m.call_finished("s", Outcome.COMPLETED, 30.0)
+    m.call_finished("s", Outcome.COMPLETED, 0.75)
     m.error("no_reply")
     m.users = 2
     m.record_health({"cpu_ratio": 0.97}, saturated_for=0.8)
     first, second = m.timeline_summary()["windows"]
     assert first["calls"]["started"] == 2 and first["active_calls"] == 2 and first["calls"]["completed"] == 0
     assert second["calls"]["completed"] == 1 and second["errors"] == {"no_reply": 1}
-    assert second["session_seconds"] == 30.0 and second["saturated_seconds"] == 0.8
+    assert first["session_seconds"] == 0.75 and second["session_seconds"] == 0  # where its seconds accrued
+    assert second["saturated_seconds"] == 0.8
     assert second["cpu_ratio"] == 0.97 and second["users"] == 2
     assert second["active_calls"] == 2  # the level the finished call was part of
+
+
+def test_session_seconds_sit_in_the_windows_they_accrued_in():
+    """A call's connected time is counted when it ends, but into each window it spanned: a window
+    of long calls none of which ended there still has its session-minutes (reconnect rates)."""
+    clock = Clock()
+    m = Metrics()
+    m.timeline.clock = clock
+    clock.t = 1000.25
+    m.call_started("s")
+    clock.t = 1003.75
+    m.call_finished("s", Outcome.COMPLETED, 3.25)  # ready at 1000.5
+    windows = m.timeline_summary()["windows"]
+    assert [(w["start"], w["session_seconds"]) for w in windows] == [
+        (1000.0, 0.5),
+        (1001.0, 1.0),
+        (1002.0, 1.0),
+        (1003.0, 0.75),
+    ]
+    assert m.session_seconds.total() == 3.25
+    # a call longer than the whole timeline coarsens it first; nothing is lost
+    clock.t = 1003.75 + 1000
+    m.call_finished("s", Outcome.COMPLETED, 1000.0)
+    summary = m.timeline_summary()
+    assert len(summary["windows"]) <= m.timeline.max_windows
+    assert sum(w["session_seconds"] for w in summary["windows"]) == pytest.approx(1003.25)
 
 
 def test_a_week_of_a_soak_holds_no_more_than_a_day():

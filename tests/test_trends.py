@@ -13,7 +13,7 @@ import pytest
 from support.locust_run import run_locust, silent_scenario
 
 from athos_load.gates import GatesError, load_gates
-from athos_load.metrics import Metrics, Timing
+from athos_load.metrics import Metrics, Outcome, Timing
 from athos_load.timeline import WindowHistogram
 from athos_load.trends import changes, drift, drifts, timing_change_points, timing_drift
 from athos_load.verdict import ExitCode
@@ -74,6 +74,8 @@ def test_too_few_windows_give_no_drift():
         "connect_ready": {"p50": None, "p95": None},
         "loadgen_rss": None,
         "loadgen_open_fds": None,
+        "reconnects_per_session_minute": None,
+        "errors": None,
     }
 
 
@@ -101,6 +103,8 @@ def test_the_drift_gate_fails_only_when_the_interval_lies_past_the_limit(tmp_pat
         ('loadgen_rss: ["drift(p95) < 1%/h"]\n', "loadgen_rss takes drift < X%/h"),
         ('connect_ready: ["drift < 1%/h"]\n', "connect_ready takes drift(pN) < X%/h"),
         ('loadgen_rss: ["value < 1"]\n', "loadgen_rss takes drift"),
+        ('errors: ["drift < 1%/h"]\n', "errors takes drift < X/h"),
+        ('connect_ready: ["drift(p95) < 0.1/h"]\n', "connect_ready takes drift(pN) < X%/h"),
     ],
 )
 def test_a_mistaken_drift_gate_names_the_problem_and_the_right_form(tmp_path, text, message):
@@ -114,6 +118,53 @@ def test_window_histograms_round_trip_for_drift():
     h = WindowHistogram()
     h.record_many(np.array([0.5, 1.0, 2.0]))
     assert WindowHistogram.from_dict(h.to_dict()).percentile(50) == pytest.approx(1.0, rel=0.02)
+
+
+def test_the_warm_up_the_run_names_is_left_out_of_the_drift():
+    """Twice as slow for the first half hour (cold caches), steady after: with the soak's warm-up
+    ended at 30 min there is no drift; judged by the default first tenth, the slow start reads as
+    the platform getting faster."""
+    metrics = soak(0.0, step=(1800.0, 0.5), bursts=2)
+    by_share = timing_drift(metrics.timeline_summary(), "persona_response", 95)
+    assert by_share is not None and by_share.high < 0
+    metrics.warmup_until = START + 1800.0
+    timeline = metrics.timeline_summary()
+    after = timing_drift(timeline, "persona_response", 95)
+    assert after is not None and after.low < 0 < after.high, after
+    assert timing_change_points(timeline, "persona_response") == []  # nor a change: the step was the warm-up
+
+
+def calls(reconnects_per_minute: float, growth_per_hour: float, *, hours: float = 2.0, seed: int = 0) -> Metrics:
+    """Every 20 s, 10 calls of 60 s connected end; their reconnects are Poisson at a rate per
+    session-minute growing by ``growth_per_hour`` (absolute) an hour; no errors."""
+    rng = np.random.default_rng(seed)
+    clock = Clock()
+    metrics = Metrics()
+    metrics.timeline.clock = clock
+    for k in range(int(hours * 180)):
+        clock.t = START + k * 20.0
+        rate = reconnects_per_minute + growth_per_hour * k * 20.0 / 3600
+        for _ in range(10):
+            metrics.call_started("s")
+            for _ in range(rng.poisson(rate)):
+                metrics.reconnect("s")
+            metrics.call_finished("s", Outcome.COMPLETED, 60.0)
+    return metrics
+
+
+def test_reconnect_and_error_rates_drift_in_their_own_units(tmp_path):
+    path = tmp_path / "gates.yaml"
+    path.write_text('reconnects_per_session_minute: ["drift < 0.1/h"]\nerrors: ["drift < 0.01/h"]\n')
+    reconnects, errors = load_gates(path)
+    growing = calls(0.5, 0.5)
+    found = drifts(growing.timeline_summary(), [])
+    assert found["reconnects_per_session_minute"]["per_hour"] == pytest.approx(0.5, abs=0.15)
+    assert found["reconnects_per_session_minute"]["relative"] is False
+    assert found["errors"]["per_hour"] == 0  # none at all: flat, not undefined
+    result = reconnects.evaluate(growing)
+    assert result.passed is False and "/h (95% interval" in result.to_dict()["shown"]
+    assert errors.evaluate(growing).passed is True
+    assert [reconnects.evaluate(calls(0.5, 0.0, seed=seed)).passed for seed in range(5)] == [True] * 5
 
 
 # -- change-points ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ charts still span the whole run, coarser the further back, and totals, CSVs and 
 from __future__ import annotations
 
 import copy
+import sys
 
 from locust.stats import RequestStats
 
@@ -38,3 +39,17 @@ def trim(stats: RequestStats, now: float) -> None:
     if len(history) > MAX_HISTORY:
         half = len(history) // 2
         history[:] = history[:half:2] + history[half:]
+
+
+def footprint(stats: RequestStats) -> dict[str, int]:
+    """What Locust's bookkeeping holds now: history rows, per-second keys, and their size in bytes
+    (the containers and their rows, ``sys.getsizeof``: an estimate, for the summary of a soak)."""
+    entries = (stats.total, *stats.entries.values())
+    per_second = [getattr(e, name) for e in entries for name in ("num_reqs_per_sec", "num_fail_per_sec")]
+    size = sys.getsizeof(stats.history) + sum(sys.getsizeof(row) for row in stats.history)
+    size += sum(sys.getsizeof(d) for d in per_second)
+    return {
+        "history_rows": len(stats.history),
+        "per_second_keys": sum(len(d) for d in per_second),
+        "bytes": size,
+    }

@@ -53,9 +53,9 @@ from ..simproc import SimulatorProcess, redact
 from ..trends import changes, drifts
 from ..verdict import ExitCode
 from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, realtime_url
-from .bookkeeping import TRIM_EVERY, trim
+from .bookkeeping import TRIM_EVERY, footprint, trim
 from .distributed import MasterHub, WorkerLink
-from .webui import extended_stats, install_tab
+from .webui import OverTime, extended_stats, install_tab
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class Runtime:
         self.options = AthosOptions.parse(environment.parsed_options)
         self.api_key = os.environ.get(self.options.api_key_env, "")
         self.metrics = Metrics(source="master" if self.is_master else "local")
+        self._over_time = OverTime(self.metrics)  # the live tabs' windows, drift and change-points
         self.health = HealthMonitor(
             self.metrics, users=lambda: runner.user_count if runner else 0, running=self._running
         ).start()
@@ -144,7 +145,7 @@ class Runtime:
 
     def _tab_rows(self) -> list[dict[str, Any]]:
         gates = self.plan.gates if self.plan is not None else []
-        return extended_stats(self.metrics, gates, self.options.audio.frame_seconds)
+        return extended_stats(self.metrics, gates, self.options.audio.frame_seconds, self._over_time)
 
     # -- checks before the run -------------------------------------------------------------------
 
@@ -494,6 +495,8 @@ class Runtime:
         saturated = [h.get("saturated_seconds", 0.0) for h in self.metrics.health.values()]
         summary["saturated_seconds"] = max([health["saturated_seconds"], *saturated])
         summary["loadgen"] = health
+        if self.runner is not None and not self.is_worker:
+            summary["loadgen"]["locust_stats"] = footprint(self.runner.stats)  # bounded by bookkeeping.trim
         if self.hub is not None:
             summary["lost_workers"] = self.hub.lost
         if self.receiver is not None:

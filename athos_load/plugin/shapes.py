@@ -5,7 +5,10 @@ ramp       Locust's own: ``-u`` users at ``-r`` per second, for ``-t`` (the defa
 steps      ``start`` users, then ``+step`` every ``step_seconds``, ``steps`` times, then stop
 spike      ``base`` users; at ``at`` seconds jump to ``peak`` for ``hold`` seconds; back to
            ``base`` for ``recover`` seconds, then stop
-soak       ramp to ``-u`` over ``ramp_seconds``, hold for ``hold_seconds`` (or until ``-t``)
+soak       ramp to ``-u`` over ``ramp_seconds``, hold for ``hold_seconds`` (or until ``-t``); with
+           ``low`` > 0 the hold is a daily-traffic wave: ``-u`` users, down to ``low`` half a
+           ``period`` later and back, sinusoidally. The first ``warmup_seconds`` (the ramp when
+           not given) are left out of the run's timings, drift and change-points
 capacity   like steps, but after each step evaluate ``gate`` (e.g. ``connect_ready.p95<1.0``)
            on that step's recordings; stop at the first step that breaks it and report the last
            good level
@@ -36,11 +39,12 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "ramp": {},
     "steps": {"start": 10, "step": 10, "step_seconds": 60, "steps": 5},
     "spike": {"base": 10, "peak": 100, "at": 60, "hold": 30, "recover": 60},
-    "soak": {"ramp_seconds": 300, "hold_seconds": 0},
+    "soak": {"ramp_seconds": 300, "hold_seconds": 0, "low": 0, "period": 86400, "warmup_seconds": -1},
     "capacity": {"start": 10, "step": 10, "step_seconds": 60, "steps": 20, "min_samples": 20},
 }
 # parameters that must be above zero (a step of 0 seconds divides by zero); every other one >= 0
-POSITIVE = frozenset({"step_seconds", "steps", "min_samples"})
+POSITIVE = frozenset({"step_seconds", "steps", "min_samples", "period"})
+UNSET = -1  # a default that means "derived from another parameter" (soak's warm-up: its ramp)
 GATE = re.compile(r"^(\w+)\.(p50|p95|p99|max)\s*(<=|<)\s*([0-9.]+)$")
 
 
@@ -66,6 +70,8 @@ def parse_params(shape: str, text: str) -> dict[str, Any]:
             bound = "> 0" if key in POSITIVE else ">= 0"
             raise ValueError(f"--athos-shape-params: {key}={value!r} must be a finite number {bound}")
         params[key] = number
+    if params.get("warmup_seconds") == UNSET:
+        params["warmup_seconds"] = params["ramp_seconds"]
     if shape == "capacity" and "gate" not in params:
         raise ValueError("--athos-shape capacity needs gate=TIMING.STAT<SECONDS, e.g. gate=connect_ready.p95<1.0")
     return params
@@ -144,8 +150,11 @@ class AthosShape(LoadTestShape):
         if shape == "soak":
             if p["hold_seconds"] and t > p["ramp_seconds"] + p["hold_seconds"]:
                 return None
+            if t >= p["warmup_seconds"]:
+                self.runner.environment.athos.metrics.end_warmup()  # once; later calls do nothing
             ramp = users / p["ramp_seconds"] if p["ramp_seconds"] else rate
-            return users, max(ramp, 0.01)
+            wave = (users - p["low"]) * math.pi / p["period"] if p["low"] else 0.0  # its steepest, users/s
+            return soak_users(users, p, t), max(ramp, wave, 0.01)
         if self._capacity is None:
             metrics = self.runner.environment.athos.metrics
             self._capacity = CapacitySearch(p, lambda: metrics.timing(p["gate"].timing))
@@ -155,6 +164,16 @@ class AthosShape(LoadTestShape):
     def capacity_result(self) -> dict[str, Any] | None:
         """The capacity search's verdict once it has one (for the JSON summary and the exit code)."""
         return None if self._capacity is None else self._capacity.verdict()
+
+
+def soak_users(users: int, p: dict[str, Any], t: float) -> int:
+    """The soak's concurrency at ``t``: ``users`` after the ramp, or with ``low`` a wave that starts
+    at ``users``, is down to ``low`` half a ``period`` later and back up at a full period."""
+    low = min(p["low"], users)
+    if not low or t < p["ramp_seconds"]:
+        return users
+    phase = 2.0 * math.pi * (t - p["ramp_seconds"]) / p["period"]
+    return round(low + (users - low) * (1.0 + math.cos(phase)) / 2.0)
 
 
 class CapacitySearch:

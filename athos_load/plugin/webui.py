@@ -1,9 +1,10 @@
-"""The run in progress, in Locust's web UI: two tabs beside Locust's own.
+"""The run in progress, in Locust's web UI: three tabs beside Locust's own.
 
 Locust's tables show its own percentiles per step. What a release is judged on is the tool's:
 0.1% histograms, the gates, the calls' accounting, scoring, the generator's health. The tabs show
 those while the run goes on, read from the objects the summary and the gates read (on a master,
-every worker's recordings merged), so the end of the run holds no surprise.
+every worker's recordings merged), so the end of the run holds no surprise. The third tab is the
+run over time: the newest windows, one row each; drift and change-points close the run tab.
 
 Locust's extension mechanism: ``extended_tabs`` and ``extended_tables`` in the page's template
 arguments declare the tabs and their columns; an ``extended_stats`` entry in the ``/stats/requests``
@@ -14,20 +15,31 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 from flask import request
 
+from .. import trends
 from ..gates import Gate, GateResult, Regression, RegressionResult, format_value
 from ..metrics import Metrics, Outcome, ScoreOutcome, Timing
-from ..report import count_text, ms_text
+from ..report import clock_text, count_text, ms_text, trend_rows
+from ..trends import changes, drifts
 
 logger = logging.getLogger(__name__)
 
 TIMINGS_TAB = "athos"
 RUN_TAB = "athos-run"
-TABS = [{"title": "Athos timings", "key": TIMINGS_TAB}, {"title": "Athos run", "key": RUN_TAB}]
+WINDOWS_TAB = "athos-windows"
+TABS = [
+    {"title": "Athos timings", "key": TIMINGS_TAB},
+    {"title": "Athos run", "key": RUN_TAB},
+    {"title": "Athos over time", "key": WINDOWS_TAB},
+]
+SHOWN_WINDOWS = 30  # the newest windows in the tab; the report plots them all
+TRENDS_EVERY = 5.0  # seconds between recomputing windows, drift and change-points for the tab
 # column keys are plain words: the page camel-cases the keys it is given, and a plain word stays as it is
 TABLES = [
     {
@@ -47,6 +59,19 @@ TABLES = [
             {"key": "what", "title": "What"},
             {"key": "value", "title": "Now"},
             {"key": "state", "title": "State"},
+        ],
+    },
+    {
+        "key": WINDOWS_TAB,
+        "structure": [
+            {"key": "start", "title": "Window from"},
+            {"key": "active", "title": "Calls active"},
+            {"key": "ready", "title": "connect_ready p95 ms"},
+            {"key": "response", "title": "persona_response p95 ms"},
+            {"key": "reconnects", "title": "Reconnects per session-min"},
+            {"key": "errors", "title": "Errors per call"},
+            {"key": "missing", "title": "Scores missing"},
+            {"key": "generator", "title": "Generator"},
         ],
     },
 ]
@@ -86,13 +111,58 @@ def install_tab(environment: Any, rows: Callable[[], list[dict[str, Any]]]) -> N
     web_ui.app.after_request(add_rows)
 
 
-def extended_stats(metrics: Metrics, gates: list[Gate | Regression], frame_seconds: float) -> list[dict[str, Any]]:
-    """The rows of both tabs, as ``/stats/requests`` carries them."""
+class OverTime:
+    """The run over time for the tabs: the newest windows' rows and the drift and change-point rows,
+    recomputed at most every :data:`TRENDS_EVERY` seconds (the windows' histograms are re-read and
+    the fits redone each time: a few ms that a tab polled every two seconds need not pay each poll)."""
+
+    def __init__(self, metrics: Metrics, every: float = TRENDS_EVERY, clock: Callable[[], float] = time.monotonic):
+        self.metrics, self.every, self.clock = metrics, every, clock
+        self._at = -math.inf
+        self.windows: list[dict[str, str]] = []
+        self.trends: list[dict[str, str]] = []
+
+    def refresh(self) -> None:
+        if self.clock() - self._at < self.every:
+            return
+        self._at = self.clock()
+        timeline = self.metrics.timeline_summary()
+        names = [t.value for t in Timing]
+        summary = {"drift": drifts(timeline, names), "change_points": changes(timeline, names)}
+        self.trends = [_row(what, value, state) for what, value, state in trend_rows(summary)]
+        newest = reversed(timeline["windows"][-SHOWN_WINDOWS:])
+        self.windows = [window_row(w, timeline["window_seconds"]) for w in newest]
+
+
+def extended_stats(
+    metrics: Metrics, gates: list[Gate | Regression], frame_seconds: float, over_time: OverTime | None = None
+) -> list[dict[str, Any]]:
+    """The rows of the tabs, as ``/stats/requests`` carries them."""
     summary = metrics.summary()
+    over_time = over_time or OverTime(metrics)
+    over_time.refresh()
     return [
         {"key": TIMINGS_TAB, "data": timing_rows(summary)},
-        {"key": RUN_TAB, "data": run_rows(metrics, summary, gates, frame_seconds)},
+        {"key": RUN_TAB, "data": run_rows(metrics, summary, gates, frame_seconds) + over_time.trends},
+        {"key": WINDOWS_TAB, "data": over_time.windows},
     ]
+
+
+def window_row(window: dict[str, Any], width: float) -> dict[str, str]:
+    """One window of :meth:`Metrics.timeline_summary` as the tab shows it (``-``: nothing to say)."""
+    reconnects, errors = (trends.RATES[name](window) for name in ("reconnects_per_session_minute", "errors"))
+    rss, cpu = window.get("rss_bytes"), window.get("cpu_ratio")
+    generator = "-" if rss is None else f"{rss / 2**20:.0f} MiB, CPU {cpu or 0:.0%}"
+    return {
+        "start": f"{clock_text(window['start'])} ({width:g} s)",
+        "active": count_text(window.get("active_calls") or 0),
+        "ready": ms_text((window.get("connect_ready") or {}).get("p95")),
+        "response": ms_text((window.get("persona_response") or {}).get("p95")),
+        "reconnects": "-" if reconnects is None else f"{reconnects:.3g}",
+        "errors": "-" if errors is None else f"{errors:.3g}",
+        "missing": count_text(window["calls"].get(ScoreOutcome.MISSING.value, 0)),
+        "generator": generator,
+    }
 
 
 def timing_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
