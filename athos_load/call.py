@@ -25,10 +25,12 @@ import gevent.event
 import gevent.pool
 
 from .api import ApiError, AthosApi, ScoreBoard
+from .hearing import JITTER_BUFFER, PersonaStream, has_sound
 from .metrics import Metrics, Outcome, ScoreOutcome, Timing
 from .pacer import AudioPacer
 from .scenario import HangupPolicy, Scenario
 from .session import RoleplaySession, SessionError, SessionEvent
+from .transcript import SpokenTurn, check
 from .wire import AudioFormat, Ended, Error, ErrorCode, Speaking
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,13 @@ class Step(enum.StrEnum):
     ERROR = "error"  # an error event from the session
     CALL = "call"  # the call is accounted for: completed, failed or aborted
     END_TO_SCORE = "end_to_score"
+    TIME_TO_FIRST_WORD = "time_to_first_word"
+    ENDPOINTING = "endpointing"
+    RESPONSE = "response"
+    SPEECH_ONSET = "speech_onset"
+    PERSONA_AUDIO_LEAD = "persona_audio_lead"
+    BARGE_IN = "barge_in"  # failed: the persona talked on over the rep (BARGE_IN_TIMEOUT)
+    TRANSCRIPT_FETCH = "transcript_fetch"
 
 
 REQUEST_TYPES = {
@@ -63,6 +72,13 @@ REQUEST_TYPES = {
     Step.RECONNECT: "WS",
     Step.CALL: "CALL",
     Step.END_TO_SCORE: "SCORE",
+    Step.TIME_TO_FIRST_WORD: "AUDIO",
+    Step.ENDPOINTING: "WS",
+    Step.RESPONSE: "WS",
+    Step.SPEECH_ONSET: "WS",
+    Step.PERSONA_AUDIO_LEAD: "AUDIO",
+    Step.BARGE_IN: "WS",
+    Step.TRANSCRIPT_FETCH: "GET",
 }
 TIMINGS = {
     Step.TOKEN_MINT: Timing.TOKEN_MINT,
@@ -70,7 +86,18 @@ TIMINGS = {
     Step.PERSONA_RESPONSE: Timing.PERSONA_RESPONSE,
     Step.RECONNECT: Timing.RECONNECT,
     Step.END_TO_SCORE: Timing.END_TO_SCORE,
+    Step.TIME_TO_FIRST_WORD: Timing.TIME_TO_FIRST_WORD,
+    Step.ENDPOINTING: Timing.ENDPOINTING,
+    Step.RESPONSE: Timing.RESPONSE,
+    Step.SPEECH_ONSET: Timing.SPEECH_ONSET,
+    Step.PERSONA_AUDIO_LEAD: Timing.PERSONA_AUDIO_LEAD,
+    Step.BARGE_IN: Timing.BARGE_IN,
+    Step.TRANSCRIPT_FETCH: Timing.TRANSCRIPT_FETCH,
 }
+# Steps whose failure is counted by a counter of its own, never as an error: a score the platform
+# lost (scores_missing), a barge-in the persona talked through (barge_ins_ignored).
+COUNTED_APART = frozenset({Step.END_TO_SCORE, Step.BARGE_IN})
+BARGE_IN_TIMEOUT = 2.0  # seconds the persona may talk on over the rep before the barge-in counts as ignored
 SETUP_STEPS = frozenset({Step.TOKEN_MINT, Step.CONNECT_READY})
 # Steps that fail because of an error already counted (the error event that refused the join or
 # the resume, or that ended the call; the failed step that failed the call).
@@ -98,6 +125,8 @@ class CallSettings:
     drain: ScoreDrain
     score_timeout: float = 120.0
     connect_timeout: float = 15.0
+    jitter_buffer: float = JITTER_BUFFER  # the rep's client's playout buffer (--athos-jitter-buffer-ms)
+    transcript_check: bool = False  # after the score, hold the transcript against what the rep said
     announce: Callable[[str], None] | None = None  # tell a master which worker waits for this callId
     session_factory: SessionFactory = RoleplaySession.create
 
@@ -119,6 +148,15 @@ class Call:
         self._reply_after: float | None = None  # a reply to the rep's last spoken turn starts at or after this
         self._persona_started_at: float | None = None  # when the persona's latest utterance started
         self._persona_speaking = False
+        # what the rep hears (each None until there is something to time, then None again once timed)
+        self._first_word_since: float | None = None  # connecting, until the persona's first sound
+        self._lead_since: float | None = None  # personaSpeaking true, until its first sound
+        self._onset_at: float | None = None  # the rep's speech start in the turn spoken, until userSpeaking true
+        self._speech_end: float | None = None  # its speech end, until userSpeaking false (endpointing)
+        self._endpointed_at: float | None = None  # that userSpeaking false, until personaSpeaking true
+        self._barge_at: float | None = None  # the rep started talking over the persona, until it stops
+        self._stream: PersonaStream | None = None  # the persona's utterance as the rep's client plays it
+        self._spoken: list[SpokenTurn] = []  # what the rep said, in seconds since ready (transcript check)
         self._changed = gevent.event.Event()
         self._reconnecting_at: float | None = None
         self._connecting_at: float | None = None
@@ -173,12 +211,14 @@ class Call:
             ("connecting", self._on_connecting),
             ("ready", self._on_ready),
             ("personaSpeaking", self._on_persona),
+            ("userSpeaking", self._on_user),
             ("reconnecting", self._on_reconnecting),
             ("reconnected", self._on_reconnected),
             ("error", self._on_error),
             ("ended", self._on_ended),
         ):
             session.on(event, listener)
+        session.on_audio = self._on_audio
         try:
             session.connect()
         except SessionError as exc:
@@ -219,11 +259,23 @@ class Call:
             if self._over():
                 return
             assert self.session is not None
+            barging = turn.barge_in is not None and self._persona_speaking
             utterance = self.session.say(turn.clip.wire)
-            if turn.clip.speech_end is not None:
+            self._first_word_since = None  # the rep spoke first: what follows is no first word
+            self._endpointed_at = None
+            clip = turn.clip
+            if clip.speech_start is not None and clip.speech_end is not None:
                 # known from the audio itself, so turn latency does not wait for the platform's VAD;
                 # the reply to this turn is what the persona starts saying after this point
-                self._rep_stopped_at = self._reply_after = utterance.start + turn.clip.speech_end
+                self._rep_stopped_at = self._reply_after = utterance.start + clip.speech_end
+                self._onset_at, self._speech_end = utterance.start + clip.speech_start, self._rep_stopped_at
+                if barging:
+                    self._barge_at = self._onset_at
+                if self._ready_at is not None:
+                    since_ready = utterance.start - self._ready_at
+                    self._spoken.append(
+                        SpokenTurn(since_ready + clip.speech_start, since_ready + clip.speech_end, turn.text)
+                    )
             utterance.wait(timeout=max(0.0, utterance.end - time.monotonic()) + 5.0)
 
     def _hang_up(self) -> None:
@@ -248,6 +300,8 @@ class Call:
         self._finish(Outcome.COMPLETED, None)
         if self.settings.announce is not None and self.call_id is not None:
             self.settings.announce(self.call_id)
+        if self.settings.transcript_check and self._spoken and self.call_id is not None:
+            self._check_transcript()  # complete once the call has ended (docs/protocol.md §3.1)
         self.await_score(self.settings.score_timeout)
 
     def await_score(self, timeout: float) -> None:
@@ -271,6 +325,18 @@ class Call:
             return
         self._record(Step.END_TO_SCORE, max(0.0, score.at - self.ended_at), outcome=ScoreOutcome.SCORED)
 
+    def _check_transcript(self) -> None:
+        """The ended call's transcript against what the rep said (athos_load/transcript.py)."""
+        assert self.call_id is not None
+        started = time.perf_counter()
+        try:
+            record = self.settings.api.get_call(self.call_id)
+        except ApiError as exc:
+            self._record(Step.TRANSCRIPT_FETCH, error=exc.code)
+            return
+        self._record(Step.TRANSCRIPT_FETCH, time.perf_counter() - started)
+        self.settings.metrics.transcript_checked(self.scenario.name, check(self._spoken, record.transcript))
+
     def _abort(self) -> None:
         """The run is ending under this call: hang up cleanly (a call in a reconnect resumes just to
         hang up), count it once, and add no error: what fails now is the stop, not the platform."""
@@ -283,7 +349,39 @@ class Call:
     # -- listeners -------------------------------------------------------------------------------
 
     def _on_connecting(self, event: SessionEvent) -> None:
+        if self._connecting_at is None:
+            self._first_word_since = event.at
         self._connecting_at = event.at
+
+    def _on_audio(self, frame: bytes, at: float) -> None:
+        """A persona audio frame arrived: into the utterance's stream; the first with sound ends the
+        waits for the persona's voice."""
+        stream = self._stream
+        if stream is not None:
+            stream.frame(at)
+        if (self._first_word_since is None and self._lead_since is None) or not has_sound(frame):
+            return  # nothing waits for sound (most frames): one comparison
+        if self._first_word_since is not None:
+            self._record(Step.TIME_TO_FIRST_WORD, at - self._first_word_since)
+            self._first_word_since = None
+        if self._lead_since is not None:
+            self._record(Step.PERSONA_AUDIO_LEAD, at - self._lead_since)
+            self._lead_since = None
+
+    def _on_user(self, event: SessionEvent) -> None:
+        """The platform heard the rep start or stop: its speech detection and its endpointing."""
+        assert isinstance(event.message, Speaking)
+        if event.message.speaking:
+            if self._onset_at is not None:
+                self._record(Step.SPEECH_ONSET, max(0.0, event.at - self._onset_at))  # earlier: heard at once
+                self._onset_at = None
+            return
+        self._onset_at = None  # a turn's userSpeaking true comes before its false, or not at all
+        end = self._speech_end
+        if end is not None and event.at >= end:  # an earlier false is a pause inside the rep's speech
+            self._speech_end = None
+            self._record(Step.ENDPOINTING, event.at - end)
+            self._endpointed_at = event.at
 
     def _on_ready(self, event: SessionEvent) -> None:
         self._ready_at = event.at  # when the session saw it, not when connect() got to return
@@ -292,13 +390,42 @@ class Call:
         assert isinstance(event.message, Speaking)
         speaking = event.message.speaking
         self._persona_speaking = speaking
+        self._end_stream()
         if speaking:
             self._persona_started_at = event.at
+            self._lead_since = event.at
+            self._stream = PersonaStream(self.settings.audio.frame_seconds, self.settings.jitter_buffer)
             stopped = self._rep_stopped_at
             if stopped is not None and event.at >= stopped:
                 self._rep_stopped_at = None
                 self._record(Step.PERSONA_RESPONSE, event.at - stopped)
+            endpointed = self._endpointed_at
+            if endpointed is not None and event.at >= endpointed:
+                self._endpointed_at = None
+                self._record(Step.RESPONSE, event.at - endpointed)
+        else:
+            self._lead_since = None  # an utterance that ended without a sound: no lead to time
+            self._settle_barge_in(event.at)
         self._changed.set()
+
+    def _end_stream(self) -> None:
+        """The persona's utterance is over (it stopped, started anew, or the call ended): record it."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            self.settings.metrics.persona_utterance_done(self.scenario.name, stream)
+
+    def _settle_barge_in(self, stopped_at: float | None) -> None:
+        """The persona stopped (at ``stopped_at``) or the call ended (None) with a barge-in pending:
+        it yielded in time, or it talked on over the rep for longer than BARGE_IN_TIMEOUT."""
+        barged = self._barge_at
+        if barged is None or (stopped_at is not None and stopped_at < barged):
+            return  # no barge-in, or the persona finished before the rep's words came
+        self._barge_at = None
+        talked_on = (time.monotonic() if stopped_at is None else stopped_at) - barged
+        if talked_on > BARGE_IN_TIMEOUT:
+            self._record(Step.BARGE_IN, error="ignored")
+        elif stopped_at is not None:
+            self._record(Step.BARGE_IN, talked_on)
 
     def _on_reconnecting(self, event: SessionEvent) -> None:
         self._reconnecting_at = event.at
@@ -397,7 +524,8 @@ class Call:
         * ``athos_errors`` counts each error once, where it happens: an ``ERROR`` (event), a failed
           ``TOKEN_MINT``, a ``no_reply``. A step in ``CONSEQUENCES`` that fails with the code last
           counted (a join refused by that event, a call failed by that mint) is not counted again;
-          with another code it is. A missing score is counted as such, never as an error.
+          with another code it is. A missing score and an ignored barge-in (``COUNTED_APART``) are
+          counted as such, never as errors.
         * a failed ``TOKEN_MINT`` or ``CONNECT_READY``: a setup failure.
         * ``CALL`` (``outcome``): the call's accounting, its session seconds and ignored messages;
           an aborted call has no Locust entry.
@@ -410,7 +538,7 @@ class Call:
             if self._aborting and step is not Step.CALL:
                 return  # the run's end is stopping this call: what fails now is the stop's doing
             code = str(error)
-            if step is not Step.END_TO_SCORE and not (step in CONSEQUENCES and code == self._last_error):
+            if step not in COUNTED_APART and not (step in CONSEQUENCES and code == self._last_error):
                 m.error(code)
                 self._last_error = code
             if step in SETUP_STEPS:
@@ -432,6 +560,8 @@ class Call:
         elif step is Step.END_TO_SCORE:
             assert isinstance(outcome, ScoreOutcome)
             m.score_settled(scenario, outcome)
+        elif step is Step.BARGE_IN and error is not None:
+            m.barge_ins_ignored.inc(scenario=scenario)
         if step in REQUEST_TYPES and outcome not in (Outcome.ABORTED, ScoreOutcome.PENDING):
             self.report(
                 request_type=REQUEST_TYPES[step],
@@ -446,6 +576,8 @@ class Call:
 
     def _finish(self, outcome: Outcome, error: object | None) -> None:
         """Account for the call once."""
+        self._settle_barge_in(None)
+        self._end_stream()
         self.outcome = outcome
         self._record(Step.CALL, time.monotonic() - self._started, error, outcome=outcome)
 

@@ -17,8 +17,9 @@ A gates file is YAML, a mapping from metric to a list of thresholds, as k6 users
 A timing (:class:`~athos_load.metrics.Timing`, or ``audio_send_lag``) takes ``avg``, ``min``,
 ``max``, ``med``, ``p(N)`` and ``count``, with a unit on every duration (``ms``, ``s``, ``m``: a
 bare number would be read as milliseconds by a k6 user and as seconds by anyone else). The counted
-metrics take ``count`` and ``rate`` (:data:`RATES` says rate of what); ``reconnects_per_session_minute``
-takes ``value``. Values are the tool's 0.1% histograms and exact counters, never Locust's percentiles.
+metrics take ``count`` and ``rate`` (:data:`RATES` says rate of what); the per-minute rates
+(:data:`VALUES`: reconnects per session-minute, underruns and dead air per persona-minute) take
+``value``. Values are the tool's 0.1% histograms and exact counters, never Locust's percentiles.
 
 With ``--athos-baseline`` (a previous run's JSON summary), a ``regression`` entry holds relative
 limits, ``TIMING.STAT: N%`` with STAT ``pN``, ``med`` or ``avg``::
@@ -56,11 +57,27 @@ RATES = {
     "errors": "error events (of one code with {code:X}) per call started",
     "scores_missing": "completed calls whose score never came, over completed calls",
     "call_setup": "calls that reached ready over calls that tried (ready + failed before ready)",
+    "barge_ins_ignored": "barge-ins the persona talked on through, over barge-ins made",
 }
-VALUES = {"reconnects_per_session_minute": "transient drops per minute of connected call time"}
+VALUES = {
+    "reconnects_per_session_minute": "transient drops per minute of connected call time",
+    "underruns_per_persona_minute": "persona audio frames later than the client's jitter buffer, per minute of it",
+    "dead_air_per_persona_minute": "seconds of silence inside persona utterances, per minute of its audio",
+    "transcript_wer": "word error rate of the rep's words in the checked transcripts",
+}
 METRICS = (*TIMINGS, *RATES, *VALUES, *trends.LEVELS)
 # audio_send_lag is the generator's, not a scenario's: it has no scenario label to filter by
-FILTERS = {"scenario": (*(t.value for t in Timing), "scores_missing", "call_setup"), "code": ("errors",)}
+FILTERS = {
+    "scenario": (
+        *(t.value for t in Timing),
+        "scores_missing",
+        "call_setup",
+        "barge_ins_ignored",
+        "transcript_missing",
+        "transcript_misaligned",
+    ),
+    "code": ("errors",),
+}
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -445,8 +462,13 @@ def observe(metrics: Metrics, gate: Gate) -> tuple[float | None, int]:
             "p": lambda: hist.percentile(gate.quantile or 0.0),
         }[gate.aggregate]()
         return value, hist.count
-    if gate.name == "reconnects_per_session_minute":
-        value = metrics.reconnects_per_session_minute()
+    if gate.name in VALUES:
+        value = {
+            "reconnects_per_session_minute": metrics.reconnects_per_session_minute,
+            "underruns_per_persona_minute": lambda: metrics.persona_minute_rate(metrics.persona_underruns),
+            "dead_air_per_persona_minute": lambda: metrics.persona_minute_rate(metrics.persona_dead_air),
+            "transcript_wer": metrics.transcript_wer,
+        }[gate.name]()
         return value, 0 if value is None else 1
     match = {"scenario": scenario} if scenario else {}
     if gate.name == "errors":
@@ -456,9 +478,14 @@ def observe(metrics: Metrics, gate: Gate) -> tuple[float | None, int]:
     elif gate.name == "scores_missing":
         count = metrics.total("athos_scores_missing", **match)
         denominator = metrics.total("athos_sessions", outcome=Outcome.COMPLETED.value, **match)
+    elif gate.name in ("transcript_missing", "transcript_misaligned"):
+        count = metrics.total(f"athos_{gate.name}", **match)
+        denominator = metrics.total("athos_transcript_turns", **match)
+    elif gate.name == "barge_ins_ignored":
+        count = metrics.total("athos_barge_ins_ignored", **match)
+        denominator = count + metrics.timings[Timing.BARGE_IN].merged(**match).count
     else:  # call_setup
-        count = metrics.timing(Timing.CONNECT_READY, scenario).count
-        denominator = count + metrics.total("athos_setup_failed", **match)
+        count, denominator = metrics.call_setup(scenario)
     if gate.aggregate == "count":
         return float(count), 1
     if denominator == 0:

@@ -28,7 +28,7 @@ import enum
 import re
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -37,6 +37,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from .histogram import LogHistogram
 from .timeline import Timeline
 from .wire import ErrorCode
+
+if TYPE_CHECKING:
+    from .hearing import PersonaStream
+    from .transcript import TranscriptCheck
 
 
 class Timing(enum.StrEnum):
@@ -47,6 +51,16 @@ class Timing(enum.StrEnum):
     END_TO_SCORE = "end_to_score"
     PERSONA_RESPONSE = "persona_response"
     TOKEN_MINT = "token_mint"
+    # what the rep hears (issue 18): persona_response's two halves, and the persona's audio itself
+    TIME_TO_FIRST_WORD = "time_to_first_word"
+    ENDPOINTING = "endpointing"
+    RESPONSE = "response"
+    SPEECH_ONSET = "speech_onset"
+    PERSONA_AUDIO_LEAD = "persona_audio_lead"
+    BARGE_IN = "barge_in"
+    PERSONA_AUDIO_GAP = "persona_audio_gap"
+    PERSONA_AUDIO_JITTER = "persona_audio_jitter"
+    TRANSCRIPT_FETCH = "transcript_fetch"
 
 
 class Outcome(enum.StrEnum):
@@ -71,6 +85,15 @@ BUCKETS: dict[str, tuple[float, ...]] = {
     Timing.TOKEN_MINT: (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     Timing.RECONNECT: (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
     Timing.END_TO_SCORE: (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+    Timing.TIME_TO_FIRST_WORD: SUB_SECOND,
+    Timing.ENDPOINTING: SUB_SECOND,
+    Timing.RESPONSE: SUB_SECOND,
+    Timing.SPEECH_ONSET: SUB_SECOND,
+    Timing.PERSONA_AUDIO_LEAD: (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+    Timing.BARGE_IN: SUB_SECOND,
+    Timing.PERSONA_AUDIO_GAP: (0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+    Timing.PERSONA_AUDIO_JITTER: (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+    Timing.TRANSCRIPT_FETCH: (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     "audio_send_lag": (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.1, 0.25, 1.0),
     "loadgen_loop_lag": (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 }
@@ -80,6 +103,15 @@ DOCS = {
     Timing.END_TO_SCORE: "ended -> call.scored received (webhook) or first poll that saw it scored",
     Timing.PERSONA_RESPONSE: "the rep stops speaking -> the persona starts speaking (turn latency)",
     Timing.TOKEN_MINT: "POST /v1/sessions round trip",
+    Timing.TIME_TO_FIRST_WORD: "connecting -> the first persona audio frame with sound (a persona that greets)",
+    Timing.ENDPOINTING: "the rep's speech ends (known from the clip) -> userSpeaking false: the platform's endpointing",
+    Timing.RESPONSE: "userSpeaking false -> personaSpeaking true: the platform's response time",
+    Timing.SPEECH_ONSET: "the rep's speech starts (known from the clip) -> userSpeaking true",
+    Timing.PERSONA_AUDIO_LEAD: "personaSpeaking true -> the first persona audio frame with sound",
+    Timing.BARGE_IN: "the rep starts talking over the persona -> personaSpeaking false: how long it talks on",
+    Timing.PERSONA_AUDIO_GAP: "a silence inside a persona utterance: frames more than two frame periods apart",
+    Timing.PERSONA_AUDIO_JITTER: "a persona utterance's interarrival jitter (RFC 3550's estimator) at its end",
+    Timing.TRANSCRIPT_FETCH: "GET /v1/calls/:id round trip, for the transcript check after the score",
 }
 KNOWN_CODES = tuple(code.value for code in ErrorCode)
 OTHER_CODE = "other"
@@ -392,6 +424,41 @@ class Metrics:
             "completed calls still unscored when the run ended, before their score timeout",
             "scenario",
         )
+        self.barge_ins_ignored = counter(
+            "athos_barge_ins_ignored",
+            "barge-ins the persona did not yield to within the barge-in timeout (it talked on over the rep)",
+            "scenario",
+        )
+        self.persona_audio_seconds = counter(
+            "athos_persona_audio_seconds", "seconds of persona audio received while it spoke", "scenario"
+        )
+        self.persona_underruns = counter(
+            "athos_persona_underruns",
+            "persona audio frames that came after the client's jitter buffer needed them (a click or hole a rep hears)",
+            "scenario",
+        )
+        self.persona_dead_air = counter(
+            "athos_persona_dead_air_seconds",
+            "seconds of silence inside persona utterances (its audio gaps)",
+            "scenario",
+        )
+        self.transcript_turns = counter(
+            "athos_transcript_turns", "rep turns held against the platform's transcripts", "scenario"
+        )
+        self.transcript_missing = counter(
+            "athos_transcript_missing", "rep turns no transcript segment covered", "scenario"
+        )
+        self.transcript_misaligned = counter(
+            "athos_transcript_misaligned",
+            "rep turns whose transcript segment starts or ends off their speech by more than the tolerance",
+            "scenario",
+        )
+        self.transcript_words = counter(
+            "athos_transcript_words", "words the reps said, where the platform returned words to compare", "scenario"
+        )
+        self.transcript_word_errors = counter(
+            "athos_transcript_word_errors", "substituted, deleted and inserted words in those transcripts", "scenario"
+        )
         self.unknown_messages = counter(
             "athos_unknown_messages",
             "server messages of a type this version does not know, ignored (a newer platform build may add one)",
@@ -614,6 +681,13 @@ class Metrics:
         seconds = self.session_seconds.total()
         return round(60.0 * self.reconnects.total() / seconds, 4) if seconds > 0 else None
 
+    def call_setup(self, scenario: str | None = None) -> tuple[int, float]:
+        """Calls that reached ready, and calls that tried (ready + failed before ready), over the
+        whole run (warm-up included, as every count is)."""
+        match = {"scenario": scenario} if scenario else {}
+        ready = self.timings[Timing.CONNECT_READY].merged(**match).count
+        return ready, ready + self.setup_failed.total(**match)
+
     def active_calls(self) -> int:
         return sum(sum(per.values()) for per in self.active.values())
 
@@ -626,11 +700,68 @@ class Metrics:
             "reconnects": accounting["reconnects"],
             "reconnects_per_session_minute": self.reconnects_per_session_minute(),
             "session_minutes": round(accounting["session_seconds"] / 60.0, 3),
+            "call_setup": self._call_setup_summary(),
+            "barge_ins_ignored": self.barge_ins_ignored.total(),
+            "persona_audio": self._persona_audio_summary(),
+            "transcript": self._transcript_summary(),
             "unknown_messages": self.unknown_messages.total(),
             "errors": accounting["errors"],
             "audio_send_lag": self.timing("audio_send_lag").summary(),
             "warmup_until": self.warmup_until,
         }
+
+    def persona_minute_rate(self, counter: Counter) -> float | None:
+        """``counter`` per minute of persona audio received (underruns, dead air); None before any."""
+        seconds = self.persona_audio_seconds.total()
+        return round(60.0 * counter.total() / seconds, 6) if seconds > 0 else None
+
+    def persona_utterance_done(self, scenario: str, stream: PersonaStream) -> None:
+        """A persona utterance ended: its audio's continuity as the rep's client played it."""
+        if not stream.frames:
+            return
+        self.persona_audio_seconds.inc(stream.seconds, scenario=scenario)
+        if stream.frames > 1:
+            self.timings[Timing.PERSONA_AUDIO_JITTER].observe(stream.jitter, scenario=scenario)
+        for gap in stream.gaps:
+            self.timings[Timing.PERSONA_AUDIO_GAP].observe(gap, scenario=scenario)
+        if stream.gaps:
+            self.persona_dead_air.inc(sum(stream.gaps), scenario=scenario)
+        if stream.underruns:
+            self.persona_underruns.inc(stream.underruns, scenario=scenario)
+
+    def _persona_audio_summary(self) -> dict[str, Any]:
+        return {
+            "minutes": round(self.persona_audio_seconds.total() / 60.0, 3),
+            "underruns": self.persona_underruns.total(),
+            "underruns_per_persona_minute": self.persona_minute_rate(self.persona_underruns),
+            "dead_air_seconds": round(self.persona_dead_air.total(), 3),
+            "dead_air_per_persona_minute": self.persona_minute_rate(self.persona_dead_air),
+        }
+
+    def transcript_checked(self, scenario: str, result: TranscriptCheck) -> None:
+        self.transcript_turns.inc(result.turns, scenario=scenario)
+        self.transcript_missing.inc(result.missing, scenario=scenario)
+        self.transcript_misaligned.inc(result.misaligned, scenario=scenario)
+        self.transcript_words.inc(result.words, scenario=scenario)
+        self.transcript_word_errors.inc(result.word_errors, scenario=scenario)
+
+    def transcript_wer(self) -> float | None:
+        """The word error rate over every checked transcript that had words (None: none had)."""
+        words = self.transcript_words.total()
+        return round(self.transcript_word_errors.total() / words, 6) if words else None
+
+    def _transcript_summary(self) -> dict[str, Any]:
+        return {
+            "turns": self.transcript_turns.total(),
+            "missing": self.transcript_missing.total(),
+            "misaligned": self.transcript_misaligned.total(),
+            "words": self.transcript_words.total(),
+            "wer": self.transcript_wer(),
+        }
+
+    def _call_setup_summary(self) -> dict[str, Any]:
+        ready, tried = self.call_setup()
+        return {"ready": ready, "tried": tried, "rate": round(ready / tried, 6) if tried else None}
 
     def timeline_summary(self) -> dict[str, Any]:
         """The run over time, for the JSON summary: per window (``start`` in epoch seconds) each

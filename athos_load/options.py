@@ -201,6 +201,19 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("sample_rate", 16000, "Wire audio sample rate", _int_in(1, 1_000_000)),
     Option("frame_ms", 20, "Wire audio frame length in ms", _int_in(1, 10_000)),
+    Option(
+        "jitter_buffer_ms",
+        60,
+        "The playout buffer of the rep's client, in ms: persona audio later than it is an underrun",
+        _int_in(0, 10_000),
+    ),
+    Option(
+        "transcript_check",
+        "off",
+        "on: when a call ends, fetch its transcript (GET /v1/calls/:id) and check the rep's turns in it "
+        "(present, aligned within 0.3 s, word error rate against the scenario's text)",
+        choices=("off", "on"),
+    ),
     Option("summary", "", "Write the run's JSON summary (timings and call outcomes) to this path at the end"),
     Option("metrics_port", 0, "Serve Prometheus /metrics on this port (0 = off)", _int_in(0, 65535)),
     Option("metrics_host", "127.0.0.1", "Address for /metrics", _non_empty),
@@ -269,6 +282,8 @@ class AthosOptions:
     drain_timeout: float
     sample_rate: int
     frame_ms: int
+    jitter_buffer_ms: int
+    transcript_check: str
     summary: str
     metrics_port: int
     metrics_host: str

@@ -11,11 +11,11 @@ from .trends import Drift
 
 def format_table(summary: dict[str, Any]) -> str:
     """The short table a headless run prints at the end: timings in ms, then call outcomes."""
-    lines = [f"{'athos timing':<18}{'count':>8}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}"]
+    lines = [f"{'athos timing':<22}{'count':>8}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}"]
     for timing in Timing:
         stats = summary[timing.value]
         cells = [ms_text(stats[k]) for k in ("p50", "p95", "p99", "max")]
-        line = f"{timing.value:<18}{stats['count']:>8}" + "".join(f"{c:>10}" for c in cells)
+        line = f"{timing.value:<22}{stats['count']:>8}" + "".join(f"{c:>10}" for c in cells)
         if timing is Timing.RECONNECT:
             rate = summary.get("reconnects_per_session_minute")
             shown = "-" if rate is None else f"{rate:.3g}"
@@ -28,12 +28,40 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"worker {worker['worker']} lost at {worker['at']} ({worker['why']})")
     if summary.get("errors"):
         lines.append("errors: " + ", ".join(f"{k} {count_text(v)}" for k, v in summary["errors"].items()))
+    heard = _heard_text(summary)
+    if heard:
+        lines.append(heard)
     saturated = summary.get("saturated_seconds") or 0
     if saturated:
         lines.append(
             f"generator saturated for {saturated:.0f} s: latencies recorded then include the generator's own delay"
         )
     return "\n".join(lines)
+
+
+def _heard_text(summary: dict[str, Any]) -> str:
+    """One line of what the rep heard beyond the timings: call setup, barge-ins talked through, the
+    persona audio's underruns and dead air, the transcript check (each only when there is one)."""
+    parts = []
+    setup = summary.get("call_setup") or {}
+    if setup.get("rate") is not None:
+        parts.append(f"call setup {setup['rate']:.1%} of {count_text(setup['tried'])}")
+    if summary.get("barge_ins_ignored"):
+        parts.append(f"barge-ins ignored {count_text(summary['barge_ins_ignored'])}")
+    audio = summary.get("persona_audio") or {}
+    if audio.get("underruns_per_persona_minute") is not None:
+        parts.append(
+            f"persona audio {audio['minutes']:.1f} min: {audio['underruns_per_persona_minute']:.3g} underruns and "
+            f"{audio['dead_air_per_persona_minute']:.3g} s dead air per minute"
+        )
+    transcript = summary.get("transcript") or {}
+    if transcript.get("turns"):
+        wer = transcript.get("wer")
+        parts.append(
+            f"transcripts: {count_text(transcript['missing'])} of {count_text(transcript['turns'])} turns missing, "
+            f"{count_text(transcript['misaligned'])} misaligned" + ("" if wer is None else f", WER {wer:.1%}")
+        )
+    return "heard: " + "; ".join(parts) if parts else ""
 
 
 def trend_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -143,4 +171,7 @@ def markdown(summary: dict[str, Any]) -> str:
     lines.append(f"reconnects per session-minute: {'-' if rate is None else f'{rate:.3g}'}")
     if summary.get("errors"):
         lines.append("errors: " + ", ".join(f"{k} {count_text(v)}" for k, v in summary["errors"].items()))
+    heard = _heard_text(summary)
+    if heard:
+        lines.append(heard)
     return "\n".join(lines) + "\n"

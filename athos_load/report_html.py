@@ -329,15 +329,38 @@ def _errors(ax: Axes, run: RunTimeline) -> bool:
 
 
 def _health_figure(summary: dict[str, Any], run: RunTimeline) -> Figure:
-    fig, axes = _rows(3)
-    cpu, loop, send = axes[:, 0]
+    fig, axes = _rows(4)
+    cpu, memory, loop, send = axes[:, 0]
     frame_ms = ((summary.get("settings") or {}).get("athos") or {}).get("frame_ms")
     drawn = [
         _cpu(cpu, run),
+        _memory(memory, run),
         _lag(loop, run, "loadgen_loop_lag", "event-loop lag, ms (how late the generator woke up)"),
         _lag(send, run, "audio_send_lag", "audio send lag, ms (how late frames left versus real time)", frame_ms),
     ]
     return _fit(fig, drawn, 1.6)
+
+
+def _memory(ax: Axes, run: RunTimeline) -> bool:
+    """The generator's memory and open descriptors per window: a leak in the tool shows as a climb
+    here, not as the platform slowing down."""
+    rss = run.values(lambda w: w.get("rss_bytes")) / 2**20
+    if not np.isfinite(rss).any():
+        return _no_data(ax, "generator memory: no data")
+    ax.plot(run.x, rss, color=SERIES[2], lw=1.6, marker="o", ms=2.4, label="RSS, MiB")
+    ax.set_title("generator memory (MiB, every process) and open descriptors")
+    _time_axis(ax, run)
+    fds = run.values(lambda w: w.get("open_fds"))
+    if np.isfinite(fds).any():
+        twin = ax.twinx()
+        twin.plot(run.x, fds, color=SERIES[1], lw=1.0, ls="--", label="open fds")
+        twin.set_ylim(0, np.nanmax(fds) * 1.15 + 1)
+        twin.grid(False)
+        lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(handles=lines, loc="lower right", bbox_to_anchor=(1, 1), ncols=2, borderaxespad=0)
+    else:
+        _legend_above(ax)
+    return True
 
 
 def _cpu(ax: Axes, run: RunTimeline) -> bool:

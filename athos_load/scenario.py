@@ -8,10 +8,16 @@ A scenario is what one synthetic rep says in one call, turn by turn::
     description: M&A advisory full sales call
     think_time: [0.3, 1.2]        # seconds, uniform, after the persona finishes before the rep speaks
     persona_greets: false         # true: the persona speaks first; the rep waits for its greeting
+    noise: {snr_db: 20}           # default for every audio turn: pink background noise 20 dB below the speech
+    gain_db: -3                   # default for every audio turn: level change after the noise (default 0)
     turns:
-      - audio: audio/ma-full-sale/01-opening.wav   # relative to this file
+      - audio: audio/ma-full-sale/01-opening.wav   # relative to this file: WAV, FLAC, OGG or MP3
+        noise: false              # this turn clean (a turn's noise and gain_db override the defaults)
       - audio: audio/ma-full-sale/02-discovery.wav
         pause_before: 1.5         # extra silence before this turn (default 0)
+        text: What is prompting you to think about selling?  # its words (the transcript check's WER)
+        noise: {snr_db: 10}
+        gain_db: -12              # a quiet rep
       - audio: audio/ma-full-sale/03-objection.wav
         barge_in: 0.8             # start 0.8 s after the persona starts speaking, talking over it
       - silence: 2.0              # the rep stays silent this long
@@ -28,7 +34,12 @@ starts while the persona speaks: it waits (up to ``reply_timeout``) for it to fi
 ``barge_in`` turn instead waits for the reply (on the first turn: the greeting) to start and cuts
 in that many seconds later, talking over it. A ``silence`` turn streams silent frames (an open
 microphone, no speech). ``think_time`` may also be a single number. Defaults: weight 1, think_time
-[0.3, 1.2], persona_greets false, hangup after_last_reply, max_call_seconds 300, reply_timeout 15.
+[0.3, 1.2], persona_greets false, hangup after_last_reply, max_call_seconds 300, reply_timeout 15,
+no noise, gain_db 0.
+
+``noise`` and ``gain_db`` make an audio turn sound like a real call (:class:`athos_load.audio.Effects`):
+pink noise at ``snr_db`` (-10..60) relative to the clip's speech, then the gain (-60..20 dB). Where
+the rep stops speaking is still measured on the clean clip. A silence turn takes neither.
 
 Checking is two passes: :data:`SCHEMA` (JSON Schema, via ``jsonschema``) for shape and types, then
 the checks a schema cannot express (files exist and hold speech, barge_in placement, ranges). Every
@@ -48,7 +59,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from athos_load.audio import AudioError, Clip, load_clip, silence
+from athos_load.audio import CLEAN, AudioError, Clip, Effects, load_clip, silence
 from athos_load.wire import AudioFormat
 
 
@@ -70,6 +81,8 @@ DEFAULT_REPLY_TIMEOUT = 15.0
 
 _SECONDS = {"type": "number", "minimum": 0}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+# From a rep 60 dB too quiet (below any voice detector) to one 20 dB hot, which clips.
+_GAIN = {"type": "number", "minimum": -60, "maximum": 20}
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -94,6 +107,8 @@ SCHEMA: dict[str, Any] = {
             "description": "The persona speaks first: before its first turn the rep waits (up to reply_timeout) "
             "for the greeting to start and finish, unless that turn is a barge_in. Default false.",
         },
+        "noise": {"type": "object", "$ref": "#/$defs/noise"},
+        "gain_db": _GAIN,
     },
     "$defs": {
         "turn": {
@@ -104,8 +119,23 @@ SCHEMA: dict[str, Any] = {
                 "silence": _POSITIVE,
                 "pause_before": _SECONDS,
                 "barge_in": _SECONDS,
+                "noise": {"type": ["object", "boolean"], "$ref": "#/$defs/noise"},  # false: none on this turn
+                "gain_db": _GAIN,
+                "text": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "The words of the clip, for the transcript check's word error rate.",
+                },
             },
-        }
+        },
+        # no "type" here: the scenario's default must be a mapping, a turn's may also be false. SNR from
+        # noise 10 dB louder than the speech (past that no platform is expected to follow) to 60 dB
+        # below it (inaudible).
+        "noise": {
+            "additionalProperties": False,
+            "required": ["snr_db"],
+            "properties": {"snr_db": {"type": "number", "minimum": -10, "maximum": 60}},
+        },
     },
 }
 _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -124,6 +154,8 @@ class Turn:
     source: str  # the audio path as written in the YAML, or "silence"
     pause_before: float = 0.0
     barge_in: float | None = None  # seconds after the persona starts speaking; None = wait for it to finish
+    effects: Effects = CLEAN  # noise and gain, already in ``clip``
+    text: str | None = None  # what the rep says in it (the transcript check's reference)
 
     @property
     def silent(self) -> bool:
@@ -208,6 +240,7 @@ def load_scenario(path: str | os.PathLike[str], fmt: AudioFormat) -> Scenario:
         raise fail("think_time", f"min {think[0]} is greater than max {think[1]}")
 
     greets = bool(doc.get("persona_greets", False))
+    default_noise, default_gain = doc.get("noise"), doc.get("gain_db", 0.0)
     turns: list[Turn] = []
     for i, raw in enumerate(doc["turns"]):
         where = f"turns[{i}]"
@@ -224,18 +257,32 @@ def load_scenario(path: str | os.PathLike[str], fmt: AudioFormat) -> Scenario:
                 raise fail(f"{where}.barge_in", "a silent turn cannot talk over the persona")
             if raw.get("pause_before"):
                 raise fail(f"{where}.barge_in", "cannot be combined with pause_before")
+        if raw.get("noise") is True:
+            raise fail(f"{where}.noise", "true is not a setting: give {snr_db: N}, or false for no noise")
+        effects = CLEAN
         if "silence" in raw:
+            if "noise" in raw:
+                raise fail(f"{where}.noise", "a silent turn has no speech to set the noise level against")
+            if "gain_db" in raw:
+                raise fail(f"{where}.gain_db", "a silent turn has nothing to amplify")
+            if "text" in raw:
+                raise fail(f"{where}.text", "a silent turn says nothing")
             clip, source = silence(raw["silence"], fmt), "silence"
         else:
             source = raw["audio"]
+            noise = raw.get("noise", default_noise)
+            snr = None if noise is None or noise is False else float(noise["snr_db"])
+            effects = Effects(snr, float(raw.get("gain_db", default_gain)))
             try:
                 clip = load_clip(file.parent / source, fmt)
+                if not clip.speech:
+                    raise fail(f"{where}.audio", f"no speech found in {source} (use `silence:` for a silent turn)")
+                clip = load_clip(file.parent / source, fmt, effects)  # the clean clip's speech bounds, cached
             except AudioError as exc:
                 raise fail(f"{where}.audio", f"{exc.problem}: {source}") from None
-            if not clip.speech:
-                raise fail(f"{where}.audio", f"no speech found in {source} (use `silence:` for a silent turn)")
         pause = float(raw.get("pause_before", 0.0))
-        turns.append(Turn(clip, source, pause, None if barge_in is None else float(barge_in)))
+        barge = None if barge_in is None else float(barge_in)
+        turns.append(Turn(clip, source, pause, barge, effects, raw.get("text")))
 
     max_call = float(doc.get("max_call_seconds", DEFAULT_MAX_CALL_SECONDS))
     own_audio = sum(t.clip.duration + t.pause_before for t in turns)
@@ -325,6 +372,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         missing = [k for k in error.validator_value if k not in value]
         return "; ".join(f"{_field([*path, k])}: required field missing" for k in missing)
     field = _field(path) or "(document)"
+    if kind == "type" and path and path[-1] == "noise":
+        also = ", or false for none" if path[0] == "turns" else ""
+        got = _YAML_TYPES.get(type(value), type(value).__name__)
+        return f"{field}: expected a mapping like {{snr_db: 15}}{also}; got {got} {value!r}"
     if kind == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
@@ -335,6 +386,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"{field}: must be greater than {error.validator_value}; got {value!r}"
     if kind == "minimum":
         return f"{field}: must be at least {error.validator_value}; got {value!r}"
+    if kind == "maximum":
+        return f"{field}: must be at most {error.validator_value}; got {value!r}"
     if kind in ("minItems", "maxItems") and path == ["think_time"]:
         return f"think_time: expected a number or [min, max]; got {value!r}"
     if kind == "minItems":

@@ -144,6 +144,9 @@ class RoleplaySession:
         self.reconnect = reconnect or ReconnectPolicy()
         self.reconnects = 0
         self.audio_frames_received = 0
+        # the persona's audio, ``on_audio(frame, arrived_at)`` per binary frame (not an SDK event:
+        # the SDK plays it; the tool listens to it, see athos_load/hearing.py)
+        self.on_audio: Callable[[bytes, float], None] | None = None
         self._protocol = ClientProtocol(token=token, drill_key=drill_key, audio=audio)
         self._pacer = pacer or AudioPacer()  # none shared in: one of its own, not a process global
         self._ssl_context = ssl_context
@@ -381,6 +384,8 @@ class RoleplaySession:
                 for opcode, payload in messages:
                     if opcode == OPCODE_BINARY:
                         self.audio_frames_received += 1
+                        if self.on_audio is not None:  # stamped as events are: when handled, in order
+                            self.on_audio(payload, time.monotonic())
                     elif opcode == OPCODE_TEXT:
                         self._protocol.receive_text(payload, last_heard)
                         self._flush_events()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from support.hostile import HostilePeer
+from support.locust_run import gated_run
 
 from athos_load.simproc import SimulatorProcess
 
@@ -64,3 +65,21 @@ def hostile(tmp_path: Path) -> Iterator[Callable[[str], HostilePeer]]:
     yield start
     for peer in peers:
         peer.stop()
+
+
+# -- slowed_run: one real gated run against a slowed platform, shared by the tests that read it ------
+
+SLOWED_GATES = 'persona_response: ["med < 1s"]\nconnect_ready: ["max < 5s"]\n'
+
+
+@pytest.fixture(scope="session")
+def slowed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, dict]:
+    """A headless smoke run with turn latencies of 1.6 s judged by ``SLOWED_GATES`` (the first fails,
+    the second holds), writing every report (summary, JUnit, Markdown, HTML) into its directory:
+    ``(directory, completed process, summary)``. One run for the gates' and the report's tests."""
+    out = tmp_path_factory.mktemp("slowed")
+    result, summary = gated_run(
+        out, SLOWED_GATES, "-u", "4", "-r", "4", "-t", "20s", "--athos-sim-args", "--response-latency fixed:1.6",
+        "--athos-report", str(out / "report.html"),
+    )  # fmt: skip
+    return out, result, summary

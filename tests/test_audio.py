@@ -1,4 +1,4 @@
-"""Audio loading: decoding, mix-down, resampling, framing, speech boundaries, errors, the cache."""
+"""Audio loading: decoding, mix-down, resampling, framing, speech boundaries, noise and gain, errors, the cache."""
 
 from __future__ import annotations
 
@@ -10,8 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
-from athos_load.audio import AudioError, find_speech, frames_from_pcm, load_clip, silence
+from athos_load.audio import (
+    AudioError,
+    Clip,
+    Effects,
+    apply_effects,
+    find_speech,
+    frames_from_pcm,
+    load_clip,
+    silence,
+)
 from athos_load.wire import AudioFormat
 
 FMT = AudioFormat()  # 16 kHz, 20 ms frames
@@ -93,6 +103,35 @@ def test_resampling_keeps_the_frequency_and_level(tmp_path, src, dst, freq):
     assert peak == pytest.approx(freq, abs=dst / len(x))
     middle = x[len(x) // 4 : 3 * len(x) // 4]
     assert np.sqrt(2 * np.mean(middle**2)) == pytest.approx(0.5, rel=0.01)
+
+
+def tone_level_db(x: np.ndarray, rate: int, freq: float) -> float:
+    """Peak level in dB re full scale of the component at ``freq``, which must sit on an FFT bin
+    (Blackman window: what leaks from other components is 58 dB down at worst, and fading)."""
+    window = np.blackman(len(x))
+    spectrum = np.abs(np.fft.rfft(x * window)) * 2 / window.sum()
+    return 20 * math.log10(max(spectrum[round(freq * len(x) / rate)], 1e-12))
+
+
+def test_the_resampler_keeps_the_band_and_rejects_what_would_alias(tmp_path):
+    """44100 -> 16000 (written as float, so the input is exact): 1 kHz keeps its frequency and level,
+    the band's top (7 kHz) is flat, 7.9 kHz (just under the new Nyquist, in the filter's transition)
+    is 60 dB down, and tones just past 8 kHz, which would fold back to just under it, vanish."""
+
+    def resampled(freq: float) -> np.ndarray:
+        """One second of the output, edges left out: whole-Hz tones sit on its FFT bins."""
+        x = 0.5 * np.sin(2 * np.pi * freq * np.arange(round(1.25 * 44100)) / 44100)
+        path = tmp_path / f"{freq:g}.wav"
+        soundfile.write(path, x, 44100, subtype="FLOAT")
+        return samples(load_clip(path, FMT))[2000:18000] / 32768
+
+    one_k = resampled(1000.0)
+    assert np.argmax(np.abs(np.fft.rfft(one_k * np.hanning(len(one_k))))) == 1000  # 1 Hz bins
+    assert tone_level_db(one_k, 16000, 1000.0) == pytest.approx(20 * math.log10(0.5), abs=0.05)
+    assert tone_level_db(resampled(7000.0), 16000, 7000.0) == pytest.approx(20 * math.log10(0.5), abs=0.1)
+    assert tone_level_db(resampled(7900.0), 16000, 7900.0) < 20 * math.log10(0.5) - 60
+    for freq in (8100.0, 8500.0):  # their aliases would sit at 7900 and 7500 Hz
+        assert np.sqrt(np.mean(resampled(freq) ** 2)) < 0.5 / math.sqrt(2) * 10 ** (-60 / 20), freq
 
 
 def test_downsampling_does_not_alias(tmp_path):
@@ -186,24 +225,125 @@ def test_shipped_espeak_clips_have_speech_where_expected():
 
 
 def test_errors_name_the_file_and_the_problem(tmp_path):
-    with pytest.raises(AudioError, match=r"nope\.wav: file not found"):
-        load_clip(tmp_path / "nope.wav", FMT)
+    def problem(path) -> str:
+        with pytest.raises(AudioError) as info:
+            load_clip(path, FMT)
+        assert "\n" not in str(info.value) and str(info.value) == f"{path}: {info.value.problem}"
+        return info.value.problem
 
-    text = tmp_path / "notes.wav"
-    text.write_text("not audio at all")
-    with pytest.raises(AudioError, match=r"notes\.wav: not a WAV file"):
-        load_clip(text, FMT)
+    assert problem(tmp_path / "nope.wav") == "file not found"
+    assert problem(tmp_path) == "not a file"
+    for name in ("notes.wav", "notes.flac", "notes.mp3", "notes.ogg"):
+        (tmp_path / name).write_text("not audio at all")
+        assert problem(tmp_path / name) == "not an audio file (expected WAV, FLAC, OGG or MP3)", name
+    assert problem(write_wav(tmp_path / "empty.wav", np.zeros((0, 1)), 16000)) == "no audio samples"
+    # a 16-bit float WAV does not exist in practice; libsndfile's reason is as vague as it gets
+    assert problem(write_raw_wav(tmp_path / "half.wav", bytes(64), 16000, 1, 2, 3, False)).startswith("cannot decode")
+    flac = tmp_path / "cut.flac"
+    soundfile.write(flac, tone_with_gaps(16000), 16000)
+    flac.write_bytes(flac.read_bytes()[:-3000])  # cut off mid-frame
+    assert problem(flac) == "cannot decode: Error : flac decoder lost sync"
+    unreadable = write_wav(tmp_path / "locked.wav", tone_with_gaps(16000), 16000)
+    unreadable.chmod(0)
+    if not os.access(unreadable, os.R_OK):  # root reads anything
+        assert problem(unreadable) == "Permission denied"
 
-    half_float = write_raw_wav(tmp_path / "half.wav", bytes(64), 16000, 1, 2, 3, False)
-    with pytest.raises(AudioError, match=r"half\.wav: unsupported sample format: 16-bit float"):
-        load_clip(half_float, FMT)
 
-    empty = write_wav(tmp_path / "empty.wav", np.zeros((0, 1)), 16000)
-    with pytest.raises(AudioError, match=r"empty\.wav: no audio samples"):
-        load_clip(empty, FMT)
+# -- other formats ---------------------------------------------------------------------------------
 
-    with pytest.raises(AudioError, match="not a file"):
-        load_clip(tmp_path, FMT)
+
+@pytest.mark.parametrize(("ext", "subtype"), [("flac", "PCM_16"), ("mp3", "MPEG_LAYER_III"), ("ogg", "VORBIS")])
+def test_flac_mp3_and_ogg_load_like_the_wav(tmp_path, ext, subtype):
+    tone = tone_with_gaps(44100)
+    stereo = np.stack([tone, 0.5 * tone], axis=1)
+    wav = load_clip(write_wav(tmp_path / "gaps.wav", stereo, 44100), FMT)
+    path = tmp_path / f"gaps.{ext}"
+    # FLAC gets the WAV's int16 samples (libsndfile's float to int16 scaling differs between WAV and
+    # FLAC); MP3 gets floats (libsndfile 1.2.2's MP3 encoder garbles int16 input: peaks past full scale)
+    data = np.rint(stereo * 32767).astype(np.int16) if ext == "flac" else stereo
+    soundfile.write(path, data, 44100, subtype=subtype)
+
+    clip = load_clip(path, FMT)
+
+    assert len(clip.frames) == len(wav.frames) and all(len(f) == FMT.frame_bytes for f in clip.frames)
+    assert len(clip.speech) == len(wav.speech) == 2
+    for got, want in zip(clip.speech, wav.speech, strict=True):
+        assert got == pytest.approx(want, abs=FMT.frame_seconds)
+    if ext == "flac":  # lossless: the very same samples
+        assert clip.frames == wav.frames
+    else:
+        assert np.std(samples(clip)) == pytest.approx(np.std(samples(wav)), rel=0.06)
+
+
+# -- noise and gain --------------------------------------------------------------------------------
+
+
+def speech_and_noise_db(clean, mixed) -> tuple[float, float]:
+    """RMS in dBFS of the clean clip's speech (its utterances) and of what the mix added (everywhere)."""
+    rate, x, y = FMT.sample_rate, samples(clean).astype(float), samples(mixed).astype(float)
+    speech = np.concatenate([x[round(a * rate) : round(b * rate)] for a, b in clean.speech])
+    return tuple(10 * math.log10(np.mean(v**2) / 32768**2) for v in (speech, y - x))
+
+
+@pytest.fixture
+def gaps(tmp_path) -> Path:
+    return write_wav(tmp_path / "gaps.wav", tone_with_gaps(44100, amp=0.3), 44100)
+
+
+@pytest.mark.parametrize("snr", [15.0, 0.0, 40.0])
+def test_noise_is_mixed_at_the_snr_of_the_speech(gaps, snr):
+    clean = load_clip(gaps, FMT)
+    noisy = load_clip(gaps, FMT, Effects(snr_db=snr))
+    speech_db, noise_db = speech_and_noise_db(clean, noisy)
+    assert speech_db - noise_db == pytest.approx(snr, abs=1.0)
+    assert noisy.path == clean.path and len(noisy.frames) == len(clean.frames)
+
+
+def test_the_noise_is_pink_and_the_same_for_a_clip_every_time(gaps):
+    clean = load_clip(gaps, FMT)
+    noisy = apply_effects(clean, Effects(snr_db=10))
+    assert apply_effects(clean, Effects(snr_db=10)).frames == noisy.frames
+    noise = (samples(noisy).astype(float) - samples(clean)) / 32768
+    power = np.abs(np.fft.rfft(noise)) ** 2
+    hz = np.fft.rfftfreq(len(noise), 1 / FMT.sample_rate)
+
+    def octave_db(low: float) -> float:
+        return 10 * math.log10(power[(hz >= low) & (hz < 2 * low)].sum())
+
+    # pink: the same energy in every octave (white noise would gain 3 dB an octave, 9 dB here)
+    assert octave_db(250) == pytest.approx(octave_db(2000), abs=1.0)
+    # another clip (here: its own first half) gets other noise, not a copy
+    other = apply_effects(Clip(None, FMT, clean.frames[:80], clean.speech[:1]), Effects(snr_db=10))
+    assert other.frames[:20] != noisy.frames[:20]
+
+
+def test_speech_bounds_come_from_the_clean_clip(gaps):
+    clean = load_clip(gaps, FMT)
+    for effects in (Effects(snr_db=0), Effects(snr_db=15, gain_db=-30), Effects(gain_db=-50)):
+        assert load_clip(gaps, FMT, effects).speech == clean.speech, effects
+    # what a detector would make of the noisy clip itself: the noise fills the pauses
+    loud_noise = load_clip(gaps, FMT, Effects(snr_db=0))
+    assert find_speech(b"".join(loud_noise.frames), FMT) != clean.speech
+
+
+def test_gain_scales_the_level_and_saturates_instead_of_wrapping(gaps):
+    clean = samples(load_clip(gaps, FMT)).astype(float)
+    halved = samples(load_clip(gaps, FMT, Effects(gain_db=-6))).astype(float)
+    assert np.abs(halved).max() / np.abs(clean).max() == pytest.approx(0.5, abs=0.005)
+    assert np.sqrt(np.mean(halved**2) / np.mean(clean**2)) == pytest.approx(10 ** (-6 / 20), rel=1e-3)
+    hot = samples(load_clip(gaps, FMT, Effects(gain_db=20))).astype(float)  # 0.3 x 10 = 3x full scale
+    assert hot.max() == 32767 and hot.min() == -32768
+    assert np.all(np.sign(hot) == np.sign(clean))  # clipped, never wrapped round to the other sign
+
+
+def test_noise_and_gain_need_finite_numbers_and_noise_needs_speech(tmp_path):
+    for bad in ({"snr_db": math.nan}, {"gain_db": math.inf}, {"gain_db": "6"}, {"snr_db": True}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a finite number"):
+            Effects(**bad)
+    quiet = write_wav(tmp_path / "quiet.wav", np.zeros(16000), 16000)
+    with pytest.raises(AudioError, match=r"quiet\.wav: no speech in the clip to set the noise level against$"):
+        load_clip(quiet, FMT, Effects(snr_db=15))
+    assert load_clip(quiet, FMT, Effects(gain_db=6)).speech == ()  # gain alone needs no speech
 
 
 def test_clips_are_cached_per_file_and_format(tmp_path):
@@ -213,8 +353,14 @@ def test_clips_are_cached_per_file_and_format(tmp_path):
     assert load_clip(str(path), FMT) is first
     assert load_clip(tmp_path / "." / "a.wav", FMT) is first
     assert load_clip(path, AudioFormat(sample_rate=8000)) is not first
+    noisy = load_clip(path, FMT, Effects(snr_db=15))
+    assert noisy is not first and load_clip(path, FMT, Effects(snr_db=15.0, gain_db=0)) is noisy
+    assert load_clip(path, FMT, Effects(snr_db=20)) is not noisy
+    assert load_clip(path, FMT, Effects(snr_db=15, gain_db=-6)) is not noisy
+    assert load_clip(path, FMT, Effects()) is first
 
     write_wav(path, tone[:4000], 16000)  # rewritten: reloaded
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert len(load_clip(path, FMT).frames) == 13
+    assert len(load_clip(path, FMT, Effects(snr_db=15)).frames) == 13

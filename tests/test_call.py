@@ -18,6 +18,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import numpy as np
 import pytest
 
 from athos_load.api import ApiError, Score, ScoreBoard
@@ -29,6 +30,8 @@ from athos_load.session import SessionError, SessionEvent
 from athos_load.wire import (
     SDK_EVENTS,
     AudioFormat,
+    CallRecord,
+    CallStatus,
     Connecting,
     Ended,
     Error,
@@ -37,6 +40,7 @@ from athos_load.wire import (
     Ready,
     Reconnected,
     Reconnecting,
+    Segment,
     Speaker,
     Speaking,
 )
@@ -71,6 +75,7 @@ class Platform:
         if self.refuse is not None:
             session.fail(self.refuse)
             raise SessionError(self.refuse, "refused")
+        session.ready_at = session.clock
         session.emit(Ready("Pat", CALL_ID, "resume"))
 
     def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
@@ -118,6 +123,7 @@ class FakeSession:
         self.unknown_messages = 0
         self.said: list[FakeUtterance] = []
         self.closed = False
+        self.on_audio: Callable[[bytes, float], None] | None = None
         self._ended = gevent.event.Event()
 
     # -- RoleplaySession's API, as Call uses it
@@ -163,6 +169,16 @@ class FakeSession:
         self.advance(seconds)
         self.emit(Speaking(Speaker.PERSONA, False))
 
+    def user(self, at: float, speaking: bool) -> None:
+        """The platform says it hears the rep start (or stop) at ``at``."""
+        self.clock = max(self.clock, at)
+        self.emit(Speaking(Speaker.USER, speaking))
+
+    def hear(self, at: float, frame: bytes) -> None:
+        """A persona audio frame arrives at ``at`` (``on_audio`` is set by the call)."""
+        self.clock = max(self.clock, at)
+        self.on_audio(frame, at)
+
     def fail(self, code: str) -> None:
         self.last_error = SessionError(code, "scripted")
         self.emit(Error(code, "scripted"))
@@ -183,11 +199,17 @@ class FakeSession:
 class FakeApi:
     def __init__(self, refuse: str | None = None) -> None:
         self.refuse = refuse
+        self.transcript: Callable[[], tuple[Segment, ...]] | None = None  # what GET /v1/calls/:id returns
 
     def mint_token(self, drill_key: str, webhook_url: str | None = None) -> Any:
         if self.refuse is not None:
             raise ApiError(self.refuse, "refused", 429)
         return SimpleNamespace(token="token-1")
+
+    def get_call(self, call_id: str) -> CallRecord:
+        if self.transcript is None:
+            raise ApiError("unknown_call", "no such call", 404)
+        return CallRecord(call_id, CallStatus.SCORED, "fake-drill", transcript=self.transcript())
 
 
 # -- running calls ---------------------------------------------------------------------------------
@@ -196,7 +218,9 @@ class FakeApi:
 class Harness:
     """One process's shared settings (real Metrics, ScoreBoard and ScoreDrain), and what Locust saw."""
 
-    def __init__(self, *, score_timeout: float = 5.0, mint_refused: str | None = None) -> None:
+    def __init__(
+        self, *, score_timeout: float = 5.0, mint_refused: str | None = None, transcript_check: bool = False
+    ) -> None:
         self.metrics = Metrics()
         self.metrics.declare(["fake"])
         self.board = ScoreBoard()
@@ -214,6 +238,7 @@ class Harness:
             audio=FMT,
             drain=self.drain,
             score_timeout=score_timeout,
+            transcript_check=transcript_check,
             announce=self.announced.append,
             session_factory=self._session,  # type: ignore[arg-type]
         )
@@ -244,10 +269,11 @@ class Harness:
         return self.metrics.summary()["errors"]
 
 
-def make_scenario(*, turns: int = 2, reply_timeout: float = 2.0, **fields: Any) -> Scenario:
+def make_scenario(*, turns: int | tuple = 2, reply_timeout: float = 2.0, **fields: Any) -> Scenario:
     clip = Clip(None, FMT, (bytes(FMT.frame_bytes),) * CLIP_FRAMES, (SPEECH,))
     return Scenario(
-        name="fake", drill="fake-drill", turns=tuple(Turn(clip, f"{i}.wav") for i in range(turns)),
+        name="fake", drill="fake-drill",
+        turns=turns if isinstance(turns, tuple) else tuple(Turn(clip, f"{i}.wav") for i in range(turns)),
         think_time=(0.0, 0.0), reply_timeout=reply_timeout, max_call_seconds=30.0, **fields,
     )  # fmt: skip
 
@@ -328,6 +354,169 @@ def test_connect_ready_runs_from_connecting_to_ready():
     (entry,) = h.entries("connect_ready")
     assert entry["response_time"] == pytest.approx(1250.0, abs=EXACT)
     assert observed(h.metrics, Timing.CONNECT_READY) == pytest.approx([1.25], rel=LOG_ACCURACY)
+
+
+# -- what the rep hears ----------------------------------------------------------------------------
+
+SILENT_FRAME = bytes(FMT.frame_bytes)
+VOICED_FRAME = (np.sin(np.arange(FMT.frame_samples) / 3.0) * 8000).astype("<i2").tobytes()
+
+
+def test_the_turn_latency_splits_into_endpointing_and_response():
+    """speech end -> userSpeaking false (endpointing) -> personaSpeaking true (response); their sum
+    is persona_response; speech start -> userSpeaking true is the platform hearing the rep begin."""
+
+    class Heard(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            session.user(utterance.start + SPEECH[0] + 0.04, True)
+            session.user(utterance.start + SPEECH[1] + 0.25 + 0.1 * index, False)
+            session.persona(utterance.start + SPEECH[1] + 0.65 + 0.1 * index, 0.5)
+
+    h = Harness()
+    h.run(Heard)
+    assert observed(h.metrics, Timing.SPEECH_ONSET) == pytest.approx([0.04, 0.04], rel=LOG_ACCURACY)
+    assert observed(h.metrics, Timing.ENDPOINTING) == pytest.approx([0.25, 0.35], rel=LOG_ACCURACY)
+    assert observed(h.metrics, Timing.RESPONSE) == pytest.approx([0.4, 0.4], rel=LOG_ACCURACY)
+    assert observed(h.metrics, Timing.PERSONA_RESPONSE) == pytest.approx([0.65, 0.75], rel=LOG_ACCURACY)
+    assert [e["response_time"] for e in h.entries("endpointing")] == pytest.approx([250.0, 350.0], abs=1e-6)
+
+
+def test_a_pause_inside_the_reps_speech_is_not_its_end():
+    """A userSpeaking false before the clip's speech has ended (the platform split the utterance at
+    a pause) is not the endpoint; the one after it is."""
+
+    class Split(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            session.user(utterance.start + SPEECH[0] + 0.02, True)
+            session.user(utterance.start + SPEECH[0] + 0.1, False)
+            session.user(utterance.start + SPEECH[0] + 0.15, True)
+            session.user(utterance.start + SPEECH[1] + 0.3, False)
+            session.persona(utterance.start + SPEECH[1] + 0.5, 0.5)
+
+    h = Harness()
+    h.run(Split, turns=1)
+    assert observed(h.metrics, Timing.ENDPOINTING) == pytest.approx([0.3], rel=LOG_ACCURACY)
+    assert observed(h.metrics, Timing.SPEECH_ONSET) == pytest.approx([0.02], rel=LOG_ACCURACY)
+
+
+def test_time_to_first_word_and_audio_lead_run_to_the_first_frame_with_sound():
+    """A greeting announced 0.1 s after ready whose sound starts 0.3 s after the announcement:
+    connecting -> that sound is the time to first word, personaSpeaking -> it the audio lead."""
+
+    class Greets(Platform):
+        def connect(self, session: FakeSession) -> None:
+            super().connect(session)
+            start = session.clock + 0.1
+            session.clock = start
+            session.emit(Speaking(Speaker.PERSONA, True))
+            for k in range(15):  # 0.3 s of silence, then the voice
+                session.hear(start + k * FMT.frame_seconds, SILENT_FRAME)
+            session.hear(start + 0.3, VOICED_FRAME)
+            session.hear(start + 0.32, VOICED_FRAME)
+            session.advance(0.5)
+            session.emit(Speaking(Speaker.PERSONA, False))
+
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            session.clock = max(session.clock, utterance.start + SPEECH[1] + 0.3)
+            session.emit(Speaking(Speaker.PERSONA, True))
+            session.hear(session.clock + 0.05, VOICED_FRAME)
+            session.advance(0.5)
+            session.emit(Speaking(Speaker.PERSONA, False))
+
+    h = Harness()
+    h.run(Greets, persona_greets=True)
+    ttfw = Platform.connect_seconds + 0.1 + 0.3
+    assert observed(h.metrics, Timing.TIME_TO_FIRST_WORD) == pytest.approx([ttfw], rel=LOG_ACCURACY)
+    assert observed(h.metrics, Timing.PERSONA_AUDIO_LEAD) == pytest.approx([0.05, 0.05, 0.3], rel=LOG_ACCURACY)
+
+    class RepFirst(Greets):
+        def connect(self, session: FakeSession) -> None:
+            Platform.connect(self, session)
+
+    h = Harness()
+    h.run(RepFirst)  # the rep speaks first: its wait is no time to first word
+    assert h.metrics.timing(Timing.TIME_TO_FIRST_WORD).count == 0
+    assert h.metrics.timing(Timing.PERSONA_AUDIO_LEAD).count == 2
+
+
+def barge_in_scenario() -> dict[str, Any]:
+    clip = Clip(None, FMT, (bytes(FMT.frame_bytes),) * CLIP_FRAMES, (SPEECH,))
+    return {"turns": (Turn(clip, "barge.wav", barge_in=0.05),), "persona_greets": True}
+
+
+@pytest.mark.parametrize(("talks_on", "timed", "ignored"), [(0.2, [0.2], 0), (3.0, [], 1)])
+def test_a_barge_in_is_timed_until_the_persona_yields_or_counted_ignored(talks_on, timed, ignored):
+    """The rep talks over a greeting: from its speech start to personaSpeaking false; a persona that
+    talks on for longer than the barge-in timeout has ignored it (counted, not an error)."""
+
+    class Greeting(Platform):
+        def connect(self, session: FakeSession) -> None:
+            super().connect(session)
+            session.emit(Speaking(Speaker.PERSONA, True))  # and it goes on, until the rep barges in
+
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            session.clock = max(session.clock, utterance.start + SPEECH[0] + talks_on)
+            session.emit(Speaking(Speaker.PERSONA, False))
+            session.persona(utterance.start + SPEECH[1] + 0.3, 0.3)
+
+    h = Harness()
+    h.run(Greeting, **barge_in_scenario())
+    assert observed(h.metrics, Timing.BARGE_IN) == pytest.approx(timed, rel=LOG_ACCURACY)
+    assert h.metrics.summary()["barge_ins_ignored"] == ignored
+    assert h.errors() == {}
+    assert [e["exception"] is not None for e in h.entries("barge_in")] == [bool(ignored)]
+
+
+@pytest.mark.parametrize(
+    ("heard", "expected"),
+    [
+        # every word heard, one inserted: WER 1/9
+        (("hello this is sam", "do you have a minute please"), {"missing": 0, "misaligned": 0, "wer": 1 / 9}),
+        # the second turn dropped: missing, and its five words deleted
+        (("hello this is sam", None), {"missing": 1, "misaligned": 0, "wer": 5 / 9}),
+        # no words, only the simulator's placeholder: presence and alignment, no WER
+        (("[rep speech 0.22s]", "[rep speech 0.22s]"), {"missing": 0, "misaligned": 0, "wer": None}),
+    ],
+)
+def test_the_transcript_is_held_against_what_the_rep_said(heard, expected):
+    h = Harness(transcript_check=True)
+
+    def transcript() -> tuple[Segment, ...]:
+        session = h.sessions[-1]
+        return tuple(
+            Segment("rep", u.start - session.ready_at + SPEECH[0], u.start - session.ready_at + SPEECH[1], w)
+            for u, w in zip(session.said, heard, strict=True)
+            if w is not None
+        )
+
+    h.settings.api.transcript = transcript
+    clip = Clip(None, FMT, (bytes(FMT.frame_bytes),) * CLIP_FRAMES, (SPEECH,))
+    said = (Turn(clip, "0.wav", text="Hello, this is Sam."), Turn(clip, "1.wav", text="Do you have a minute?"))
+    h.run(turns=said)
+    summary = h.metrics.summary()["transcript"]
+    assert {k: summary[k] for k in ("turns", "missing", "misaligned")} == {"turns": 2, **{
+        k: expected[k] for k in ("missing", "misaligned")
+    }}  # fmt: skip
+    assert summary["wer"] == (None if expected["wer"] is None else pytest.approx(expected["wer"], rel=1e-6))
+    assert len(h.entries("transcript_fetch")) == 1 and h.errors() == {}
+
+
+def test_a_transcript_segment_off_the_speech_is_misaligned_and_a_failed_fetch_is_an_error():
+    h = Harness(transcript_check=True)
+
+    def shifted() -> tuple[Segment, ...]:
+        session = h.sessions[-1]
+        return tuple(
+            Segment("rep", u.start - session.ready_at + 0.5, u.start - session.ready_at + 0.9) for u in session.said
+        )
+
+    h.settings.api.transcript = shifted
+    h.run()
+    assert h.metrics.summary()["transcript"]["misaligned"] == 2
+    h = Harness(transcript_check=True)  # no transcript: the fetch fails with the platform's code
+    h.run()
+    (entry,) = h.entries("transcript_fetch")
+    assert entry["exception"].code == "unknown_call" and h.errors() == {"unknown_call": 1}
 
 
 # -- what reaches Locust ---------------------------------------------------------------------------

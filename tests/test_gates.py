@@ -9,7 +9,7 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
-from support.locust_run import LOCUST, ROOT, locust_env, run_locust
+from support.locust_run import LOCUST, ROOT, gated_run, locust_env, run_locust
 
 from athos_load.gates import GatesError, load_gates, verdict
 from athos_load.metrics import Metrics, Outcome, ScoreOutcome, Timing
@@ -145,18 +145,6 @@ def test_junit_and_markdown_name_the_failing_gate_and_its_value(tmp_path):
 # -- real runs ---------------------------------------------------------------------------------------
 
 
-def gated_run(tmp_path: Path, gates: str, *args: str, timeout: float = 120):
-    path = gates_file(tmp_path, gates)
-    result = run_locust(
-        "--headless", "--athos-scenario", "scenarios/smoke", "--athos-gates", str(path),
-        "--athos-summary", str(tmp_path / "s.json"), "--athos-junit", str(tmp_path / "junit.xml"),
-        "--athos-markdown", str(tmp_path / "summary.md"), *args, timeout=timeout,
-        env=locust_env(GITHUB_STEP_SUMMARY=str(tmp_path / "step-summary.md")),
-    )  # fmt: skip
-    summary = json.loads((tmp_path / "s.json").read_text())
-    return result, summary
-
-
 GENEROUS = """
 connect_ready: ["p(90) < 5s", "count > 0"]
 persona_response: ["med < 5s"]
@@ -177,11 +165,8 @@ def test_generous_gates_pass_and_decide_the_exit_code(tmp_path):
     assert "athos-load verdict: passed" in result.stdout
 
 
-def test_a_slowed_platform_fails_its_gate_with_the_observed_value(tmp_path):
-    result, summary = gated_run(
-        tmp_path, 'persona_response: ["med < 1s"]\nconnect_ready: ["max < 5s"]\n',
-        "-u", "4", "-r", "4", "-t", "20s", "--athos-sim-args", "--response-latency fixed:1.6",
-    )  # fmt: skip
+def test_a_slowed_platform_fails_its_gate_with_the_observed_value(slowed_run):
+    tmp_path, result, summary = slowed_run  # its gates: conftest.SLOWED_GATES
     assert result.returncode == ExitCode.GATE_FAILED, result.stderr[-3000:]
     failed = [g for g in summary["gates"] if g["passed"] is False]
     assert [g["metric"] for g in failed] == ["persona_response"] and failed[0]["observed"] >= 1.0

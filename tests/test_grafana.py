@@ -96,6 +96,24 @@ CONTRACT: dict[str, Family] = {
         "histogram", "worker", buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
     ),
     "athos_loadgen_saturated": _family("gauge", "worker"),
+    # what the rep hears
+    "athos_time_to_first_word_seconds": _family("histogram", "scenario", buckets=SUB_SECOND),
+    "athos_endpointing_seconds": _family("histogram", "scenario", buckets=SUB_SECOND),
+    "athos_response_seconds": _family("histogram", "scenario", buckets=SUB_SECOND),
+    "athos_speech_onset_seconds": _family("histogram", "scenario", buckets=SUB_SECOND),
+    "athos_persona_audio_lead_seconds": _family(
+        "histogram", "scenario", buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
+    ),
+    "athos_barge_in_seconds": _family("histogram", "scenario", buckets=SUB_SECOND),
+    "athos_barge_ins_ignored_total": _family("counter", "scenario"),
+    "athos_setup_failed_total": _family("counter", "scenario"),
+    "athos_persona_audio_gap_seconds": _family("histogram", "scenario", buckets=(0.04, 0.06, 0.1, 0.2, 0.5, 1, 2, 5)),
+    "athos_persona_audio_jitter_seconds": _family(
+        "histogram", "scenario", buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+    ),
+    "athos_persona_audio_seconds_total": _family("counter", "scenario"),
+    "athos_persona_underruns_total": _family("counter", "scenario"),
+    "athos_persona_dead_air_seconds_total": _family("counter", "scenario"),
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 COUNTER_SUFFIXES = ("_total", *HISTOGRAM_SUFFIXES)

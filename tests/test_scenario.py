@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
+from support.calls import run_calls
 
-from athos_load.audio import load_clip
-from athos_load.scenario import HangupPolicy, ScenarioError, load_scenario, load_scenarios, pick
+from athos_load.audio import Effects, load_clip
+from athos_load.metrics import Outcome, Timing
+from athos_load.scenario import HangupPolicy, Scenario, ScenarioError, Turn, load_scenario, load_scenarios, pick
 from athos_load.sim.config import DEFAULT_DRILLS
 from athos_load.wire import AudioFormat
 
@@ -122,6 +125,37 @@ def test_all_fields(scenario_dir):
     assert s.think(random.Random(1)) == 0.4
 
 
+def test_noise_and_gain_per_scenario_and_per_turn(scenario_dir):
+    path = write(
+        scenario_dir,
+        """\
+        name: noisy
+        drill: ma-full-sale
+        noise: {snr_db: 20}
+        gain_db: -3
+        turns:
+          - audio: audio/a.wav
+          - audio: audio/a.wav
+            noise: {snr_db: 5.5}
+          - audio: audio/b.wav
+            noise: false
+            gain_db: 0
+          - silence: 1.0
+          - audio: audio/b.wav
+            gain_db: 6
+        """,
+    )
+    default, noisier, clean, quiet, louder = load_scenario(path, FMT).turns
+    assert default.effects == Effects(snr_db=20, gain_db=-3) and noisier.effects == Effects(snr_db=5.5, gain_db=-3)
+    assert clean.effects == Effects() and clean.clip is load_clip(scenario_dir / "audio" / "b.wav", FMT)
+    assert quiet.effects == Effects() and quiet.silent
+    assert louder.effects == Effects(snr_db=20, gain_db=6)
+    a = scenario_dir / "audio" / "a.wav"
+    assert default.clip is load_clip(a, FMT, Effects(snr_db=20, gain_db=-3))  # cached: one copy per setting
+    assert default.clip.speech == noisier.clip.speech == load_clip(a, FMT).speech
+    assert noisier.clip.frames != default.clip.frames
+
+
 def test_load_a_directory_a_file_or_a_list(scenario_dir):
     one = write(scenario_dir, VALID.replace("test-call", "one"), "one.yaml")
     two = write(scenario_dir, VALID.replace("test-call", "two"), "two.yml")
@@ -159,7 +193,11 @@ def test_pick_follows_the_weights(scenario_dir):
 
 BROKEN = [
     ("missing audio", VALID.replace("audio/b.wav", "audio/x.wav"), "turns[1].audio: file not found: audio/x.wav"),
-    ("not a wav", VALID.replace("audio/b.wav", "audio/text.wav"), "turns[1].audio: not a WAV file"),
+    (
+        "not audio",
+        VALID.replace("audio/b.wav", "audio/text.wav"),
+        "turns[1].audio: not an audio file (expected WAV, FLAC, OGG or MP3): audio/text.wav",
+    ),
     ("no speech", VALID.replace("audio/b.wav", "audio/quiet.wav"), "turns[1].audio: no speech found in audio/quiet"),
     ("unknown field", VALID + "volume: 11\n", "volume: unknown field (allowed: name, drill"),
     ("unknown turn field", VALID.replace("pause_before", "pause"), "turns[1].pause: unknown field"),
@@ -201,6 +239,42 @@ BROKEN = [
 ]
 
 
+# noise and gain: each mistake is one line naming the file, the turn and the field
+BROKEN_EFFECTS = [
+    ("noise not a mapping", "    noise: loud\n",
+     "turns[1].noise: expected a mapping like {snr_db: 15}, or false for none; got string 'loud'"),
+    ("noise true", "    noise: true\n",
+     "turns[1].noise: true is not a setting: give {snr_db: N}, or false for no noise"),
+    ("noise unknown key", "    noise: {snr_db: 15, colour: pink}\n",
+     "turns[1].noise.colour: unknown field (allowed: snr_db)"),
+    ("noise without snr", "    noise: {}\n", "turns[1].noise.snr_db: required field missing"),
+    ("snr not a number", "    noise: {snr_db: high}\n", "turns[1].noise.snr_db: expected number, got string 'high'"),
+    ("snr too high", "    noise: {snr_db: 61}\n", "turns[1].noise.snr_db: must be at most 60; got 61"),
+    ("snr too low", "    noise: {snr_db: -11}\n", "turns[1].noise.snr_db: must be at least -10; got -11"),
+    ("gain not a number", "    gain_db: loud\n", "turns[1].gain_db: expected number, got string 'loud'"),
+    ("gain too high", "    gain_db: 21\n", "turns[1].gain_db: must be at most 20; got 21"),
+    ("gain too low", "    gain_db: -61\n", "turns[1].gain_db: must be at least -60; got -61"),
+    ("scenario noise false", "noise: false\n", "noise: expected a mapping like {snr_db: 15}; got boolean False"),
+    ("scenario noise key", "noise: {snr: 15, snr_db: 15}\n", "noise.snr: unknown field (allowed: snr_db)"),
+    ("scenario gain", "gain_db: [1]\n", "gain_db: expected number, got list [1]"),
+    ("noise on silence", "  - silence: 1\n    noise: {snr_db: 15}\n", "turns[4].noise: a silent turn has no speech"),
+    ("gain on silence", "  - silence: 1\n    gain_db: 3\n", "turns[4].gain_db: a silent turn has nothing to amplify"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "expected"), [b[1:] for b in BROKEN_EFFECTS], ids=[b[0] for b in BROKEN_EFFECTS])
+def test_bad_noise_and_gain_are_one_clear_error(scenario_dir, line, expected):
+    if line.startswith("    "):  # a turn's field, on turns[1]; the others follow VALID's turns or fields
+        text = VALID.replace("    pause_before: 0.5\n", "    pause_before: 0.5\n" + line)
+    else:
+        text = VALID + line
+    path = write(scenario_dir, text, "bad.yaml")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path, FMT)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {expected}") and "\n" not in message, message
+
+
 @pytest.mark.parametrize(("text", "expected"), [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN])
 def test_broken_scenarios_name_file_field_and_problem(scenario_dir, text, expected):
     path = write(scenario_dir, text, "bad.yaml")
@@ -223,3 +297,31 @@ def test_every_schema_problem_is_reported_at_once(scenario_dir):
         load_scenario(path, FMT)
     lines = str(info.value).splitlines()
     assert len(lines) == 3 and all(line.startswith(f"{path}: ") for line in lines)
+
+
+# -- other formats in a real call ------------------------------------------------------------------
+
+
+def test_flac_and_mp3_clips_play_in_a_real_call(sim_factory, tmp_path):
+    """44.1 kHz FLAC and MP3 (the MP3 with noise 40 dB down and -6 dB of gain, quiet enough for the
+    simulator's -40 dBFS VAD to still hear the pauses) streamed to the simulator: it hears the rep
+    speak and stop in each turn, and answers both."""
+    rate = 44100
+    tone = 0.25 * np.sin(2 * np.pi * 440 * np.arange(int(0.6 * rate)) / rate)
+    x = np.concatenate([np.zeros(rate // 5), tone, np.zeros(int(0.6 * rate))])
+    soundfile.write(tmp_path / "rep.flac", x, rate)
+    soundfile.write(tmp_path / "rep.mp3", x, rate)
+    flac = load_clip(tmp_path / "rep.flac", FMT)
+    mp3 = load_clip(tmp_path / "rep.mp3", FMT, Effects(snr_db=40, gain_db=-6))
+    for clip in (flac, mp3):
+        assert len(clip.speech) == 1 and clip.speech[0] == pytest.approx((0.2, 0.8), abs=FMT.frame_seconds)
+    plan = Scenario(
+        name="formats", drill="cold-call-discovery", turns=(Turn(flac, "rep.flac"), Turn(mp3, "rep.mp3")),
+        think_time=(0.0, 0.0), reply_timeout=8.0, max_call_seconds=20.0,
+    )  # fmt: skip
+
+    calls, metrics, reports = run_calls(sim_factory(), [plan])
+
+    assert [c.outcome for c in calls] == [Outcome.COMPLETED]
+    assert [r for r in reports if r["exception"] is not None and r["name"] != "end_to_score"] == []
+    assert metrics.timing(Timing.PERSONA_RESPONSE).count == 2  # the platform heard the rep finish both turns

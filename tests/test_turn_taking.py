@@ -17,12 +17,11 @@ from typing import Any
 import gevent
 import gevent.pool
 import pytest
+from support.calls import run_calls
 
-from athos_load.api import AthosApi, ScoreBoard
 from athos_load.audio import Clip
-from athos_load.call import Call, CallSettings, ScoreDrain
+from athos_load.call import Call, CallSettings
 from athos_load.metrics import Metrics, Outcome
-from athos_load.pacer import AudioPacer
 from athos_load.scenario import Scenario, ScenarioError, Turn, load_scenario
 from athos_load.session import SessionEvent
 from athos_load.sim.config import DEFAULT_GREETING_DRILLS, SimConfig
@@ -34,27 +33,6 @@ GREETING_SCENARIO = ROOT / "scenarios" / "smoke" / "callback-greeting.yaml"
 FMT = AudioFormat()
 
 # -- against the simulator -------------------------------------------------------------------------
-
-
-def run_calls(sim: Any, plan: list[Scenario], stagger: float = 0.1) -> tuple[list[Call], Metrics, list[dict]]:
-    """Run one call per scenario in ``plan``, all at once (started ``stagger`` apart), to the end."""
-    settings = CallSettings(
-        api=AthosApi(sim.http_url, sim.api_key),
-        ws_url=sim.ws_url,
-        board=ScoreBoard(),
-        metrics=Metrics(),
-        pacer=AudioPacer(),
-        audio=FMT,
-        drain=ScoreDrain(),
-        score_timeout=0.0,  # no webhook here: scores are not this test's business
-    )
-    reports: list[dict] = []
-    calls = [Call(settings, s, lambda **kw: reports.append(kw), random.Random(i)) for i, s in enumerate(plan)]
-    group = gevent.pool.Group()
-    for i, call in enumerate(calls):
-        group.add(gevent.spawn_later(i * stagger, call.run))
-    group.join(timeout=60, raise_error=True)
-    return calls, settings.metrics, reports
 
 
 def conversation(truth: list[dict], call_id: str) -> tuple[list[float], list[dict]]:

@@ -349,6 +349,8 @@ class Runtime:
             audio=options.audio,
             drain=self.drain,
             score_timeout=options.score_timeout,
+            jitter_buffer=options.jitter_buffer_ms / 1000.0,
+            transcript_check=options.transcript_check == "on",
             announce=self.link.announce if self.link is not None else None,
         )
 

@@ -70,7 +70,7 @@ TABLES = [
             {"key": "response", "title": "persona_response p95 ms"},
             {"key": "reconnects", "title": "Reconnects per session-min"},
             {"key": "errors", "title": "Errors per call"},
-            {"key": "missing", "title": "Scores missing"},
+            {"key": "scores", "title": "Scores missing / pending"},
             {"key": "generator", "title": "Generator"},
         ],
     },
@@ -160,7 +160,9 @@ def window_row(window: dict[str, Any], width: float) -> dict[str, str]:
         "response": ms_text((window.get("persona_response") or {}).get("p95")),
         "reconnects": "-" if reconnects is None else f"{reconnects:.3g}",
         "errors": "-" if errors is None else f"{errors:.3g}",
-        "missing": count_text(window["calls"].get(ScoreOutcome.MISSING.value, 0)),
+        "scores": " / ".join(
+            count_text(window["calls"].get(o.value, 0)) for o in (ScoreOutcome.MISSING, ScoreOutcome.PENDING)
+        ),
         "generator": generator,
     }
 

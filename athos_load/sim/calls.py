@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import enum
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from athos_load.wire import AudioFormat, CallRecord, CallState, CallStatus, Role, Segment, Speaker, Speaking, advance
@@ -53,6 +55,36 @@ PERSONA_LINES = (
 )
 
 
+class Impairments:
+    """What goes wrong in one persona utterance's audio stream: ``gaps`` (frame index -> seconds
+    the stream stalls before that frame: the rest of the utterance comes that much later) and
+    ``jitter`` (a draw of extra lateness per frame, the schedule unmoved: a late frame, then a
+    bunch). ``taken`` keeps the gaps that happened, for the truth log."""
+
+    __slots__ = ("gaps", "jitter", "taken", "_held")
+
+    def __init__(self, gaps: dict[int, float], jitter: Callable[[], float] | None) -> None:
+        self.gaps = gaps
+        self.jitter = jitter
+        self.taken: list[float] = []
+        self._held = -1
+
+    def hold(self, k: int, sp: Schedule, now: float) -> float | None:
+        """Frame ``k`` is due at ``now``: when to send it instead, or None to send it now."""
+        gap = self.gaps.pop(k, None)
+        if gap is not None:
+            sp.start += gap  # frame k and everything after it: later by the gap
+            self.taken.append(gap)
+            if sp.deadline(k) > now:
+                return sp.deadline(k)
+        if self.jitter is not None and k != self._held:
+            late = sp.deadline(k) + self.jitter()
+            if late > now:
+                self._held = k
+                return late
+        return None
+
+
 class Call:
     """One call, from ``ready`` until it is scored (then kept for queries until evicted)."""
 
@@ -61,8 +93,8 @@ class Call:
         "ready_at", "ready_wall", "state", "link", "vad", "turn", "status", "seq", "transcript",
         "rep_talk", "persona_talk", "persona_turns", "rep_stopped_at", "dropped_at", "dropped_once",
         "end_reason", "ended_at", "ended_wall", "duration_sec", "score", "scored_wall", "timers",
-        "told_user", "told_persona", "pacer_slot",
-        "_frames", "_frame_s", "_sp", "_sp_total", "_sp_line", "_sp_greeting",
+        "told_user", "told_persona", "pacer_slot", "answer_owed",
+        "_frames", "_frame_s", "_sp", "_sp_total", "_sp_line", "_sp_greeting", "_sp_began", "_sp_imp",
     )  # fmt: skip
 
     def __init__(
@@ -102,6 +134,7 @@ class Call:
         self.persona_talk = 0.0
         self.persona_turns = 0  # answers finished (the greeting is not one)
         self.rep_stopped_at: float | None = None
+        self.answer_owed = False  # the rep's turn ended while the persona talked on: answer after it
         self.dropped_at: float | None = None
         self.dropped_once = False
         self.end_reason: str | None = None
@@ -123,6 +156,8 @@ class Call:
         self._sp_total = 0
         self._sp_line = ""
         self._sp_greeting = False
+        self._sp_began = 0.0  # when the utterance's audio began (its transcript segment's start)
+        self._sp_imp: Impairments | None = None  # what goes wrong in its audio (None: nothing)
 
     # -- timers ------------------------------------------------------------------------------------
 
@@ -165,11 +200,23 @@ class Call:
 
     # -- the persona speaking ----------------------------------------------------------------------
 
-    def start_speaking(self, now: float, seconds: float, line: str, greeting: bool) -> None:
-        """Announce personaSpeaking and send the first frame; the pacer sends the rest on time."""
+    def start_speaking(
+        self,
+        now: float,
+        seconds: float,
+        line: str,
+        greeting: bool,
+        audio_delay: float = 0.0,
+        impairments: Impairments | None = None,
+    ) -> None:
+        """Announce personaSpeaking and send the first frame (``audio_delay`` later: a platform that
+        announces speech before it has the audio); the pacer sends the rest on time, but for the
+        ``impairments`` (gaps and jitter in the stream)."""
         assert self.link is not None
         self.turn = Turn.SPEAKING
-        self._sp = Schedule(now, self._frame_s)
+        self._sp = Schedule(now + audio_delay, self._frame_s)
+        self._sp_began = now + audio_delay
+        self._sp_imp = impairments
         self._sp_total = max(1, round(seconds / self._frame_s))
         self._sp_line = line
         self._sp_greeting = greeting
@@ -185,10 +232,16 @@ class Call:
         frames, sp, total = self._frames, self._sp, self._sp_total
         loop_len = len(frames)
         send = self.link.send_audio
+        imp = self._sp_imp
         for k in sp.take(now):  # what is due, late frames at once (wire.pacing's rule)
             if k >= total:
                 sp.next = total
                 break
+            if imp is not None:
+                hold = imp.hold(k, sp, now)
+                if hold is not None:  # frame k (and what follows) waits: a gap, or a late frame
+                    sp.next = k
+                    return hold
             send(frames[k % loop_len])
         if sp.next < total:
             return sp.next_deadline
@@ -204,15 +257,17 @@ class Call:
         if self.turn is not Turn.SPEAKING:
             return
         self.turn = Turn.LISTENING
+        self.cancel_timer("yield")  # a late yield to a barge-in must not cut the next utterance
         self.platform.pacer.cancel(self)
         self.tell_persona(False)
-        start = self._sp.start
+        start = self._sp_began
         end = min(now, self._sp.deadline(self._sp_total))
         text = self._sp_line + (" [interrupted]" if interrupted else "")
         self.add_segment("persona", start, end, text)
+        gaps = [round(g, 6) for g in self._sp_imp.taken] if self._sp_imp is not None else []
         self.platform.truth.record(
             "persona_speaking", self.id, speaking=False, interrupted=interrupted, greeting=self._sp_greeting,
-            utterance=round(end - start, 6),
+            utterance=round(end - start, 6), gaps=gaps,
         )  # fmt: skip
         if not self._sp_greeting and not interrupted:
             self.persona_turns += 1
@@ -229,6 +284,18 @@ class Call:
             self.persona_talk += end - start
         base = self.ready_at
         self.transcript.append(Segment(speaker, round(start - base, 3), round(end - base, 3), text))
+
+    def merge_rep_segment(self, end: float, text: str) -> bool:
+        """Extend the rep's latest segment to ``end`` (a transcript merging two utterances); False
+        when there is none to merge into."""
+        for i in range(len(self.transcript) - 1, -1, -1):
+            segment = self.transcript[i]
+            if segment.speaker == "rep":
+                new_end = round(end - self.ready_at, 3)
+                self.rep_talk += max(0.0, new_end - segment.end)
+                self.transcript[i] = dataclasses.replace(segment, end=new_end, text=f"{segment.text} {text}")
+                return True
+        return False
 
     def record(self, with_transcript: bool = True) -> CallRecord:
         transcript = tuple(sorted(self.transcript, key=lambda s: s.start)) if with_transcript else ()

@@ -146,6 +146,18 @@ class SimConfig:
     max_call_seconds: float = 600.0
     vad_threshold_db: float = -40.0
     vad_hangover_ms: float = 300.0
+    # what the rep hears (each off by default; the truth log records every draw)
+    endpointing_delay: Distribution = Distribution("fixed", 0.0)
+    persona_audio_delay: Distribution = Distribution("fixed", 0.0)
+    barge_in_ignore: float = 0.0
+    barge_in_yield: Distribution = Distribution("fixed", 0.0)
+    persona_gaps: float = 0.0
+    persona_gap: Distribution = Distribution("fixed", 0.2)
+    persona_jitter: Distribution = Distribution("fixed", 0.0)
+    transcript_drop: float = 0.0
+    transcript_merge: float = 0.0
+    transcript_shift: float = 0.0
+    transcript_shift_by: float = 1.0
     # transient drops
     drops_per_minute: float = 0.0
     drop_after: float = 0.0
@@ -415,6 +427,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--vad-hangover-ms", type=_non_negative, default=d.vad_hangover_ms, help="non-speech that ends a rep utterance"
+    )
+
+    g = p.add_argument_group("what the rep hears")
+    g.add_argument(
+        "--endpointing-delay",
+        type=_distribution,
+        default=d.endpointing_delay,
+        help="slow endpointing: after the VAD's hangover, this long more before userSpeaking false (and the answer)",
+    )
+    g.add_argument(
+        "--persona-audio-delay",
+        type=_distribution,
+        default=d.persona_audio_delay,
+        help="personaSpeaking true is sent, and the utterance's audio starts this much later",
+    )
+    g.add_argument(
+        "--barge-in-ignore",
+        type=_probability,
+        default=d.barge_in_ignore,
+        help="probability that the persona talks on when the rep barges in",
+    )
+    g.add_argument(
+        "--barge-in-yield",
+        type=_distribution,
+        default=d.barge_in_yield,
+        help="a persona that yields to a barge-in stops this long after it heard the rep start",
+    )
+    g.add_argument(
+        "--persona-gaps",
+        type=_non_negative,
+        default=d.persona_gaps,
+        help="stalls in the persona's audio per minute of it (Poisson; more under load, as latencies)",
+    )
+    g.add_argument(
+        "--persona-gap", type=_distribution, default=d.persona_gap, help="how long one stall of the persona's audio is"
+    )
+    g.add_argument(
+        "--persona-jitter",
+        type=_distribution,
+        default=d.persona_jitter,
+        help="extra lateness of each persona audio frame, the stream's pace kept (more under load)",
+    )
+    g.add_argument(
+        "--transcript-drop",
+        type=_probability,
+        default=d.transcript_drop,
+        help="probability that a rep utterance is left out of the transcript (more under load)",
+    )
+    g.add_argument(
+        "--transcript-merge",
+        type=_probability,
+        default=d.transcript_merge,
+        help="probability that a rep utterance is merged into the rep's segment before it (more under load)",
+    )
+    g.add_argument(
+        "--transcript-shift",
+        type=_probability,
+        default=d.transcript_shift,
+        help="probability that a rep segment is shifted by --transcript-shift-by seconds (more under load)",
+    )
+    g.add_argument(
+        "--transcript-shift-by", type=float, default=d.transcript_shift_by, help="seconds a shifted segment moves"
     )
 
     g = p.add_argument_group("transient drops")

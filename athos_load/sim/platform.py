@@ -36,7 +36,7 @@ from athos_load.wire import (
     parse_client_message,
 )
 
-from .calls import PERSONA_LINES, Call, CallBook, Turn
+from .calls import PERSONA_LINES, Call, CallBook, Impairments, Turn
 from .config import Distribution, SimConfig
 from .connection import Link, persona_wire_frames
 from .counters import Counters
@@ -111,9 +111,31 @@ class Platform:
             "pacerLagMaxMs": round(1000 * float(lags.max()), 3),
         }
 
+    def _load_stretch(self) -> float:
+        return 1.0 + self.config.load_slowdown * self.book.active / 100.0
+
+    def _impairments(self, call: Call, seconds: float) -> Impairments | None:
+        """The gaps and jitter of one persona utterance of ``seconds`` (None: a clean stream), both
+        growing with load as latencies do: gaps come as a Poisson process over its audio."""
+        cfg = self.config
+        jitter = cfg.persona_jitter
+        jittery = jitter.kind != "fixed" or jitter.a > 0
+        if not cfg.persona_gaps and not jittery:
+            return None
+        stretch = self._load_stretch()
+        gaps: dict[int, float] = {}
+        if cfg.persona_gaps:
+            frame = call.audio.frame_seconds
+            rate = cfg.persona_gaps * stretch / 60.0
+            t = self.rng.expovariate(rate)
+            while t < seconds:
+                gaps.setdefault(max(1, int(t / frame)), cfg.persona_gap.sample(self.rng))  # inside: not frame 0
+                t += self.rng.expovariate(rate)
+        return Impairments(gaps, (lambda: jitter.sample(self.rng) * stretch) if jittery else None)
+
     def _slowed(self, dist: Distribution) -> float:
         """A latency draw, stretched by load (a busy platform answers more slowly) and by the scale."""
-        stretch = 1.0 + self.config.load_slowdown * self.book.active / 100.0
+        stretch = self._load_stretch()
         worse = self.config.degradation.factor(time.monotonic() - self.started_at, self.book.total)
         return dist.sample(self.rng) * stretch * self.config.latency_scale * worse
 
@@ -191,8 +213,14 @@ class Platform:
         self._arm_random_drop(call)
         greeting = cfg.greeting_for(call.drill_key)
         if greeting > 0:
-            self.truth.record("persona_speaking", call.id, speaking=True, latency=None, greeting=True)
-            call.start_speaking(call.ready_at, greeting, PERSONA_LINES[0], greeting=True)
+            delay = cfg.persona_audio_delay.sample(self.rng)
+            self.truth.record(
+                "persona_speaking", call.id, speaking=True, latency=None, greeting=True, audioDelay=round(delay, 6)
+            )
+            call.start_speaking(
+                call.ready_at, greeting, PERSONA_LINES[0], greeting=True, audio_delay=delay,
+                impairments=self._impairments(call, greeting),
+            )  # fmt: skip
         return call
 
     def resume(self, resume: Resume, link: Link) -> Call | Error:
@@ -259,21 +287,75 @@ class Platform:
             call.link.send_text(Error(ErrorCode.PROTOCOL_ERROR, message).serialize())
 
     def _rep_started(self, call: Call, now: float) -> None:
+        call.cancel_timer("endpoint")  # the rep went on before the platform called the turn over
         call.tell_user(True)
         self.truth.record("user_speaking", call.id, speaking=True, start=round(call.vad.start - call.ready_at, 6))
         if call.turn is Turn.SPEAKING:
-            call.stop_speaking(now, interrupted=True)  # barge-in: the persona yields
+            self._barged_in(call, now)
         elif call.turn is Turn.THINKING:
             call.cancel_timer("response")  # the rep went on: answer after this utterance instead
             call.turn = Turn.LISTENING
 
+    def _transcribe(self, call: Call, start: float, end: float, text: str) -> None:
+        """The rep's utterance into the transcript, or, as a platform under load may, dropped,
+        merged into the rep's segment before it, or shifted (each a probability, more under load)."""
+        cfg = self.config
+        if cfg.transcript_drop or cfg.transcript_merge or cfg.transcript_shift:
+            stretch = self._load_stretch()
+            draw = self.rng.random()
+            for fault, chance in (
+                ("drop", cfg.transcript_drop), ("merge", cfg.transcript_merge), ("shift", cfg.transcript_shift)
+            ):  # fmt: skip
+                chance = min(1.0, chance * stretch)
+                if draw < chance:
+                    if fault == "drop" or (fault == "merge" and call.merge_rep_segment(end, text)):
+                        self.truth.record("transcript_fault", call.id, fault=fault)
+                        return
+                    if fault == "shift":
+                        self.truth.record("transcript_fault", call.id, fault=fault)
+                        start, end = start + cfg.transcript_shift_by, end + cfg.transcript_shift_by
+                    break
+                draw -= chance
+        call.add_segment("rep", start, end, text)
+
+    def _barged_in(self, call: Call, now: float) -> None:
+        """The rep talks over the persona: it yields (at once, or ``--barge-in-yield`` later), or,
+        with probability ``--barge-in-ignore``, talks on to the end of its utterance."""
+        cfg = self.config
+        if cfg.barge_in_ignore and self.rng.random() < cfg.barge_in_ignore:
+            self.truth.record("barge_in", call.id, ignored=True)
+            return
+        delay = cfg.barge_in_yield.sample(self.rng)
+        self.truth.record("barge_in", call.id, ignored=False, yieldDelay=round(delay, 6))
+        if delay > 0:
+            call.set_timer("yield", delay, lambda: call.stop_speaking(time.monotonic(), interrupted=True))
+        else:
+            call.stop_speaking(now, interrupted=True)
+
     def _rep_stopped(self, call: Call, now: float) -> None:
         vad = call.vad
         length = vad.last_end - vad.start
-        call.add_segment("rep", vad.start, vad.last_end, f"[rep speech {length:.2f}s]")
+        self._transcribe(call, vad.start, vad.last_end, f"[rep speech {length:.2f}s]")
+        delay = self.config.endpointing_delay.sample(self.rng)
+        if delay > 0:  # slow endpointing: the turn is called over later (unless the rep goes on)
+            call.set_timer("endpoint", delay, lambda: self._endpointed(call, length, delay, time.monotonic()))
+        else:
+            self._endpointed(call, length, 0.0, now)
+
+    def _endpointed(self, call: Call, length: float, delay: float, now: float) -> None:
+        """The platform calls the rep's turn over: userSpeaking false, then the answer is prepared."""
+        call.timers.pop("endpoint", None)
         call.tell_user(False)
         call.rep_stopped_at = now
-        self.truth.record("user_speaking", call.id, speaking=False, utterance=round(length, 6))
+        self.truth.record(
+            "user_speaking", call.id, speaking=False, utterance=round(length, 6), endpointingDelay=round(delay, 6)
+        )
+        if call.turn is Turn.SPEAKING:  # it talked on over the rep (a barge-in ignored): answer once done
+            call.answer_owed = True
+            return
+        self._prepare_answer(call)
+
+    def _prepare_answer(self, call: Call) -> None:
         call.turn = Turn.THINKING
         call.set_timer("response", self._slowed(self.config.response_latency), lambda: self._answer(call))
 
@@ -289,13 +371,24 @@ class Platform:
             sinceSpeech=round(now - call.vad.last_end, 6),
         )  # fmt: skip
         seconds = self.config.persona_utterance.sample(self.rng)
-        call.start_speaking(now, seconds, self.rng.choice(PERSONA_LINES[1:]), greeting=False)
+        delay = self.config.persona_audio_delay.sample(self.rng)
+        if delay:
+            self.truth.record("persona_audio_delay", call.id, audioDelay=round(delay, 6))
+        call.start_speaking(
+            now, seconds, self.rng.choice(PERSONA_LINES[1:]), greeting=False, audio_delay=delay,
+            impairments=self._impairments(call, seconds),
+        )  # fmt: skip
 
     def persona_finished(self, call: Call, now: float) -> None:
-        """The pacer finished an utterance; the persona may end the call after enough answers."""
+        """The pacer finished an utterance; the persona may end the call after enough answers, or
+        answer the rep it talked over."""
         turns = self.config.persona_turns
         if turns and call.persona_turns >= turns:
             self.end_call(call, "persona", now)
+        elif call.answer_owed:
+            call.answer_owed = False
+            call.rep_stopped_at = now  # the response latency counts from here: it heard the rep out
+            self._prepare_answer(call)
 
     # -- drops and endings -------------------------------------------------------------------------
 

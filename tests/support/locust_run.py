@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,6 +27,22 @@ def run_locust(*args: str, timeout: float = 120, env: dict[str, str] | None = No
     return subprocess.run(
         [*LOCUST, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env or locust_env()
     )
+
+
+def gated_run(
+    directory: Path, gates: str, *args: str, timeout: float = 120
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """A headless smoke run judged by ``gates`` (YAML text): the summary, JUnit, Markdown and GitHub
+    step summary written into ``directory``; the result and the summary."""
+    path = directory / "gates.yaml"
+    path.write_text(textwrap.dedent(gates))
+    result = run_locust(
+        "--headless", "--athos-scenario", "scenarios/smoke", "--athos-gates", str(path),
+        "--athos-summary", str(directory / "s.json"), "--athos-junit", str(directory / "junit.xml"),
+        "--athos-markdown", str(directory / "summary.md"), *args, timeout=timeout,
+        env=locust_env(GITHUB_STEP_SUMMARY=str(directory / "step-summary.md")),
+    )  # fmt: skip
+    return result, json.loads((directory / "s.json").read_text())
 
 
 def silent_scenario(directory: Path, seconds: float, name: str = "silent") -> Path:

@@ -1,0 +1,44 @@
+"""Real calls run in this process (gevent) against a simulator, without Locust: the call flow
+and the session on real sockets, judged against the simulator's truth log."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import gevent
+import gevent.pool
+
+from athos_load.api import AthosApi, ScoreBoard
+from athos_load.call import Call, CallSettings, ScoreDrain
+from athos_load.metrics import Metrics
+from athos_load.pacer import AudioPacer
+from athos_load.scenario import Scenario
+from athos_load.wire import AudioFormat
+
+FMT = AudioFormat()
+
+
+def run_calls(
+    sim: Any, plan: list[Scenario], stagger: float = 0.1, **options: Any
+) -> tuple[list[Call], Metrics, list[dict]]:
+    """Run one call per scenario in ``plan``, all at once (started ``stagger`` apart), to the end;
+    ``options`` are more of :class:`CallSettings`' fields."""
+    settings = CallSettings(
+        api=AthosApi(sim.http_url, sim.api_key),
+        ws_url=sim.ws_url,
+        board=ScoreBoard(),
+        metrics=Metrics(),
+        pacer=AudioPacer(),
+        audio=FMT,
+        drain=ScoreDrain(),
+        score_timeout=0.0,  # no webhook here: scores are not this test's business
+        **options,
+    )
+    reports: list[dict] = []
+    calls = [Call(settings, s, lambda **kw: reports.append(kw), random.Random(i)) for i, s in enumerate(plan)]
+    group = gevent.pool.Group()
+    for i, call in enumerate(calls):
+        group.add(gevent.spawn_later(i * stagger, call.run))
+    group.join(timeout=60, raise_error=True)
+    return calls, settings.metrics, reports

@@ -1,0 +1,208 @@
+"""What the rep hears. First the persona's audio as a client plays it (athos_load/hearing.py) on
+made-up arrival times; then real calls on 127.0.0.1 (the call flow and the session on real
+sockets, no Locust) against a simulator whose knobs set each figure to a known value, with clips
+of a tone between silences so where the rep speaks is exact on the frame grid, for the client's
+clip analysis and the simulator's VAD alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support.calls import FMT, run_calls
+
+from athos_load.audio import Clip, find_speech, frames_from_pcm
+from athos_load.hearing import JITTER_GAIN, PersonaStream, has_sound
+from athos_load.metrics import Metrics, Outcome, Timing
+from athos_load.scenario import Scenario, Turn
+
+F = 0.02  # a frame period, for the arrival-time tests
+DRILL = "callback-discovery"  # a drill the simulator knows
+HANGOVER = 0.3  # the simulator's VAD: this much quiet ends the rep's utterance...
+ENDPOINTING_DELAY = 0.2  # ...and its endpointing says so this much later
+RESPONSE = 0.3
+AUDIO_DELAY = 0.15
+YIELD = 0.25
+LEAD_SILENCE = 0.2  # each clip: silence, a 0.6 s tone, silence long enough for the VAD's hangover
+FEW_MS = 0.008
+
+
+# -- the persona's audio as a client plays it ------------------------------------------------------
+def stream(arrivals: list[float], buffer: float = 0.06) -> PersonaStream:
+    s = PersonaStream(F, buffer)
+    for at in arrivals:
+        s.frame(at)
+    return s
+
+
+def test_frames_on_time_have_no_jitter_gaps_or_underruns():
+    s = stream([1.0 + k * F for k in range(200)])
+    assert s.jitter == pytest.approx(0.0, abs=1e-12) and s.gaps == [] and s.underruns == 0
+    assert s.seconds == pytest.approx(4.0)
+
+
+def test_a_pause_longer_than_the_buffer_is_a_gap_and_an_underrun():
+    times = [k * F for k in range(50)] + [49 * F + 0.12 + k * F for k in range(50)]  # 100 ms of nothing
+    s = stream(times)
+    assert s.gaps == pytest.approx([0.1]) and s.underruns == 1
+    shorter = stream([k * F for k in range(50)] + [49 * F + 0.07 + k * F for k in range(50)])  # 50 ms
+    assert shorter.gaps == pytest.approx([0.05]) and shorter.underruns == 0  # the 60 ms buffer covers it
+    blip = stream([k * F for k in range(50)] + [49 * F + 0.06 + k * F for k in range(50)])  # 40 ms: two frames
+    assert blip.gaps == [] and blip.underruns == 0
+
+
+def test_jitter_follows_rfc_3550():
+    """Alternating early and late frames (+-5 ms): every spacing is off by 10 ms but one, and the
+    estimator converges to it at the gain of 1/16."""
+    times = [k * F + (0.005 if k % 2 else -0.005) for k in range(400)]
+    s = stream(times)
+    expected = 0.0
+    for a, b in zip(times, times[1:], strict=False):
+        expected += (abs(b - a - F) - expected) * JITTER_GAIN
+    assert s.jitter == pytest.approx(expected) and s.jitter == pytest.approx(0.01, rel=0.01)
+    assert s.gaps == [] and s.underruns == 0
+
+
+def test_sound_is_above_the_floor():
+    quiet = (np.sin(np.arange(320)) * 100).astype("<i2").tobytes()  # about -50 dBFS
+    voiced = (np.sin(np.arange(320)) * 3000).astype("<i2").tobytes()
+    assert not has_sound(bytes(640)) and not has_sound(quiet) and has_sound(voiced) and not has_sound(b"")
+
+
+# -- real calls against the simulator ------------------------------------------------------------
+
+
+def tone_clip() -> Clip:
+    rate = FMT.sample_rate
+    tone = (0.25 * 32767 * np.sin(2 * np.pi * 440 * np.arange(int(0.6 * rate)) / rate)).astype("<i2")
+    pcm = np.concatenate([np.zeros(int(LEAD_SILENCE * rate)), tone, np.zeros(int(0.6 * rate))]).astype("<i2")
+    data = pcm.tobytes()
+    speech = find_speech(data, FMT)
+    assert speech == ((LEAD_SILENCE, LEAD_SILENCE + 0.6),)
+    return Clip(None, FMT, frames_from_pcm(data, FMT), speech)
+
+
+def scenario(name: str, *turns: Turn) -> Scenario:
+    return Scenario(
+        name=name, drill=DRILL, turns=turns, persona_greets=True, think_time=(0.0, 0.0), reply_timeout=8.0,
+        max_call_seconds=30.0,
+    )  # fmt: skip
+
+
+def p50(metrics: Metrics, timing: Timing) -> float:
+    hist = metrics.timing(timing)
+    assert hist.count > 0, f"{timing.value}: nothing recorded"
+    value = hist.percentile(50)
+    assert value is not None
+    return value
+
+
+def test_each_thing_the_rep_hears_is_timed_as_the_platform_made_it(sim_factory):
+    """Endpointing (the VAD's hangover less the frame that starts it, plus the endpointing delay),
+    response, the persona's audio lead, speech onset (the VAD's two start frames), time to first
+    word (connect_ready plus the greeting's audio delay) and a barge-in (onset plus the yield)."""
+    sim = sim_factory(
+        "--load-slowdown", "0", "--response-latency", f"fixed:{RESPONSE}", "--persona-utterance", "fixed:0.6",
+        "--vad-hangover-ms", str(HANGOVER * 1000), "--endpointing-delay", f"fixed:{ENDPOINTING_DELAY}",
+        "--persona-audio-delay", f"fixed:{AUDIO_DELAY}", "--barge-in-yield", f"fixed:{YIELD}",
+        "--greeting-drills", f"{DRILL}=1.5",
+    )  # fmt: skip
+    clip = tone_clip()
+    talk = scenario("talk", Turn(clip, "tone"), Turn(clip, "tone"))
+    barge = scenario("barge", Turn(clip, "tone", barge_in=0.3), Turn(clip, "tone"))
+    calls, metrics, reports = run_calls(sim, [talk] * 4 + [barge] * 4, stagger=0.15)
+    assert [c.outcome for c in calls] == [Outcome.COMPLETED] * 8
+    assert [r for r in reports if r["exception"] is not None and r["name"] != "end_to_score"] == []
+
+    frame = FMT.frame_seconds
+    expected = {
+        Timing.ENDPOINTING: HANGOVER - frame + ENDPOINTING_DELAY,
+        Timing.RESPONSE: RESPONSE,
+        Timing.PERSONA_AUDIO_LEAD: AUDIO_DELAY,
+        Timing.SPEECH_ONSET: frame,
+        Timing.BARGE_IN: frame + YIELD,
+    }
+    measured = {timing: p50(metrics, timing) for timing in expected}
+    assert measured == pytest.approx(expected, abs=FEW_MS), {t.value: round(v, 4) for t, v in measured.items()}
+    first_word = p50(metrics, Timing.TIME_TO_FIRST_WORD) - p50(metrics, Timing.CONNECT_READY)
+    assert first_word == pytest.approx(AUDIO_DELAY, abs=FEW_MS)
+    # the halves add up to the turn latency, call by call and so in the median
+    turn = p50(metrics, Timing.PERSONA_RESPONSE)
+    assert turn == pytest.approx(measured[Timing.ENDPOINTING] + measured[Timing.RESPONSE], abs=FEW_MS)
+    assert metrics.timing(Timing.BARGE_IN).count == 4 and metrics.summary()["barge_ins_ignored"] == 0
+    assert metrics.timing(Timing.TIME_TO_FIRST_WORD).count == 8  # one per call: every call was greeted
+
+
+def test_a_persona_that_talks_over_the_rep_has_ignored_the_barge_in(sim_factory):
+    sim = sim_factory("--barge-in-ignore", "1", "--greeting-drills", f"{DRILL}=3.5")
+    barge = scenario("barge", Turn(tone_clip(), "tone", barge_in=0.3))
+    calls, metrics, reports = run_calls(sim, [barge] * 2)
+    assert [c.outcome for c in calls] == [Outcome.COMPLETED] * 2
+    assert metrics.summary()["barge_ins_ignored"] == 2 and metrics.timing(Timing.BARGE_IN).count == 0
+    assert metrics.summary()["errors"] == {}  # counted apart, as a missing score is
+    ignored = [r for r in reports if r["name"] == "barge_in"]
+    assert [str(r["exception"]) for r in ignored] == ["ignored", "ignored"]
+
+
+def truth_gaps(sim) -> list[float]:
+    """Every stall the simulator put into a persona utterance's audio (its truth log)."""
+    sim.stop()  # flushes the truth log
+    return [g for e in sim.truth() if e["event"] == "persona_speaking" and not e["speaking"] for g in e["gaps"]]
+
+
+def test_stalls_in_the_persona_audio_are_gaps_dead_air_and_underruns(sim_factory):
+    """Stalls of 150 ms, more than the 60 ms jitter buffer: each one the simulator made is a gap of
+    its length, an underrun, and its dead air; persona-minutes are the audio received."""
+    sim = sim_factory(
+        "--persona-gaps", "30", "--persona-gap", "fixed:0.15", "--persona-utterance", "fixed:2.0",
+        "--load-slowdown", "0", "--greeting-drills", f"{DRILL}=2",
+    )  # fmt: skip
+    clip = tone_clip()
+    calls, metrics, _ = run_calls(sim, [scenario("talk", Turn(clip, "tone"), Turn(clip, "tone"))] * 4)
+    assert [c.outcome for c in calls] == [Outcome.COMPLETED] * 4
+    made = truth_gaps(sim)
+    assert len(made) >= 5, made  # 12 utterances of 2 s at 30 a minute: about 12
+    gaps = metrics.timing(Timing.PERSONA_AUDIO_GAP)
+    assert gaps.count == len(made) and gaps.percentile(50) == pytest.approx(0.15, abs=FEW_MS)
+    audio = metrics.summary()["persona_audio"]
+    assert audio["underruns"] == len(made)
+    assert audio["dead_air_seconds"] == pytest.approx(0.15 * len(made), abs=FEW_MS * len(made))
+    assert audio["minutes"] == pytest.approx(12 * 2.0 / 60, rel=0.05)  # 4 greetings and 8 replies of 2 s
+    assert audio["underruns_per_persona_minute"] == pytest.approx(len(made) / audio["minutes"], rel=0.01)
+
+
+def test_jitter_in_the_persona_audio_is_measured_and_a_clean_stream_has_none(sim_factory):
+    """Each frame up to 30 ms late (the pace kept): RFC 3550's estimate is about the mean
+    difference of two such delays, 10 ms, with no gap and no underrun in a 60 ms buffer."""
+    jittery = sim_factory("--persona-jitter", "uniform:0,0.03", "--persona-utterance", "fixed:2.0")
+    clip = tone_clip()
+    _, metrics, _ = run_calls(jittery, [scenario("talk", Turn(clip, "tone"))] * 3)
+    assert truth_gaps(jittery) == []
+    jitter = metrics.timing(Timing.PERSONA_AUDIO_JITTER)
+    assert jitter.count >= 5 and 0.005 < jitter.percentile(50) < 0.013, jitter.percentile(50)
+    assert metrics.timing(Timing.PERSONA_AUDIO_GAP).count == 0 and metrics.summary()["persona_audio"]["underruns"] == 0
+    clean = sim_factory("--persona-utterance", "fixed:2.0")
+    _, metrics, _ = run_calls(clean, [scenario("talk", Turn(clip, "tone"))] * 3)
+    assert metrics.timing(Timing.PERSONA_AUDIO_JITTER).percentile(95) < 0.002  # loopback, paced in real time
+    assert metrics.timing(Timing.PERSONA_AUDIO_GAP).count == 0
+
+
+@pytest.mark.parametrize(
+    ("faults", "missing", "misaligned"),
+    [
+        ((), 0, 0),
+        (("--transcript-drop", "1"), 8, 0),
+        (("--transcript-shift", "1", "--transcript-shift-by", "0.8"), 0, 8),
+    ],
+)
+def test_the_transcript_check_finds_what_the_platform_dropped_or_shifted(sim_factory, faults, missing, misaligned):
+    """The simulator's transcript (seconds since ready) lines up with what the tool knows it said
+    within the tolerance; a platform that drops or shifts the rep's segments is caught, turn by turn."""
+    sim = sim_factory("--persona-utterance", "fixed:0.3", *faults)
+    clip = tone_clip()
+    plan = [scenario("talk", Turn(clip, "tone"), Turn(clip, "tone"))] * 4
+    calls, metrics, reports = run_calls(sim, plan, transcript_check=True)
+    assert [c.outcome for c in calls] == [Outcome.COMPLETED] * 4
+    checked = metrics.summary()["transcript"]
+    assert (checked["turns"], checked["missing"], checked["misaligned"]) == (8, missing, misaligned)
+    assert checked["wer"] is None  # the simulator's text is a placeholder: no words to compare
+    assert len([r for r in reports if r["name"] == "transcript_fetch" and r["exception"] is None]) == 4
