@@ -67,6 +67,26 @@ def hostile(tmp_path: Path) -> Iterator[Callable[[str], HostilePeer]]:
         peer.stop()
 
 
+# -- smoke_run: the README's run, judged by generous gates, shared by the tests that read it ---------
+
+GENEROUS_GATES = """
+connect_ready: ["p(90) < 5s", "count > 0"]
+persona_response: ["med < 5s"]
+call_setup: ["rate > 0.5"]
+errors: ["rate < 0.5"]
+"""
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, dict]:
+    """``locust -f locustfile.py --headless`` on the smoke scenarios against the built-in simulator,
+    with CSV and every report written into its directory and ``GENEROUS_GATES`` deciding the exit
+    code: ``(directory, completed process, summary)``. One run for the run's and the gates' tests."""
+    out = tmp_path_factory.mktemp("smoke")
+    result, summary = gated_run(out, GENEROUS_GATES, "-u", "20", "-r", "10", "-t", "20s", "--csv", str(out / "run"))
+    return out, result, summary
+
+
 # -- slowed_run: one real gated run against a slowed platform, shared by the tests that read it ------
 
 SLOWED_GATES = 'persona_response: ["med < 1s"]\nconnect_ready: ["max < 5s"]\n'
