@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from .histogram import LogHistogram
-from .timeline import Timeline
+from .timeline import RecentWindows, Timeline
 from .wire import ErrorCode
 
 if TYPE_CHECKING:
@@ -378,6 +378,8 @@ class Metrics:
         self.health: dict[str, dict[str, float]] = {}  # source -> cpu_seconds, memory_bytes, saturated
         self.users = 0
         self.timeline = Timeline()  # the same recordings over time, for reports and baselines
+        # the newest windows at full resolution, for the live tab; on the whole run's clock
+        self.recent = RecentWindows(clock=lambda: self.timeline.clock())
         self.warmup_until: float | None = None  # epoch seconds; the run's timings leave out what came before
         self._at_warmup: dict[str, dict[LabelKey, LogHistogram]] = {}  # each series as it stood then
 
@@ -501,13 +503,15 @@ class Metrics:
         return instrument
 
     def _counted(self, name: str, key: LabelKey, amount: float) -> None:
-        self.timeline.count(name, key, amount)
+        for timeline in (self.timeline, self.recent):
+            timeline.count(name, key, amount)
 
     def _observed(self, short_name: str, seconds: float | np.ndarray) -> None:
-        if isinstance(seconds, np.ndarray):
-            self.timeline.observe_many(short_name, seconds)
-        else:
-            self.timeline.observe(short_name, seconds)
+        for timeline in (self.timeline, self.recent):
+            if isinstance(seconds, np.ndarray):
+                timeline.observe_many(short_name, seconds)
+            else:
+                timeline.observe(short_name, seconds)
 
     # -- instruments by name -----------------------------------------------------------------------
 
@@ -563,7 +567,8 @@ class Metrics:
         self._peak_active()
 
     def _peak_active(self) -> None:
-        self.timeline.peak("active_calls", self.source, sum(self.active[self.source].values()))
+        for timeline in (self.timeline, self.recent):
+            timeline.peak("active_calls", self.source, sum(self.active[self.source].values()))
 
     def call_finished(self, scenario: str, outcome: Outcome, connected_seconds: float = 0.0) -> None:
         """A call is accounted for; ``connected_seconds`` from ready to its end count as session time."""
@@ -574,7 +579,8 @@ class Metrics:
             self.session_seconds.inc(connected_seconds, scenario=scenario)
             end = self.timeline.clock()
             key = self.session_seconds.key({"scenario": scenario})
-            self.timeline.spread(self.session_seconds.name, key, end - connected_seconds, end)
+            for timeline in (self.timeline, self.recent):
+                timeline.spread(self.session_seconds.name, key, end - connected_seconds, end)
 
     def score_settled(self, scenario: str, outcome: ScoreOutcome) -> None:
         self.score_counters[outcome].inc(scenario=scenario)
@@ -592,13 +598,15 @@ class Metrics:
     def record_health(self, sample: dict[str, float], *, saturated_for: float = 0.0) -> None:
         """The generator's latest health sample; ``saturated_for`` seconds since the last were saturated."""
         self.health[self.source] = sample
-        self.timeline.peak("cpu_ratio", self.source, sample.get("cpu_ratio", 0.0))
-        self.timeline.peak("rss_bytes", self.source, sample.get("memory_bytes", 0.0))
-        self.timeline.peak("open_fds", self.source, sample.get("open_fds", 0.0))
-        self.timeline.peak("users", self.source, self.users)
+        for timeline in (self.timeline, self.recent):
+            timeline.peak("cpu_ratio", self.source, sample.get("cpu_ratio", 0.0))
+            timeline.peak("rss_bytes", self.source, sample.get("memory_bytes", 0.0))
+            timeline.peak("open_fds", self.source, sample.get("open_fds", 0.0))
+            timeline.peak("users", self.source, self.users)
         self._peak_active()  # every second, so a window of long calls with no start or end shows them
         if saturated_for:
-            self.timeline.count("saturated_seconds", (), saturated_for)
+            for timeline in (self.timeline, self.recent):
+                timeline.count("saturated_seconds", (), saturated_for)
 
     # -- distribution: worker deltas, merged on the master -----------------------------------------
 
@@ -650,7 +658,8 @@ class Metrics:
         for counter, key, n in counts:
             counter.values[key] = counter.values.get(key, 0) + n
         self.active[source] = Tally(delta["active"])
-        self.timeline.merge(delta["timeline"], source)
+        for timeline in (self.timeline, self.recent):
+            timeline.merge(delta["timeline"], source)
         if delta["health"]:
             self.health[source] = delta["health"]
 
@@ -766,9 +775,18 @@ class Metrics:
     def timeline_summary(self) -> dict[str, Any]:
         """The run over time, for the JSON summary: per window (``start`` in epoch seconds) each
         timing's count and percentiles with its histogram (``h``, what baselines compare), the
-        calls, errors, reconnects, session and saturated seconds, and the peaks of the levels."""
+        calls, errors, reconnects, session and saturated seconds, and the peaks of the levels;
+        ``recent``: the newest windows at full resolution, alike."""
+        return {
+            "window_seconds": self.timeline.width,
+            "warmup_until": self.warmup_until,
+            "windows": self._windows(self.timeline),
+            "recent": {"window_seconds": self.recent.width, "windows": self._windows(self.recent)},
+        }
+
+    def _windows(self, timeline: Timeline) -> list[dict[str, Any]]:
         windows = []
-        for start, window in self.timeline:
+        for start, window in timeline:
             entry: dict[str, Any] = {"start": start}
             for name, hist in sorted(window.timings.items()):
                 entry[name] = {**hist.summary(), "h": hist.to_dict()}
@@ -780,7 +798,7 @@ class Metrics:
             entry["rss_bytes"] = window.level("rss_bytes")  # every process's peak, summed: the generator's
             entry["open_fds"] = window.level("open_fds")
             windows.append(entry)
-        return {"window_seconds": self.timeline.width, "warmup_until": self.warmup_until, "windows": windows}
+        return windows
 
     def _accounting(self, values: Callable[[Counter], Iterable[tuple[LabelKey, float]]]) -> dict[str, Any]:
         """Calls by outcome and score, errors by code, reconnects and session seconds, from the

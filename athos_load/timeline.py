@@ -6,6 +6,8 @@ a tenth of the run-wide histogram's memory), the counters, and the peaks of leve
 calls, users, the generator's CPU). Windows start at ``BASE_SECONDS`` wide and sit on multiples
 of their width since the epoch; when a run outgrows ``MAX_WINDOWS`` the width doubles and
 neighbours merge, so an hour or a week holds the same memory and nothing recorded is dropped.
+Beside the whole run, :class:`RecentWindows` keeps the newest ``RECENT_WINDOWS`` at the base width
+(the run as it is now, at full resolution, for the live tab), dropping the oldest instead.
 
 Because every process bins on the same epoch-aligned grid, a worker's windows (sent in its
 delta at the width it keeps, which is the base: a delta holds seconds) fold exactly into the
@@ -26,6 +28,7 @@ from .histogram import LogHistogram
 
 BASE_SECONDS = 1.0
 MAX_WINDOWS = 120  # enough points for a plot over time; a soak of a day has 15-minute windows
+RECENT_WINDOWS = 60  # the newest windows also kept at the base width (RecentWindows)
 
 
 class WindowHistogram(LogHistogram):
@@ -138,9 +141,11 @@ class Timeline:
     # -- distribution ----------------------------------------------------------------------------
 
     def take_delta(self) -> dict[str, Any]:
-        """The windows recorded since the last call, as plain data; start afresh."""
+        """The windows recorded since the last call, as plain data; start afresh (at the base width:
+        a long call's seconds may have coarsened this delta, not the next ones)."""
         delta = {"width": self.width, "windows": [[i, w.to_dict()] for i, w in sorted(self.windows.items())]}
         self.windows = {}
+        self.width = BASE_SECONDS
         return delta
 
     def merge(self, delta: dict[str, Any], source: str | None = None) -> None:
@@ -179,3 +184,33 @@ class Timeline:
                 target.merge(window)
         self.windows = merged
         self.width *= 2
+
+
+class RecentWindows(Timeline):
+    """The newest :data:`RECENT_WINDOWS` windows at the base width: the run as it is now at full
+    resolution, beside the whole run's :class:`Timeline`, whose windows coarsen as it grows. Here
+    the oldest window is dropped instead (the whole run's timeline holds it, merged), so this keeps
+    a fixed memory too. It only records and merges; it never sends a delta."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock=clock, max_windows=RECENT_WINDOWS)
+
+    def spread(self, family: str, labels: tuple[str, ...], start: float, end: float) -> None:
+        """As :meth:`Timeline.spread`, over the windows kept: seconds older than those are dropped here."""
+        first_kept = (end // self.width - self.max_windows + 1) * self.width
+        super().spread(family, labels, max(start, first_kept), end)
+
+    def merge(self, delta: dict[str, Any], source: str | None = None) -> None:
+        """Fold a delta in at the base width; a window of a coarser delta lands on its first second."""
+        ratio = max(1, round(float(delta["width"]) / self.width))
+        for index, data in delta["windows"]:
+            key = index * ratio
+            window = self.windows.get(key)
+            if window is None:
+                window = self.windows[key] = Window()
+            window.merge(Window.from_dict(data), source)
+        self._bound()
+
+    def _bound(self) -> None:
+        while len(self.windows) > 1 and max(self.windows) - min(self.windows) >= self.max_windows:
+            del self.windows[min(self.windows)]

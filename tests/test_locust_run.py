@@ -42,7 +42,7 @@ def test_headless_run_against_the_built_in_simulator(smoke_run):
     for timing in ("time_to_first_word", "endpointing", "response", "speech_onset", "persona_audio_lead"):
         assert summary[timing]["count"] > 0 and int(rows[timing]["Request Count"]) > 0, timing
     assert summary["call_setup"]["rate"] == 1.0 and "heard: call setup 100.0% of" in result.stdout
-    assert summary["persona_audio"]["minutes"] > 0 and summary["persona_audio"]["underruns"] == 0
+    assert summary["persona_audio"]["minutes"] > 0  # (its underruns depend on the machine's load: not asserted)
     assert summary["calls"]["scored"] > 0 and summary["end_to_score"]["count"] == summary["calls"]["scored"]
     for timing in ("connect_ready", "persona_response", "end_to_score", "token_mint"):
         stats_ = summary[timing]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from athos_load.metrics import Metrics, Outcome, Timing
-from athos_load.timeline import BASE_SECONDS, Timeline
+from athos_load.timeline import BASE_SECONDS, Timeline, Window
 
 
 class Clock:
@@ -122,6 +122,41 @@ def test_session_seconds_sit_in_the_windows_they_accrued_in():
     summary = m.timeline_summary()
     assert len(summary["windows"]) <= m.timeline.max_windows
     assert sum(w["session_seconds"] for w in summary["windows"]) == pytest.approx(1003.25)
+
+
+def test_the_newest_windows_stay_at_full_resolution_beside_the_coarsened_run():
+    """Two hours a sample a second: the run's windows coarsen to 64 s; the newest minute is kept
+    second by second (older seconds dropped there: the run's windows hold them). A worker's delta
+    lands in the master's recent windows too, a coarser one on its first second."""
+    clock = Clock()
+    m = Metrics()
+    m.timeline.clock = clock
+    for second in range(7200):
+        clock.t = 1_800_000_000.0 + second
+        m.timings[Timing.CONNECT_READY].observe(0.2, scenario="s")
+    summary = m.timeline_summary()
+    assert summary["window_seconds"] == 64.0 and len(summary["windows"]) <= 120
+    recent = summary["recent"]
+    assert recent["window_seconds"] == 1.0 and len(recent["windows"]) == 60
+    assert [w["start"] for w in recent["windows"]] == [clock.t - 59 + k for k in range(60)]
+    assert all(w["connect_ready"]["count"] == 1 for w in recent["windows"])
+    assert sum(w["connect_ready"]["count"] for w in summary["windows"]) == 7200  # nothing lost there
+
+    worker, master = Metrics(source="1"), Metrics(source="master")
+    worker.timeline.clock = master.timeline.clock = clock
+    worker.timings[Timing.CONNECT_READY].observe(0.3, scenario="s")
+    master.merge(worker.take_delta(), "1")
+    (window,) = master.timeline_summary()["recent"]["windows"]
+    assert window["start"] == clock.t and window["connect_ready"]["count"] == 1
+    coarse = {"width": 4.0, "windows": [[int(clock.t // 4) + 1, window_with_one_call()]]}
+    master.recent.merge(coarse, "1")
+    assert max(i for i, _ in master.recent.windows.items()) == (int(clock.t // 4) + 1) * 4
+
+
+def window_with_one_call() -> dict:
+    window = Window()
+    window.counters[("athos_sessions_started", ("s",))] += 1
+    return window.to_dict()
 
 
 def test_a_week_of_a_soak_holds_no_more_than_a_day():

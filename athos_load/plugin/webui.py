@@ -4,7 +4,8 @@ Locust's tables show its own percentiles per step. What a release is judged on i
 0.1% histograms, the gates, the calls' accounting, scoring, the generator's health. The tabs show
 those while the run goes on, read from the objects the summary and the gates read (on a master,
 every worker's recordings merged), so the end of the run holds no surprise. The third tab is the
-run over time: the newest windows, one row each; drift and change-points close the run tab.
+run as it is now: the newest windows at full resolution (a second each), one row each; drift and
+change-points over the whole run close the run tab.
 
 Locust's extension mechanism: ``extended_tabs`` and ``extended_tables`` in the page's template
 arguments declare the tabs and their columns; an ``extended_stats`` entry in the ``/stats/requests``
@@ -38,7 +39,7 @@ TABS = [
     {"title": "Athos run", "key": RUN_TAB},
     {"title": "Athos over time", "key": WINDOWS_TAB},
 ]
-SHOWN_WINDOWS = 30  # the newest windows in the tab; the report plots them all
+SHOWN_WINDOWS = 30  # the newest windows in the tab, at full resolution; the report plots the whole run
 TRENDS_EVERY = 5.0  # seconds between recomputing windows, drift and change-points for the tab
 # column keys are plain words: the page camel-cases the keys it is given, and a plain word stays as it is
 TABLES = [
@@ -130,8 +131,9 @@ class OverTime:
         names = [t.value for t in Timing]
         summary = {"drift": drifts(timeline, names), "change_points": changes(timeline, names)}
         self.trends = [_row(what, value, state) for what, value, state in trend_rows(summary)]
-        newest = reversed(timeline["windows"][-SHOWN_WINDOWS:])
-        self.windows = [window_row(w, timeline["window_seconds"]) for w in newest]
+        recent = timeline["recent"]  # the newest windows at full resolution
+        newest = reversed(recent["windows"][-SHOWN_WINDOWS:])
+        self.windows = [window_row(w, recent["window_seconds"]) for w in newest]
 
 
 def extended_stats(
