@@ -111,7 +111,7 @@ DOCS = {
     Timing.BARGE_IN: "the rep starts talking over the persona -> personaSpeaking false: how long it talks on",
     Timing.PERSONA_AUDIO_GAP: "a silence inside a persona utterance: frames more than two frame periods apart",
     Timing.PERSONA_AUDIO_JITTER: "a persona utterance's interarrival jitter (RFC 3550's estimator) at its end",
-    Timing.TRANSCRIPT_FETCH: "GET /v1/calls/:id round trip, for the transcript check after the score",
+    Timing.TRANSCRIPT_FETCH: "GET /v1/calls/:id round trip, for the transcript check once the call ended",
 }
 KNOWN_CODES = tuple(code.value for code in ErrorCode)
 OTHER_CODE = "other"

@@ -8,9 +8,9 @@ child) with known latency distributions and no load slowdown::
     --score-delay lognormal:1.0,2.5 --scorers 64 --load-slowdown 0 --seed 1
 
 and compares the tool's p50/p95/p99 (its JSON summary, ``--athos-summary``) of connect_ready,
-persona_response and end_to_score with the same percentiles (numpy, linear) of the simulator's
-ground-truth log (``--truth-log``) over the same calls. Run it under the benchmark lock, so no
-other benchmark shares the two cores::
+persona_response (and its halves, endpointing and response) and end_to_score with the same
+percentiles (numpy, linear) of the simulator's ground-truth log (``--truth-log``) over the same
+calls. Run it under the benchmark lock, so no other benchmark shares the two cores::
 
     flock /tmp/athos-bench.lock python benchmarks/fidelity.py          # 10,100,200,400,700 users, 40 s each
     flock /tmp/athos-bench.lock python benchmarks/fidelity.py --levels 20,100 --seconds 30
@@ -25,7 +25,7 @@ default free port) exactly the one users run. ``--no-pin`` leaves both unpinned.
 Same calls: this file is also given to Locust as a second locustfile (``-f
 locustfile.py,benchmarks/fidelity.py``). In the Locust process it only adds a listener to the
 request event (enabled by ``ATHOS_FIDELITY_SAMPLES``) that writes every successful sample of the
-three timings with its callId and its two client-side ``time.monotonic()`` stamps (microseconds
+timings with its callId and its two client-side ``time.monotonic()`` stamps (microseconds
 per sample; nothing the tool measures changes). Truth and tool are then paired per call (persona turns by time), and
 because the simulator's truth stamps (``mono``) are the same CLOCK_MONOTONIC, every per-call error
 splits into where it arises: ``lead`` = truth start - tool start, ``lag`` = tool end - truth end,
@@ -61,6 +61,12 @@ The systematic offsets (definitions differ, not the tool being wrong):
   hangover later, so it is not the same quantity.) Lead = how late the generator sent the last
   speech frame plus its trip; lag = the ``personaSpeaking`` trip. The clips' speech ends by the
   tool's detector and by the simulator's VAD are also compared (printed; 0 ms for scenarios/smoke).
+* endpointing and response, persona_response's two halves. The tool times endpointing from the
+  rep's speech end known from the clip to ``userSpeaking`` false arriving, and response from there
+  to ``personaSpeaking`` true arriving. The truth of both is in the simulator's record of the
+  reply: endpointing from its VAD's last speech to its sending ``userSpeaking`` false
+  (``sinceSpeech - latency``: its hangover, 300 ms, is inside), response from there to its sending
+  ``personaSpeaking`` true (``latency``). Leads and lags as for persona_response.
 * end_to_score. The tool times from ``ended`` arriving to the webhook arriving at its receiver; the
   simulator stamps ``ended`` when it sends it and ``webhook_attempt`` once the receiver's 200 is
   back, so the truth slightly exceeds what the tool can see: lead = -(the ``ended`` trip), lag =
@@ -92,7 +98,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_ENV = "ATHOS_FIDELITY_SAMPLES"
-TIMINGS = ("connect_ready", "persona_response", "end_to_score")
+TIMINGS = ("connect_ready", "persona_response", "end_to_score", "endpointing", "response")
 QUANTILES = (50, 95, 99)
 TARGET_MS = 5.0
 SCENARIO = "scenarios/smoke"
@@ -110,7 +116,7 @@ RAMP_SETTLE = 0.5  # seconds after Locust's last spawn batch that still count as
 
 
 def _install_hook(path: str) -> None:
-    """Record every successful sample of the three timings with callId and client stamps."""
+    """Record every successful sample of the compared timings with callId and client stamps."""
     from locust import events  # only here: importing locust monkey-patches the process for gevent
 
     from athos_load.call import Call
@@ -135,7 +141,7 @@ def _install_hook(path: str) -> None:
         if name == "connect_ready":
             start = call._connecting_at
             end = None if start is None else start + value
-        elif name == "persona_response":
+        elif name in ("persona_response", "endpointing", "response"):  # each ends at its event's arrival
             event = frame.f_back.f_locals.get("event") if frame.f_back is not None else None
             end = getattr(event, "at", None)
             start = None if end is None else end - value
@@ -306,13 +312,16 @@ def pair(samples: list[dict[str, Any]], truth: list[dict[str, Any]]) -> tuple[di
             ended[call_id] = line["mono"]
         elif event == "webhook_attempt" and line.get("ok") and not line.get("duplicate") and call_id not in webhook:
             webhook[call_id] = line["mono"]
+    replies = sum(len(v) for v in persona.values())
     totals = {
         "connect_ready": len(ready),
-        "persona_response": sum(len(v) for v in persona.values()),
+        "persona_response": replies,
         "end_to_score": sum(1 for c in webhook if c in ended),
+        "endpointing": replies,
+        "response": replies,
     }
     pairs: dict[str, list[Pair]] = {name: [] for name in TIMINGS}
-    used: set[int] = set()
+    used: dict[str, set[int]] = {name: set() for name in TIMINGS}
     for s in samples:
         name, call_id, value, start, end = s["n"], s["id"], s["v"], s["s"], s["e"]
         if name == "connect_ready" and call_id in ready:
@@ -324,14 +333,29 @@ def pair(samples: list[dict[str, Any]], truth: list[dict[str, Any]]) -> tuple[di
             lead = None if joined is None or start is None else joined - start
             lag = None if end is None else end - r["mono"]
             pairs[name].append(Pair(value, truth_value, lead, lag, start))
-        elif name == "persona_response" and end is not None:
-            # the latest persona start this call's client could have heard by then
-            candidates = [p for p in persona.get(call_id, ()) if p["mono"] <= end + 1e-3 and id(p) not in used]
+        elif name in ("persona_response", "response") and end is not None:
+            # the latest persona start this call's client could have heard by then. Its truth record
+            # has both halves: sinceSpeech (from the VAD's last speech) and latency (from userSpeaking false)
+            taken = used[name]
+            candidates = [p for p in persona.get(call_id, ()) if p["mono"] <= end + 1e-3 and id(p) not in taken]
+            if name == "response":
+                candidates = [p for p in candidates if p.get("latency") is not None]
             if candidates:
                 p = max(candidates, key=lambda c: c["mono"])
-                used.add(id(p))
-                since = p["sinceSpeech"]
+                taken.add(id(p))
+                since = p["sinceSpeech"] if name == "persona_response" else p["latency"]
                 pairs[name].append(Pair(value, since, p["mono"] - since - start, end - p["mono"], start))
+        elif name == "endpointing" and end is not None:
+            # the first persona start after this userSpeaking false: its record says when the VAD's last
+            # speech was (mono - sinceSpeech) and when userSpeaking false went out (mono - latency)
+            taken = used[name]
+            later = [p for p in persona.get(call_id, ()) if p["mono"] >= end - 1e-3 and id(p) not in taken]
+            later = [p for p in later if p.get("latency") is not None]
+            if later:
+                p = min(later, key=lambda c: c["mono"])
+                taken.add(id(p))
+                said_end, heard_end = p["mono"] - p["sinceSpeech"], p["mono"] - p["latency"]
+                pairs[name].append(Pair(value, heard_end - said_end, said_end - start, end - heard_end, start))
         elif name == "end_to_score" and call_id in ended and call_id in webhook:
             e, w = ended[call_id], webhook[call_id]
             lead = None if start is None else e - start
@@ -349,6 +373,9 @@ def truth_unpaired(truth: list[dict[str, Any]]) -> dict[str, list[float]]:
             out["connect_ready"].append(t["latency"])
         elif t["event"] == "persona_speaking" and t.get("speaking") and t.get("sinceSpeech") is not None:
             out["persona_response"].append(t["sinceSpeech"])
+            if t.get("latency") is not None:
+                out["response"].append(t["latency"])
+                out["endpointing"].append(t["sinceSpeech"] - t["latency"])
         elif t["event"] == "webhook_attempt" and t.get("ok") and t["callId"] in ended and t["callId"] not in seen:
             seen.add(t["callId"])
             out["end_to_score"].append(t["mono"] - ended[t["callId"]])
@@ -506,6 +533,8 @@ offsets (error = tool - truth; lead = truth start - tool start, lag = tool end -
                     not its `latency` (which starts at the VAD decision, a 300 ms hangover later). The tool
                     starts at the clip's speech end on its send schedule: lead = send lateness + trip of
                     the last speech frame, lag = the personaSpeaking trip.
+  endpointing       truth = sim sinceSpeech - latency of the reply (VAD's last speech -> userSpeaking false sent);
+  response          truth = sim latency of the reply (userSpeaking false sent -> personaSpeaking true sent).
   end_to_score      truth = sim webhook_attempt (200 received) - sim ended (sent). The tool sees ended one
                     trip later (lead < 0) and the webhook before the 200 travels back (lag < 0): ~ -1 ms.
                     (Without TCP_NODELAY on the receiver, a few % showed ~ -40 ms: Nagle + delayed ACK.)
