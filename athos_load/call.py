@@ -409,9 +409,10 @@ class Call:
         self._changed.set()
 
     def _end_stream(self) -> None:
-        """The persona's utterance is over (it stopped, started anew, or the call ended): record it."""
+        """The persona's utterance is over (it stopped, started anew, or the call ended): record
+        it, unless the run's end cut it off (the stop stalls every stream: not the platform's doing)."""
         stream, self._stream = self._stream, None
-        if stream is not None:
+        if stream is not None and not self._aborting:
             self.settings.metrics.persona_utterance_done(self.scenario.name, stream)
 
     def _settle_barge_in(self, stopped_at: float | None) -> None:

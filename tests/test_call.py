@@ -701,7 +701,11 @@ def test_the_run_ending_mid_call_aborts_it_without_errors():
 
     class Stuck(Platform):
         def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
-            pass  # never answers
+            # a persona utterance in progress when the run stops: its audio stalls as the users go
+            session.clock = utterance.end
+            session.emit(Speaking(Speaker.PERSONA, True))
+            session.hear(session.clock + 0.01, VOICED_FRAME)
+            session.hear(session.clock + 0.5, VOICED_FRAME)  # 490 ms later: a gap, were it the platform's
 
         def hangup(self, session: FakeSession) -> None:
             session.fail(ErrorCode.RECONNECT_FAILED)
@@ -717,6 +721,8 @@ def test_the_run_ending_mid_call_aborts_it_without_errors():
     assert h.sessions[0].end_reason == "error"  # it did hang up
     assert h.errors() == {} and [e for e in h.reports if e["exception"] is not None] == []
     assert h.entries("call") == []  # an aborted call is not a Locust entry
+    # nor is the persona audio cut off by the stop: no gap, no underrun, no persona-minutes
+    assert h.metrics.timing(Timing.PERSONA_AUDIO_GAP).count == 0 and h.metrics.persona_audio_seconds.total() == 0
     check_accounting(h, [call])
 
 
