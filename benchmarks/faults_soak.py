@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the fault proxy is the test suite's: one proxy, not a copy
 
@@ -40,14 +42,11 @@ SAMPLE_SECONDS = 10.0
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return psutil.Process(pid).memory_info().rss
 
 
 def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return psutil.Process(pid).num_fds()
 
 
 def free_port() -> int:
@@ -98,7 +97,10 @@ def main() -> int:
         while run.poll() is None:
             now = time.monotonic()
             if now >= next_sample:
-                samples.append((now - started, rss_bytes(run.pid), open_fds(run.pid)))
+                try:
+                    samples.append((now - started, rss_bytes(run.pid), open_fds(run.pid)))
+                except psutil.Error:  # it exited between poll() and the read
+                    break
                 t, rss, fds = samples[-1]
                 print(f"  {t:6.0f} s  RSS {rss / 2**20:7.1f} MiB  fds {fds:5d}", flush=True)
                 next_sample += SAMPLE_SECONDS

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -45,14 +47,11 @@ loadgen_open_fds: ["drift < 5%/h"]
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return psutil.Process(pid).memory_info().rss
 
 
 def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return psutil.Process(pid).num_fds()
 
 
 def main() -> int:
@@ -88,7 +87,7 @@ def main() -> int:
         while run.poll() is None:
             try:
                 samples.append((time.monotonic() - started, rss_bytes(run.pid), open_fds(run.pid)))
-            except OSError:  # it exited between poll() and the read
+            except psutil.Error:  # it exited between poll() and the read
                 break
             t, rss, fds = samples[-1]
             if len(samples) % 6 == 1:  # a line a minute

@@ -116,7 +116,7 @@ def test_a_worker_killed_mid_run_is_counted_lost_and_makes_the_run_invalid(tmp_p
         [
             *LOCUST, "--athos-scenario", str(scenario), "--master", "--master-bind-host", "127.0.0.1",
             "--master-bind-port", str(port), "--expect-workers", "2", "--headless", "-u", "8", "-r", "8",
-            "-t", "10s", "--athos-summary", str(tmp_path / "summary.json"), "--athos-gates", str(gates),
+            "-t", "14s", "--athos-summary", str(tmp_path / "summary.json"), "--athos-gates", str(gates),
             "--athos-metrics-file", str(tmp_path / "final.prom"), "--athos-drain-timeout", "5",
         ],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=locust_env(),
@@ -132,7 +132,9 @@ def test_a_worker_killed_mid_run_is_counted_lost_and_makes_the_run_invalid(tmp_p
         for _ in range(2)
     ]
     try:
-        time.sleep(6)  # both workers spawned (within ~3 s) and reported their calls in progress
+        # both workers spawned (within ~3 s on a quiet machine) and reported their calls in progress;
+        # then the master has 7 s to miss the killed one's heartbeats before the run ends
+        time.sleep(7)
         workers[1].send_signal(signal.SIGKILL)
         out, _ = master.communicate(timeout=120)
         workers[0].wait(timeout=30)
