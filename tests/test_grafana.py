@@ -114,6 +114,11 @@ CONTRACT: dict[str, Family] = {
     "athos_persona_audio_seconds_total": _family("counter", "scenario"),
     "athos_persona_underruns_total": _family("counter", "scenario"),
     "athos_persona_dead_air_seconds_total": _family("counter", "scenario"),
+    "athos_transcript_turns_total": _family("counter", "scenario"),
+    "athos_transcript_missing_total": _family("counter", "scenario"),
+    "athos_transcript_misaligned_total": _family("counter", "scenario"),
+    "athos_transcript_words_total": _family("counter", "scenario"),
+    "athos_transcript_word_errors_total": _family("counter", "scenario"),
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 COUNTER_SUFFIXES = ("_total", *HISTOGRAM_SUFFIXES)
