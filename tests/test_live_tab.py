@@ -57,7 +57,8 @@ def test_the_tabs_show_the_run_in_progress(tmp_path):
         assert _tab_titles(dom) >= {"Athos timings", "Athos run", "Athos over time"}
         states = {row[0]: row[-1] for row in _rows(dom)}
         assert states[PASSING] == "passing" and states[FAILING] == "failing"
-        assert states["generator"] == "healthy"
+        # (healthy in the JSON before Chromium started; with three Chromiums on two cores it may not be now)
+        assert states["generator"] in ("healthy", "saturated: its timings include its own delay")
 
         png = tmp_path / "athos-run.png"
         _chromium(tmp_path, f"{base}/?tab={RUN_TAB}", f"--screenshot={png}", "--window-size=1400,1000")
