@@ -502,12 +502,17 @@ class Metrics:
         self.instruments[instrument.name] = instrument
         return instrument
 
+    @property
+    def _timelines(self) -> tuple[Timeline, RecentWindows]:
+        """Where every recording also goes: the whole run's windows and the newest ones."""
+        return self.timeline, self.recent
+
     def _counted(self, name: str, key: LabelKey, amount: float) -> None:
-        for timeline in (self.timeline, self.recent):
+        for timeline in self._timelines:
             timeline.count(name, key, amount)
 
     def _observed(self, short_name: str, seconds: float | np.ndarray) -> None:
-        for timeline in (self.timeline, self.recent):
+        for timeline in self._timelines:
             if isinstance(seconds, np.ndarray):
                 timeline.observe_many(short_name, seconds)
             else:
@@ -567,7 +572,7 @@ class Metrics:
         self._peak_active()
 
     def _peak_active(self) -> None:
-        for timeline in (self.timeline, self.recent):
+        for timeline in self._timelines:
             timeline.peak("active_calls", self.source, sum(self.active[self.source].values()))
 
     def call_finished(self, scenario: str, outcome: Outcome, connected_seconds: float = 0.0) -> None:
@@ -579,7 +584,7 @@ class Metrics:
             self.session_seconds.inc(connected_seconds, scenario=scenario)
             end = self.timeline.clock()
             key = self.session_seconds.key({"scenario": scenario})
-            for timeline in (self.timeline, self.recent):
+            for timeline in self._timelines:
                 timeline.spread(self.session_seconds.name, key, end - connected_seconds, end)
 
     def score_settled(self, scenario: str, outcome: ScoreOutcome) -> None:
@@ -598,14 +603,14 @@ class Metrics:
     def record_health(self, sample: dict[str, float], *, saturated_for: float = 0.0) -> None:
         """The generator's latest health sample; ``saturated_for`` seconds since the last were saturated."""
         self.health[self.source] = sample
-        for timeline in (self.timeline, self.recent):
+        for timeline in self._timelines:
             timeline.peak("cpu_ratio", self.source, sample.get("cpu_ratio", 0.0))
             timeline.peak("rss_bytes", self.source, sample.get("memory_bytes", 0.0))
             timeline.peak("open_fds", self.source, sample.get("open_fds", 0.0))
             timeline.peak("users", self.source, self.users)
         self._peak_active()  # every second, so a window of long calls with no start or end shows them
         if saturated_for:
-            for timeline in (self.timeline, self.recent):
+            for timeline in self._timelines:
                 timeline.count("saturated_seconds", (), saturated_for)
 
     # -- distribution: worker deltas, merged on the master -----------------------------------------
@@ -658,7 +663,7 @@ class Metrics:
         for counter, key, n in counts:
             counter.values[key] = counter.values.get(key, 0) + n
         self.active[source] = Tally(delta["active"])
-        for timeline in (self.timeline, self.recent):
+        for timeline in self._timelines:
             timeline.merge(delta["timeline"], source)
         if delta["health"]:
             self.health[source] = delta["health"]
