@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -102,6 +102,10 @@ SETUP_STEPS = frozenset({Step.TOKEN_MINT, Step.CONNECT_READY})
 # Steps that fail because of an error already counted (the error event that refused the join or
 # the resume, or that ended the call; the failed step that failed the call).
 CONSEQUENCES = frozenset({Step.CONNECT_READY, Step.RECONNECT, Step.CALL})
+# What a call still records once the run's stop has begun: its accounting, and the score of a call
+# that ended (the drain waits for those). Anything else it would time or fail then is the stop's
+# doing: Locust stops every user at once, and the loop busy with that reads the platform late.
+KEPT_WHILE_STOPPING = frozenset({Step.STARTED, Step.CALL, Step.END_TO_SCORE})
 
 
 class CallFailure(Exception):
@@ -129,6 +133,9 @@ class CallSettings:
     transcript_check: bool = False  # after the score, hold the transcript against what the rep said
     announce: Callable[[str], None] | None = None  # tell a master which worker waits for this callId
     session_factory: SessionFactory = RoleplaySession.create
+    # set when the run's stop begins (Locust's test_stopping), cleared when a run starts; shared by
+    # every user's copy of these settings
+    stopping: gevent.event.Event = field(default_factory=gevent.event.Event)
 
 
 class Call:
@@ -412,7 +419,7 @@ class Call:
         """The persona's utterance is over (it stopped, started anew, or the call ended): record
         it, unless the run's end cut it off (the stop stalls every stream: not the platform's doing)."""
         stream, self._stream = self._stream, None
-        if stream is not None and not self._aborting:
+        if stream is not None and not self._ending:
             self.settings.metrics.persona_utterance_done(self.scenario.name, stream)
 
     def _settle_barge_in(self, stopped_at: float | None) -> None:
@@ -532,12 +539,12 @@ class Call:
           an aborted call has no Locust entry.
         * ``END_TO_SCORE`` (``outcome``): the score's fate; a pending one has no Locust entry.
 
-        While the run's end aborts the call, failures other than the call's own are not recorded.
+        Once the run's stop has begun or aborts this call, only ``KEPT_WHILE_STOPPING`` is recorded.
         """
+        if self._ending and step not in KEPT_WHILE_STOPPING:
+            return  # what fails or is timed now is the stop's doing, not the platform's
         m, scenario = self.settings.metrics, self.scenario.name
         if error is not None:
-            if self._aborting and step is not Step.CALL:
-                return  # the run's end is stopping this call: what fails now is the stop's doing
             code = str(error)
             if step not in COUNTED_APART and not (step in CONSEQUENCES and code == self._last_error):
                 m.error(code)
@@ -574,6 +581,11 @@ class Call:
                 exception=None if error is None else CallFailure(error),
                 context={"scenario": scenario},
             )
+
+    @property
+    def _ending(self) -> bool:
+        """The run is ending under this call (its stop has begun, or it aborts this call)."""
+        return self._aborting or self.settings.stopping.is_set()
 
     def _finish(self, outcome: Outcome, error: object | None) -> None:
         """Account for the call once."""

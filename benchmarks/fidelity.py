@@ -7,16 +7,21 @@ child) with known latency distributions and no load slowdown::
     --ready-latency lognormal:0.15,0.4 --response-latency lognormal:0.5,1.0
     --score-delay lognormal:1.0,2.5 --scorers 64 --load-slowdown 0 --seed 1
 
-and compares the tool's p50/p95/p99 (its JSON summary, ``--athos-summary``) of connect_ready,
-persona_response (and its halves, endpointing and response) and end_to_score with the same
-percentiles (numpy, linear) of the simulator's ground-truth log (``--truth-log``) over the same
-calls. Run it under the benchmark lock, so no other benchmark shares the two cores::
+    --endpointing-delay lognormal:0.05,0.2 --persona-audio-delay lognormal:0.05,0.15
+    --barge-in-yield lognormal:0.1,0.3
 
-    flock /tmp/athos-bench.lock python benchmarks/fidelity.py          # 10,100,200,400,700 users, 40 s each
+on its own scenario (``benchmarks/fidelity.yaml``: the persona greets, the rep answers, then talks
+over the persona's reply, which answers that too), and compares the tool's p50/p95/p99 (its JSON
+summary, ``--athos-summary``) of connect_ready, persona_response (and its halves, endpointing and
+response), end_to_score and the timings from the audio (time_to_first_word, persona_audio_lead,
+speech_onset, barge_in) with the same percentiles (numpy, linear) of the simulator's ground-truth
+log (``--truth-log``) over the same calls. Run it under the benchmark lock, so no other benchmark shares the two cores::
+
+    flock /tmp/athos-bench.lock python benchmarks/fidelity.py          # 10,100,200,400 users, 40 s each
     flock /tmp/athos-bench.lock python benchmarks/fidelity.py --levels 20,100 --seconds 30
 
-(about 4 minutes for the default levels; on a 2-core AMD EPYC VM the generator flags itself
-saturated at 700 users). Pinning: Locust runs under ``taskset -c 1``; as soon as its simulator
+(about 3 minutes for the default levels; on a 2-core AMD EPYC VM the generator flags itself
+saturated at 400 users of this scenario). Pinning: Locust runs under ``taskset -c 1``; as soon as its simulator
 child appears (found through ``/proc/<locust>/task/*/children``) every thread of the simulator is
 moved to core 0 with ``os.sched_setaffinity``, so generator and platform never compete for a core.
 This keeps the tool's own start-up path (simulator launched by the tool, webhook receiver on its
@@ -63,10 +68,16 @@ The systematic offsets (definitions differ, not the tool being wrong):
   tool's detector and by the simulator's VAD are also compared (printed; 0 ms for scenarios/smoke).
 * endpointing and response, persona_response's two halves. The tool times endpointing from the
   rep's speech end known from the clip to ``userSpeaking`` false arriving, and response from there
-  to ``personaSpeaking`` true arriving. The truth of both is in the simulator's record of the
-  reply: endpointing from its VAD's last speech to its sending ``userSpeaking`` false
-  (``sinceSpeech - latency``: its hangover, 300 ms, is inside), response from there to its sending
-  ``personaSpeaking`` true (``latency``). Leads and lags as for persona_response.
+  to ``personaSpeaking`` true arriving. The truth of endpointing is the simulator's record of its
+  ``userSpeaking`` false (``sinceSpeech``: from its VAD's last speech; the 300 ms hangover is
+  inside), of response its record of the reply (``latency``). Leads and lags as for
+  persona_response.
+* the timings from the audio (``truth_spans``): time_to_first_word from ``join`` received to the
+  first persona frame sent (the tool also times the connect, as for connect_ready: +2 ms);
+  persona_audio_lead from ``personaSpeaking`` true sent to that utterance's first frame sent;
+  speech_onset from the rep's first speech frame's arrival to ``userSpeaking`` true sent (the
+  VAD's two-frame start, 20 ms, is inside both); barge_in from the first speech frame of the rep
+  talking over the persona to its ``personaSpeaking`` false sent (yielding, or finishing anyway).
 * end_to_score. The tool times from ``ended`` arriving to the webhook arriving at its receiver; the
   simulator stamps ``ended`` when it sends it and ``webhook_attempt`` once the receiver's 200 is
   back, so the truth slightly exceeds what the tool can see: lead = -(the ``ended`` trip), lag =
@@ -98,13 +109,21 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_ENV = "ATHOS_FIDELITY_SAMPLES"
-TIMINGS = ("connect_ready", "persona_response", "end_to_score", "endpointing", "response")
+TIMINGS = (
+    "connect_ready", "persona_response", "end_to_score", "endpointing", "response",
+    "time_to_first_word", "persona_audio_lead", "speech_onset", "barge_in",
+)  # fmt: skip
+# the timings from the audio: each paired with the truth span (start, end) of the same call that
+# ended last before the tool's sample ended (SPANS in pair())
+AUDIO_TIMINGS = ("endpointing", "time_to_first_word", "persona_audio_lead", "speech_onset", "barge_in")
 QUANTILES = (50, 95, 99)
 TARGET_MS = 5.0
-SCENARIO = "scenarios/smoke"
+SCENARIO = "benchmarks/fidelity.yaml"
 SIM_ARGS = (
     "--ready-latency lognormal:0.15,0.4 --response-latency lognormal:0.5,1.0 "
-    "--score-delay lognormal:1.0,2.5 --scorers 64 --load-slowdown 0 --seed 1"
+    "--score-delay lognormal:1.0,2.5 --scorers 64 --load-slowdown 0 --seed 1 "
+    "--endpointing-delay lognormal:0.05,0.2 --persona-audio-delay lognormal:0.05,0.15 "
+    "--barge-in-yield lognormal:0.1,0.3"
 )
 LOCUST_CORE, SIM_CORE = 1, 0
 DRAIN_TIMEOUT = 15  # --athos-drain-timeout: bounds the end of a saturated level
@@ -141,13 +160,14 @@ def _install_hook(path: str) -> None:
         if name == "connect_ready":
             start = call._connecting_at
             end = None if start is None else start + value
-        elif name in ("persona_response", "endpointing", "response"):  # each ends at its event's arrival
-            event = frame.f_back.f_locals.get("event") if frame.f_back is not None else None
-            end = getattr(event, "at", None)
-            start = None if end is None else end - value
-        else:
+        elif name == "end_to_score":
             start = call.ended_at
             end = None if start is None else start + value
+        else:  # each ends where its caller saw it end: an event's arrival, a frame's, the persona's stop
+            caller = frame.f_back.f_locals if frame.f_back is not None else {}
+            event = caller.get("event")
+            end = getattr(event, "at", None) if event is not None else caller.get("at", caller.get("stopped_at"))
+            start = None if end is None else end - value
         call_id = call.call_id or (call.session.call_id if call.session is not None else None)
         samples.append({"n": name, "id": call_id, "v": value, "s": start, "e": end})
 
@@ -293,8 +313,46 @@ class Pair:
     start: float | None = None  # the tool's start stamp (client monotonic)
 
 
+def truth_spans(truth: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """The simulator's (start, end) of each audio timing, per call, on its monotonic clock:
+
+    * time_to_first_word: ``join`` received -> the first persona audio frame sent;
+    * persona_audio_lead: ``personaSpeaking`` true sent -> that utterance's first frame sent;
+    * endpointing: the end of the rep's last speech frame (its arrival end) -> ``userSpeaking``
+      false sent (the VAD's hangover, 300 ms, is in it);
+    * speech_onset: the rep's first speech frame arrived -> ``userSpeaking`` true sent (the VAD
+      needs two speech frames: 20 ms are in it by design);
+    * barge_in: the first speech frame of the rep talking over the persona arrived -> the persona's
+      ``personaSpeaking`` false sent (its yield).
+    """
+    spans: dict[str, dict[str, list[tuple[float, float]]]] = {name: defaultdict(list) for name in AUDIO_TIMINGS}
+    join_at: dict[str, float] = {}
+    joined: dict[str, float] = {}  # callId -> its join's arrival
+    speaking_at: dict[str, float] = {}  # callId -> its latest personaSpeaking true
+    for line in truth:
+        event, call_id = line["event"], line.get("callId")
+        if event == "join":
+            join_at[line["token"]] = line["mono"]
+        elif event == "ready" and line["token"] in join_at:
+            joined[call_id] = join_at[line["token"]]
+        elif event == "persona_speaking" and line.get("speaking"):
+            speaking_at[call_id] = line["mono"]
+        elif event == "persona_audio":
+            if line.get("greeting") and call_id in joined:
+                spans["time_to_first_word"][call_id].append((joined.pop(call_id), line["mono"]))
+            if call_id in speaking_at:
+                spans["persona_audio_lead"][call_id].append((speaking_at.pop(call_id), line["mono"]))
+        elif event == "user_speaking" and "sinceSpeech" in line:
+            onset = "speech_onset" if line["speaking"] else "endpointing"
+            spans[onset][call_id].append((line["mono"] - line["sinceSpeech"], line["mono"]))
+        elif event == "persona_speaking" and "sinceSpeech" in line:
+            spans["barge_in"][call_id].append((line["mono"] - line["sinceSpeech"], line["mono"]))
+    return spans
+
+
 def pair(samples: list[dict[str, Any]], truth: list[dict[str, Any]]) -> tuple[dict[str, list[Pair]], dict[str, int]]:
     """Per timing, the tool's samples matched with the truth of the same call (and turn)."""
+    spans = truth_spans(truth)
     join_at: dict[str, float] = {}
     ready: dict[str, dict[str, Any]] = {}
     ended: dict[str, float] = {}
@@ -317,11 +375,11 @@ def pair(samples: list[dict[str, Any]], truth: list[dict[str, Any]]) -> tuple[di
         "connect_ready": len(ready),
         "persona_response": replies,
         "end_to_score": sum(1 for c in webhook if c in ended),
-        "endpointing": replies,
         "response": replies,
+        **{name: sum(len(v) for v in spans[name].values()) for name in AUDIO_TIMINGS},
     }
     pairs: dict[str, list[Pair]] = {name: [] for name in TIMINGS}
-    used: dict[str, set[int]] = {name: set() for name in TIMINGS}
+    used: dict[str, set[Any]] = {name: set() for name in TIMINGS}
     for s in samples:
         name, call_id, value, start, end = s["n"], s["id"], s["v"], s["s"], s["e"]
         if name == "connect_ready" and call_id in ready:
@@ -345,17 +403,15 @@ def pair(samples: list[dict[str, Any]], truth: list[dict[str, Any]]) -> tuple[di
                 taken.add(id(p))
                 since = p["sinceSpeech"] if name == "persona_response" else p["latency"]
                 pairs[name].append(Pair(value, since, p["mono"] - since - start, end - p["mono"], start))
-        elif name == "endpointing" and end is not None:
-            # the first persona start after this userSpeaking false: its record says when the VAD's last
-            # speech was (mono - sinceSpeech) and when userSpeaking false went out (mono - latency)
+        elif name in AUDIO_TIMINGS and end is not None:
+            # the truth span of this call that ended last before the tool saw it end
             taken = used[name]
-            later = [p for p in persona.get(call_id, ()) if p["mono"] >= end - 1e-3 and id(p) not in taken]
-            later = [p for p in later if p.get("latency") is not None]
-            if later:
-                p = min(later, key=lambda c: c["mono"])
-                taken.add(id(p))
-                said_end, heard_end = p["mono"] - p["sinceSpeech"], p["mono"] - p["latency"]
-                pairs[name].append(Pair(value, heard_end - said_end, said_end - start, end - heard_end, start))
+            ends = [(i, span) for i, span in enumerate(spans[name].get(call_id, ())) if span[1] <= end + 1e-3]
+            ends = [(i, span) for i, span in ends if (call_id, i) not in taken]
+            if ends:
+                i, (t_start, t_end) = max(ends, key=lambda c: c[1][1])
+                taken.add((call_id, i))
+                pairs[name].append(Pair(value, t_end - t_start, t_start - start, end - t_end, start))
         elif name == "end_to_score" and call_id in ended and call_id in webhook:
             e, w = ended[call_id], webhook[call_id]
             lead = None if start is None else e - start
@@ -375,10 +431,11 @@ def truth_unpaired(truth: list[dict[str, Any]]) -> dict[str, list[float]]:
             out["persona_response"].append(t["sinceSpeech"])
             if t.get("latency") is not None:
                 out["response"].append(t["latency"])
-                out["endpointing"].append(t["sinceSpeech"] - t["latency"])
         elif t["event"] == "webhook_attempt" and t.get("ok") and t["callId"] in ended and t["callId"] not in seen:
             seen.add(t["callId"])
             out["end_to_score"].append(t["mono"] - ended[t["callId"]])
+    for name, calls in truth_spans(truth).items():
+        out[name] = [end - start for spans in calls.values() for start, end in spans]
     return out
 
 
@@ -533,8 +590,14 @@ offsets (error = tool - truth; lead = truth start - tool start, lag = tool end -
                     not its `latency` (which starts at the VAD decision, a 300 ms hangover later). The tool
                     starts at the clip's speech end on its send schedule: lead = send lateness + trip of
                     the last speech frame, lag = the personaSpeaking trip.
-  endpointing       truth = sim sinceSpeech - latency of the reply (VAD's last speech -> userSpeaking false sent);
+  endpointing       truth = sim sinceSpeech of userSpeaking false (VAD's last speech -> userSpeaking false sent);
   response          truth = sim latency of the reply (userSpeaking false sent -> personaSpeaking true sent).
+  time_to_first_word  truth = join received -> first persona frame sent; the tool adds the connect (as above).
+  persona_audio_lead  truth = personaSpeaking true sent -> the utterance's first frame sent.
+  speech_onset      truth = the rep's first speech frame arrived -> userSpeaking true sent (the VAD's
+                    two-frame start: 20 ms in both); the tool starts at the clip's speech start.
+  barge_in          truth = the first speech frame of the rep talking over the persona arrived ->
+                    personaSpeaking false sent.
   end_to_score      truth = sim webhook_attempt (200 received) - sim ended (sent). The tool sees ended one
                     trip later (lead < 0) and the webhook before the 200 travels back (lag < 0): ~ -1 ms.
                     (Without TCP_NODELAY on the receiver, a few % showed ~ -40 ms: Nagle + delayed ACK.)
@@ -574,18 +637,17 @@ def print_summary(levels: list[Level], started: float) -> None:
     print("  clips (speech end by the tool's detector vs the simulator's VAD, from the first frame):")
     for line in clip_offsets():
         print("    " + line)
-    print("\nsummary: p95 error in ms (tool - truth), as reported | exact samples; generator health")
-    names = "".join(f"{n:>18}" for n in TIMINGS)
-    print(f"  {'users':>5}{names} | {'connect after ramp':>18} | {'max CPU':>8}{'sat s':>7}")
-    for level in levels:
+    print("\nsummary: p95 error in ms (tool - truth), as reported | exact samples; a column per level")
+    print(f"  {'users':<20}" + "".join(f"{level.users:>17}" for level in levels))
+    for n in TIMINGS:
         cells = "".join(
-            f"{_ms(level.rows[n]['err95'], 8, True)} |{_ms(level.rows[n]['xerr95'], 7, True)} " for n in TIMINGS
+            f"{_ms(level.rows[n]['err95'], 8, True)} |{_ms(level.rows[n]['xerr95'], 7, True)}" for level in levels
         )
-        health = level.summary.get("loadgen", {})
-        print(
-            f"  {level.users:>5}  {cells}|{_ms(level.ramp.get('xerr95'), 18, True)} | "
-            f"{100 * health.get('max_cpu_ratio', 0):>7.0f}%{health.get('saturated_seconds', 0):>7.0f}"
-        )
+        print(f"  {n:<20}{cells}")
+    health = [level.summary.get("loadgen", {}) for level in levels]
+    print(f"  {'connect after ramp':<20}" + "".join(f"{_ms(level.ramp.get('xerr95'), 17, True)}" for level in levels))
+    print(f"  {'generator max CPU':<20}" + "".join(f"{100 * h.get('max_cpu_ratio', 0):>16.0f}%" for h in health))
+    print(f"  {'saturated s':<20}" + "".join(f"{h.get('saturated_seconds', 0):>17.0f}" for h in health))
     flagged = next((lv.users for lv in levels if lv.summary.get("loadgen", {}).get("saturated_seconds", 0) > 0), None)
     print(f"\nfirst level the tool flagged itself saturated: {flagged if flagged is not None else 'none'}")
     for label, key in (
@@ -605,7 +667,7 @@ def print_summary(levels: list[Level], started: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--levels", default="10,100,200,400,700", help="users per level, comma-separated")
+    parser.add_argument("--levels", default="10,100,200,400", help="users per level, comma-separated")
     parser.add_argument("--seconds", type=int, default=40, help="run time (-t) of each level")
     parser.add_argument("--no-pin", action="store_true", help="do not pin Locust and the simulator to cores")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, truth, samples)")

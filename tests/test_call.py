@@ -726,6 +726,30 @@ def test_the_run_ending_mid_call_aborts_it_without_errors():
     check_accounting(h, [call])
 
 
+def test_once_the_stop_begins_a_call_times_nothing_and_is_still_accounted():
+    """Locust stops every user at once; until a call's own user is stopped, the loop busy with the
+    others reads its events late (a 400 ms stall at 100 users in the fidelity benchmark). So from
+    the stop's start a call records no timing and no error, only its accounting and its score."""
+    settings_of: list[Any] = []
+
+    class StopsMidCall(Platform):
+        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+            if index == 1:
+                settings_of[0].stopping.set()  # Locust's test_stopping, as the rep's second turn ends
+                session.user(utterance.start + SPEECH[1] + 0.4, False)
+            super().turn(session, index, utterance)
+
+    h = Harness()
+    settings_of.append(h.settings)
+    call = h.run(StopsMidCall)
+    assert call.outcome is Outcome.COMPLETED and h.calls()["scored"] == 1
+    assert len(h.entries("persona_response")) == 1  # the first turn's reply, before the stop
+    assert h.metrics.timing(Timing.PERSONA_RESPONSE).count == 1
+    assert h.metrics.timing(Timing.ENDPOINTING).count == 0  # said during the stop only
+    assert len(h.entries("end_to_score")) == 1 and len(h.entries("call")) == 1
+    check_accounting(h, [call])
+
+
 def test_the_run_ending_while_a_score_is_awaited_leaves_it_pending():
     class Unscored(Platform):
         score_after = None

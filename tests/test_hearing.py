@@ -152,33 +152,40 @@ def test_stalls_in_the_persona_audio_and_a_faulty_transcript_are_caught(sim_fact
     """Stalls of 150 ms, more than the 60 ms jitter buffer: each one the simulator made is a gap of
     its length, an underrun, and its dead air; persona-minutes are the audio received. And each rep
     segment the platform dropped from the transcript is a missing turn, each it shifted by 0.8 s a
-    misaligned one."""
+    misaligned one, and a segment it merged into the one before misaligns both turns."""
     sim = sim_factory(
         "--persona-gaps", "30", "--persona-gap", "fixed:0.15", "--persona-utterance", "fixed:2.0",
         "--load-slowdown", "0", "--greeting-drills", f"{DRILL}=2",
-        "--transcript-drop", "0.3", "--transcript-shift", "0.3", "--transcript-shift-by", "0.8",
+        "--transcript-drop", "0.2", "--transcript-merge", "0.6", "--transcript-shift", "0.2",
+    "--transcript-shift-by", "0.8",
     )  # fmt: skip
     clip = tone_clip()
-    plan = [scenario("talk", Turn(clip, "tone"), Turn(clip, "tone"))] * 4
-    calls, metrics, _ = run_calls(sim, plan, transcript_check=True)
-    assert [c.outcome for c in calls] == [Outcome.COMPLETED] * 4
+    n = 8
+    plan = [scenario("talk", Turn(clip, "tone"), Turn(clip, "tone"))] * n
+    calls, metrics, _ = run_calls(sim, plan, stagger=0.1, transcript_check=True)
+    assert [c.outcome for c in calls] == [Outcome.COMPLETED] * n
     utterances = faults(sim, "persona_speaking")
     made = [g for e in utterances if not e["speaking"] for g in e["gaps"]]
-    assert len(made) >= 5, made  # 12 utterances of 2 s at 30 a minute: about 12
+    assert len(made) >= 5, made  # 3n utterances of 2 s at 30 a minute: about 3n
     gaps = metrics.timing(Timing.PERSONA_AUDIO_GAP)
     assert gaps.count == len(made) and gaps.percentile(50) == pytest.approx(0.15, abs=FEW_MS)
     audio = metrics.summary()["persona_audio"]
     assert audio["underruns"] == len(made)
     assert audio["dead_air_seconds"] == pytest.approx(0.15 * len(made), abs=FEW_MS * len(made))
-    assert audio["minutes"] == pytest.approx(12 * 2.0 / 60, rel=0.05)  # 4 greetings and 8 replies of 2 s
+    assert audio["minutes"] == pytest.approx(3 * n * 2.0 / 60, rel=0.05)  # a greeting and two replies of 2 s
     assert audio["underruns_per_persona_minute"] == pytest.approx(len(made) / audio["minutes"], rel=0.01)
 
-    done = [e["fault"] for e in faults(sim, "transcript_fault")]
+    # a first turn has nothing to merge into (kept whole, no fault); a second may be merged (only
+    # a second: so a call's merge tells which turn it was, whatever befell its first)
+    per_call: dict[str, list[str]] = {}
+    for e in faults(sim, "transcript_fault"):
+        per_call.setdefault(e["callId"], []).append(e["fault"])
+    done = [f for faults_of in per_call.values() for f in faults_of]
+    assert "merge" in done, done  # each second turn merged at 0.6: none in 8 calls is 0.07%
+    missing = sum(f.count("drop") for f in per_call.values() if "merge" not in f)
+    misaligned = sum(2 if "merge" in f else f.count("shift") for f in per_call.values())
     checked = metrics.summary()["transcript"]
-    assert done, "the simulator dropped or shifted nothing: no check"  # 8 turns at 0.6: about 5
-    assert (checked["turns"], checked["missing"], checked["misaligned"]) == (
-        8, done.count("drop"), done.count("shift")
-    )  # fmt: skip
+    assert (checked["turns"], checked["missing"], checked["misaligned"]) == (2 * n, missing, misaligned)
 
 
 def test_jitter_in_the_persona_audio_and_a_barge_in_it_ignored(sim_factory):

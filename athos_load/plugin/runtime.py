@@ -425,6 +425,12 @@ class Runtime:
 
     # -- the end of a run --------------------------------------------------------------------------
 
+    def on_test_stopping(self) -> None:
+        """The stop begins (before Locust stops the users): from now on a call records only its
+        accounting and a score (``call.KEPT_WHILE_STOPPING``)."""
+        if self.plan is not None and self.plan.settings is not None:
+            self.plan.settings.stopping.set()
+
     def on_test_stop(self) -> None:
         timeout = self.options.drain_timeout
         if self.is_worker:

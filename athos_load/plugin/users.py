@@ -83,6 +83,7 @@ def install() -> None:
     events.init_command_line_parser.add_listener(_add_options)
     events.init.add_listener(_init)
     events.test_start.add_listener(_test_start)
+    events.test_stopping.add_listener(_test_stopping)
     events.test_stop.add_listener(_test_stop)
     events.quitting.add_listener(_quitting)
 
@@ -109,6 +110,11 @@ def _runtime(environment: Any) -> Runtime | None:
 def _test_start(environment: Any, **_: Any) -> None:
     if (runtime := _runtime(environment)) is not None:
         runtime.on_test_start()
+
+
+def _test_stopping(environment: Any, **_: Any) -> None:
+    if (runtime := _runtime(environment)) is not None:
+        runtime.on_test_stopping()
 
 
 def _test_stop(environment: Any, **_: Any) -> None:

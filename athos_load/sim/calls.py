@@ -93,7 +93,7 @@ class Call:
         "ready_at", "ready_wall", "state", "link", "vad", "turn", "status", "seq", "transcript",
         "rep_talk", "persona_talk", "persona_turns", "rep_stopped_at", "dropped_at", "dropped_once",
         "end_reason", "ended_at", "ended_wall", "duration_sec", "score", "scored_wall", "timers",
-        "told_user", "told_persona", "pacer_slot", "answer_owed",
+        "told_user", "told_persona", "pacer_slot", "answer_owed", "barged_at",
         "_frames", "_frame_s", "_sp", "_sp_total", "_sp_line", "_sp_greeting", "_sp_began", "_sp_imp",
     )  # fmt: skip
 
@@ -135,6 +135,7 @@ class Call:
         self.persona_turns = 0  # answers finished (the greeting is not one)
         self.rep_stopped_at: float | None = None
         self.answer_owed = False  # the rep's turn ended while the persona talked on: answer after it
+        self.barged_at: float | None = None  # the rep started talking over the persona's utterance (VAD start)
         self.dropped_at: float | None = None
         self.dropped_once = False
         self.end_reason: str | None = None
@@ -243,6 +244,8 @@ class Call:
                     sp.next = k
                     return hold
             send(frames[k % loop_len])
+            if k == 0:  # its first frame (every frame of the voice has sound): what a rep first hears
+                self.platform.truth.record("persona_audio", self.id, greeting=self._sp_greeting)
         if sp.next < total:
             return sp.next_deadline
         end = sp.deadline(total)  # the last frame has played out at the client
@@ -268,9 +271,16 @@ class Call:
         self.platform.truth.record(
             "persona_speaking", self.id, speaking=False, interrupted=interrupted, greeting=self._sp_greeting,
             utterance=round(end - start, 6), gaps=gaps,
+            **self._barge_in_truth(),
         )  # fmt: skip
         if not self._sp_greeting and not interrupted:
             self.persona_turns += 1
+
+    def _barge_in_truth(self) -> dict[str, float]:
+        """How long the persona talked on over the rep (yielding, or finishing anyway): the truth
+        of a client's barge-in timing, from the rep's first speech frame to this stop."""
+        barged_at, self.barged_at = self.barged_at, None
+        return {} if barged_at is None else {"sinceSpeech": round(time.monotonic() - barged_at, 6)}
 
     # -- transcript and record ---------------------------------------------------------------------
 

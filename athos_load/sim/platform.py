@@ -289,7 +289,10 @@ class Platform:
     def _rep_started(self, call: Call, now: float) -> None:
         call.cancel_timer("endpoint")  # the rep went on before the platform called the turn over
         call.tell_user(True)
-        self.truth.record("user_speaking", call.id, speaking=True, start=round(call.vad.start - call.ready_at, 6))
+        self.truth.record(
+            "user_speaking", call.id, speaking=True, start=round(call.vad.start - call.ready_at, 6),
+            sinceSpeech=round(now - call.vad.start, 6),
+        )  # fmt: skip
         if call.turn is Turn.SPEAKING:
             self._barged_in(call, now)
         elif call.turn is Turn.THINKING:
@@ -322,6 +325,7 @@ class Platform:
         """The rep talks over the persona: it yields (at once, or ``--barge-in-yield`` later), or,
         with probability ``--barge-in-ignore``, talks on to the end of its utterance."""
         cfg = self.config
+        call.barged_at = call.vad.start
         if cfg.barge_in_ignore and self.rng.random() < cfg.barge_in_ignore:
             self.truth.record("barge_in", call.id, ignored=True)
             return
@@ -348,7 +352,12 @@ class Platform:
         call.tell_user(False)
         call.rep_stopped_at = now
         self.truth.record(
-            "user_speaking", call.id, speaking=False, utterance=round(length, 6), endpointingDelay=round(delay, 6)
+            "user_speaking",
+            call.id,
+            speaking=False,
+            utterance=round(length, 6),
+            endpointingDelay=round(delay, 6),
+            sinceSpeech=round(now - call.vad.last_end, 6),
         )
         if call.turn is Turn.SPEAKING:  # it talked on over the rep (a barge-in ignored): answer once done
             call.answer_owed = True
