@@ -425,10 +425,9 @@ class Call:
     def _settle_barge_in(self, stopped_at: float | None) -> None:
         """The persona stopped (at ``stopped_at``) or the call ended (None) with a barge-in pending:
         it yielded in time, or it talked on over the rep for longer than BARGE_IN_TIMEOUT."""
-        barged = self._barge_at
+        barged, self._barge_at = self._barge_at, None
         if barged is None or (stopped_at is not None and stopped_at < barged):
-            return  # no barge-in, or the persona finished before the rep's words came
-        self._barge_at = None
+            return  # no barge-in, or the persona finished before the rep's words came: none happened
         talked_on = (time.monotonic() if stopped_at is None else stopped_at) - barged
         if talked_on > BARGE_IN_TIMEOUT:
             self._record(Step.BARGE_IN, error="ignored")

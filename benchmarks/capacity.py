@@ -42,6 +42,7 @@ SIM_ARGS = [
     "--ready-latency", "fixed:0.01", "--response-latency", "fixed:0.2", "--persona-utterance", "fixed:0.8",
     "--load-slowdown", "0", "--max-call-seconds", "0", "--token-ttl", "3600", "--scorers", "64",
     "--resume-window", "1",
+    "--drops-per-minute", "0",  # every level the same conversation: no transient drops
 ]  # fmt: skip
 
 

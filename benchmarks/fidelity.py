@@ -123,7 +123,7 @@ SIM_ARGS = (
     "--ready-latency lognormal:0.15,0.4 --response-latency lognormal:0.5,1.0 "
     "--score-delay lognormal:1.0,2.5 --scorers 64 --load-slowdown 0 --seed 1 "
     "--endpointing-delay lognormal:0.05,0.2 --persona-audio-delay lognormal:0.05,0.15 "
-    "--barge-in-yield lognormal:0.1,0.3"
+    "--barge-in-yield lognormal:0.1,0.3 --drops-per-minute 0"
 )
 LOCUST_CORE, SIM_CORE = 1, 0
 DRAIN_TIMEOUT = 15  # --athos-drain-timeout: bounds the end of a saturated level

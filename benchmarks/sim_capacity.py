@@ -51,6 +51,7 @@ SIM_ARGS = [
     # latencies fixed and unscaled, so every level has the same conversation shape
     "--ready-latency", "fixed:0.01", "--response-latency", "fixed:0.2", "--persona-utterance", "fixed:2",
     "--load-slowdown", "0", "--max-call-seconds", "0", "--score-delay", "fixed:0.05", "--scorers", "8",
+    "--drops-per-minute", "0",  # every level the same conversation: no transient drops
 ]  # fmt: skip
 
 

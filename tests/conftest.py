@@ -17,11 +17,11 @@ from athos_load.simproc import SimulatorProcess
 # -- sim: the simulator, started as a subprocess ---------------------------------------------------
 
 SIM_START_TIMEOUT = 10.0
-# Latencies short and fixed, so tests run quickly and their expectations are exact; a test that
-# needs other knobs passes them to sim_factory (later options override these).
+# Latencies short and fixed and no transient drops, so tests run quickly and their expectations are
+# exact; a test that needs other knobs passes them to sim_factory (later options override these).
 SIM_FAST_ARGS = (
     "--ready-latency", "fixed:0.05", "--response-latency", "fixed:0.2", "--score-delay", "fixed:0.2",
-    "--persona-utterance", "fixed:0.5", "--seed", "7",
+    "--persona-utterance", "fixed:0.5", "--seed", "7", "--drops-per-minute", "0",
 )  # fmt: skip
 
 

@@ -532,6 +532,25 @@ def test_drop_resume_and_resume_window(sim_factory):
     assert truth_events(sim, "resume", callId=ready["callId"])[0]["gap"] > 0
 
 
+def test_a_turn_the_platform_was_answering_when_the_connection_dropped_is_answered_after_the_resume(sim_factory):
+    """A transient drop does not make the persona forget the rep: the rep's turn has ended (the
+    persona thinks for 2 s) when the connection drops; once resumed, the reply comes."""
+    sim = sim_factory("--response-latency", "fixed:2.0", "--load-slowdown", "0", "--drop-after", "1.5")
+    peer = join(sim, mint(sim))
+    ready = peer.wait_for("ready")
+    peer.stream(TONE_FRAMES[:25] + [SILENCE] * 20)  # 0.5 s of speech: heard over 0.3 s later
+    peer.wait_for("userSpeaking", speaking=False)
+    assert peer.wait_closed(timeout=3) == "lost"  # dropped while the persona thinks
+    again = Peer(sim)
+    again.send({"type": "resume", "resumeToken": ready["resumeToken"], "callId": ready["callId"]})
+    again.wait_for("reconnected")
+    again.wait_for("personaSpeaking", speaking=True, timeout=4)
+    again.send({"type": "hangup"})
+    again.wait_for("ended")
+    reply = [e for e in truth_events(sim, "persona_speaking", callId=ready["callId"]) if e["speaking"]]
+    assert len(reply) == 1 and reply[0]["latency"] == pytest.approx(2.0, abs=0.05)  # from the rep's return
+
+
 def test_resume_failure_loses_the_call(sim_factory):
     sim = sim_factory("--drop-after", "0.3", "--resume-fail-rate", "1")
     peer = join(sim, mint(sim))

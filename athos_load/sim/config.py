@@ -158,8 +158,9 @@ class SimConfig:
     transcript_merge: float = 0.0
     transcript_shift: float = 0.0
     transcript_shift_by: float = 1.0
-    # transient drops
-    drops_per_minute: float = 0.0
+    # transient drops: a few, so a first run against the defaults shows reconnects (about 5 in the
+    # README's minute of 20 reps); a drop is resumed and the conversation goes on where it was
+    drops_per_minute: float = 0.3
     drop_after: float = 0.0
     resume_window: float = 10.0
     resume_fail_rate: float = 0.0
@@ -496,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--drops-per-minute",
         type=_non_negative,
         default=d.drops_per_minute,
-        help="abrupt connection drops per active call-minute (Poisson)",
+        help="abrupt connection drops per active call-minute (Poisson); 0 for none",
     )
     g.add_argument(
         "--drop-after",

@@ -254,6 +254,10 @@ class Platform:
         link.send_text(Reconnected(call.id).serialize())
         call.catch_up()
         self.truth.record("resume", call.id, gap=round(gap, 6))
+        if call.answer_owed and call.turn is Turn.LISTENING:
+            call.answer_owed = False
+            call.rep_stopped_at = now  # the response latency counts from the rep's return
+            self._prepare_answer(call)
         self._arm_random_drop(call)
         return call
 
@@ -432,6 +436,11 @@ class Platform:
         call.link = None
         call.dropped_at = now
         self.live.discard(call)
+        # a transient drop does not make the platform forget the rep's turn: one it was hearing,
+        # ending or answering is answered once the client is back (unless the rep talks on then)
+        if call.turn is Turn.THINKING or call.vad.speaking or "endpoint" in call.timers:
+            call.answer_owed = True
+        call.cancel_timer("endpoint")
         self._cut_turns(call, now)
         call.cancel_timer("drop")
         self.counters.drops += 1
