@@ -29,6 +29,11 @@ logger = logging.getLogger(__name__)
 # 5.4-9 ms off the simulator's truth (handshakes queued behind the busy loop); at 400 users, 60%
 # CPU, it was within 3 ms. A generator past this share of a core is saturated.
 CPU_LIMIT = 0.75
+# The loop's lateness is sampled every TICK, a frame of audio, so a stall is seen within a frame of
+# its start; a tick a frame late is a stall, and persona audio gaps it covers are the generator's
+# (hearing.PersonaStream.judge).
+TICK = 0.02
+STALL = 0.02
 
 
 class HealthMonitor:
@@ -38,7 +43,7 @@ class HealthMonitor:
         *,
         users: Callable[[], int] | None = None,
         running: Callable[[], bool] | None = None,
-        tick: float = 0.05,
+        tick: float = TICK,
         window: float = 5.0,
         cpu_limit: float = CPU_LIMIT,
         lag_limit: float = 0.020,
@@ -73,9 +78,12 @@ class HealthMonitor:
         while True:
             due = time.monotonic() + self.tick
             gevent.sleep(self.tick)
-            lag = max(0.0, time.monotonic() - due)
+            woke = time.monotonic()
+            lag = max(0.0, woke - due)
             self._lags.append(lag)
             self.metrics.loop_lag.observe(lag, worker=self.metrics.source)
+            if lag > STALL:  # the loop was blocked from at most a tick before due until now
+                self.metrics.loop_stalls.append((due, woke))
             now = time.monotonic()
             if now >= next_sample:
                 next_sample = max(next_sample + 1.0, now)  # a late loop samples late, not in a burst

@@ -27,6 +27,7 @@ import bisect
 import enum
 import re
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -117,6 +118,7 @@ KNOWN_CODES = tuple(code.value for code in ErrorCode)
 OTHER_CODE = "other"
 # A histogram labelled with this gets the reporting worker's index as its value on the master.
 SOURCE_LABEL = "worker"
+LOOP_STALLS_KEPT = 1024  # the generator's latest loop stalls, to judge persona audio gaps by: 20 s of a saturated loop
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 LabelKey = tuple[str, ...]  # label values, in the instrument's label-name order
@@ -444,6 +446,14 @@ class Metrics:
             "seconds of silence inside persona utterances (its audio gaps)",
             "scenario",
         )
+        self.generator_gaps = counter(
+            "athos_loadgen_persona_gaps",
+            "gaps in the persona's audio that the generator's own stalled loop made (it read the frames late): "
+            "not counted as the platform's gaps, dead air or underruns",
+            "scenario",
+        )
+        # the generator's latest event-loop stalls, (from, to) monotonic, from its health monitor
+        self.loop_stalls: deque[tuple[float, float]] = deque(maxlen=LOOP_STALLS_KEPT)
         self.transcript_turns = counter(
             "athos_transcript_turns", "rep turns held against the platform's transcripts", "scenario"
         )
@@ -736,12 +746,15 @@ class Metrics:
         self.persona_audio_seconds.inc(stream.seconds, scenario=scenario)
         if stream.frames > 1:
             self.timings[Timing.PERSONA_AUDIO_JITTER].observe(stream.jitter, scenario=scenario)
-        for gap in stream.gaps:
+        gaps, underruns, ours = stream.judge(self.loop_stalls)
+        for gap in gaps:
             self.timings[Timing.PERSONA_AUDIO_GAP].observe(gap, scenario=scenario)
-        if stream.gaps:
-            self.persona_dead_air.inc(sum(stream.gaps), scenario=scenario)
-        if stream.underruns:
-            self.persona_underruns.inc(stream.underruns, scenario=scenario)
+        if gaps:
+            self.persona_dead_air.inc(sum(gaps), scenario=scenario)
+        if underruns:
+            self.persona_underruns.inc(underruns, scenario=scenario)
+        if ours:
+            self.generator_gaps.inc(ours, scenario=scenario)
 
     def _persona_audio_summary(self) -> dict[str, Any]:
         return {
@@ -750,6 +763,7 @@ class Metrics:
             "underruns_per_persona_minute": self.persona_minute_rate(self.persona_underruns),
             "dead_air_seconds": round(self.persona_dead_air.total(), 3),
             "dead_air_per_persona_minute": self.persona_minute_rate(self.persona_dead_air),
+            "generator_gaps": self.generator_gaps.total(),
         }
 
     def transcript_checked(self, scenario: str, result: TranscriptCheck) -> None:

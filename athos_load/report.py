@@ -53,7 +53,9 @@ def _heard_text(summary: dict[str, Any]) -> str:
         parts.append(
             f"persona audio {audio['minutes']:.1f} min: {audio['underruns_per_persona_minute']:.3g} underruns and "
             f"{audio['dead_air_per_persona_minute']:.3g} s dead air per minute"
-        )
+            + (f" ({count_text(audio['generator_gaps'])} more gaps were the generator's own stalls)"
+               if audio.get("generator_gaps") else "")
+        )  # fmt: skip
     transcript = summary.get("transcript") or {}
     if transcript.get("turns"):
         wer = transcript.get("wer")

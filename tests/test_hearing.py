@@ -6,11 +6,15 @@ clip analysis and the simulator's VAD alike."""
 
 from __future__ import annotations
 
+import time
+
+import gevent
 import numpy as np
 import pytest
 from support.calls import FMT, run_calls
 
 from athos_load.audio import Clip, find_speech, frames_from_pcm
+from athos_load.health import HealthMonitor
 from athos_load.hearing import JITTER_GAIN, PersonaStream, has_sound
 from athos_load.metrics import Metrics, Outcome, Timing
 from athos_load.scenario import Scenario, Turn
@@ -60,6 +64,18 @@ def test_jitter_follows_rfc_3550():
         expected += (abs(b - a - F) - expected) * JITTER_GAIN
     assert s.jitter == pytest.approx(expected) and s.jitter == pytest.approx(0.01, rel=0.01)
     assert s.gaps == [] and s.underruns == 0
+
+
+def test_a_gap_the_generators_own_stall_covers_is_not_the_platforms():
+    """A 100 ms hole in the arrivals: the platform's, unless the generator's loop was stalled over
+    it (then the frames had come on time and were read late), allowing for the stall being seen up
+    to two frames after it began. A stall over a small part of the hole does not explain it."""
+    times = [k * F for k in range(50)] + [49 * F + 0.12 + k * F for k in range(50)]
+    hole = (49 * F + F, 49 * F + 0.12)  # from when the next frame was due to when it came
+    assert stream(times).judge([]) == ([pytest.approx(0.1)], 1, 0)
+    assert stream(times).judge([(hole[0] + 0.035, hole[1])]) == ([], 0, 1)
+    assert stream(times).judge([(hole[0] + 0.05, hole[1])]) == ([pytest.approx(0.1)], 1, 0)
+    assert stream(times).judge([(hole[0] - 5.0, hole[0] - 4.0)]) == ([pytest.approx(0.1)], 1, 0)
 
 
 def test_sound_is_above_the_floor():
@@ -186,6 +202,32 @@ def test_stalls_in_the_persona_audio_and_a_faulty_transcript_are_caught(sim_fact
     misaligned = sum(2 if "merge" in f else f.count("shift") for f in per_call.values())
     checked = metrics.summary()["transcript"]
     assert (checked["turns"], checked["missing"], checked["misaligned"]) == (2 * n, missing, misaligned)
+
+
+def test_a_stall_of_the_generators_own_loop_is_not_a_gap_in_the_platforms_audio(sim_factory):
+    """The generator's loop blocked for 200 ms while the persona greets (a long GC pause, a slow
+    report): the frames came on time and were read late. Its health monitor saw the stall, so the
+    hole is the generator's, not the platform's: no gap, no dead air, no underrun."""
+    sim = sim_factory("--greeting-drills", f"{DRILL}=3")
+    metrics = Metrics()
+    monitor = HealthMonitor(metrics).start()
+
+    def block(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:  # busy: nothing else in this process runs meanwhile
+            pass
+
+    blocker = gevent.spawn_later(1.0, block, 0.2)  # into the greetings (from ready, about 50 ms in)
+    try:
+        calls, metrics, _ = run_calls(sim, [scenario("talk", Turn(tone_clip(), "tone"))] * 2, metrics=metrics)
+    finally:
+        monitor.stop()
+        blocker.kill()
+    assert [c.outcome for c in calls] == [Outcome.COMPLETED] * 2
+    audio = metrics.summary()["persona_audio"]
+    assert audio["generator_gaps"] == 2  # one in each call's greeting
+    assert metrics.timing(Timing.PERSONA_AUDIO_GAP).count == 0
+    assert (audio["underruns"], audio["dead_air_seconds"]) == (0, 0.0)
 
 
 def test_jitter_in_the_persona_audio_and_a_barge_in_it_ignored(sim_factory):

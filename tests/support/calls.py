@@ -20,15 +20,15 @@ FMT = AudioFormat()
 
 
 def run_calls(
-    sim: Any, plan: list[Scenario], stagger: float = 0.1, **options: Any
+    sim: Any, plan: list[Scenario], stagger: float = 0.1, metrics: Metrics | None = None, **options: Any
 ) -> tuple[list[Call], Metrics, list[dict]]:
-    """Run one call per scenario in ``plan``, all at once (started ``stagger`` apart), to the end;
-    ``options`` are more of :class:`CallSettings`' fields."""
+    """Run one call per scenario in ``plan``, all at once (started ``stagger`` apart), to the end,
+    recording into ``metrics`` (a new one by default); ``options`` are more of :class:`CallSettings`' fields."""
     settings = CallSettings(
         api=AthosApi(sim.http_url, sim.api_key),
         ws_url=sim.ws_url,
         board=ScoreBoard(),
-        metrics=Metrics(),
+        metrics=metrics if metrics is not None else Metrics(),
         pacer=AudioPacer(),
         audio=FMT,
         drain=ScoreDrain(),
