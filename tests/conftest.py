@@ -83,7 +83,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, d
     with CSV and every report written into its directory and ``GENEROUS_GATES`` deciding the exit
     code: ``(directory, completed process, summary)``. One run for the run's and the gates' tests."""
     out = tmp_path_factory.mktemp("smoke")
-    result, summary = gated_run(out, GENEROUS_GATES, "-u", "20", "-r", "10", "-t", "20s", "--csv", str(out / "run"))
+    result, summary = gated_run(out, GENEROUS_GATES, "-u", "20", "-r", "10", "-t", "16s", "--csv", str(out / "run"))
     return out, result, summary
 
 
@@ -99,7 +99,7 @@ def slowed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, 
     ``(directory, completed process, summary)``. One run for the gates' and the report's tests."""
     out = tmp_path_factory.mktemp("slowed")
     result, summary = gated_run(
-        out, SLOWED_GATES, "-u", "4", "-r", "4", "-t", "20s", "--athos-sim-args", "--response-latency fixed:1.6",
+        out, SLOWED_GATES, "-u", "4", "-r", "4", "-t", "16s", "--athos-sim-args", "--response-latency fixed:1.6",
         "--athos-report", str(out / "report.html"),
     )  # fmt: skip
     return out, result, summary

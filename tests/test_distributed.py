@@ -27,7 +27,8 @@ def test_master_merges_what_two_workers_recorded(tmp_path):
             "--master-bind-host", "127.0.0.1",
             "--master-bind-port", str(port),
             "--expect-workers", "2",
-            "--headless", "-u", "12", "-r", "12", "-t", "18s",
+            "--headless", "-u", "12", "-r", "12", "-t", "14s",
+            "--athos-sim-args", "--score-delay fixed:0.5",  # scores soon after each call: a short drain
             "--csv", str(tmp_path / "run"),
             "--athos-summary", str(tmp_path / "summary.json"),
             "--athos-metrics-file", str(tmp_path / "final.prom"),

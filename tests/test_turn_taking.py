@@ -96,7 +96,7 @@ def test_the_rep_waits_for_the_greeting_and_each_reply(sim_factory, tmp_path):
     greeted = load_scenario(GREETING_SCENARIO, FMT)
     assert greeted.persona_greets and greeted.drill == "callback-discovery"
     barging = barge_in_scenario(tmp_path)
-    plan = [greeted] * 20 + [barging] * 6
+    plan = [greeted] * 10 + [barging] * 4
     calls, metrics, reports = run_calls(sim, plan)
     sim.stop()  # flushes the truth log
     truth = sim.truth()
