@@ -41,11 +41,11 @@ What it prints, per level: a progress line; calls, the generator's max CPU (of o
 p50/p95/p99 ms, truth p50/p95/p99 ms, error = tool - truth at each) and a diagnostic table: the
 error of the tool's exact samples (``x err p95``, i.e. without the summary histogram's rounding),
 the histogram's own rounding at p95 (``hist p95``), and the per-call error and its lead/lag split;
-and connect_ready's lead during the ramp and after it.
+and the lead of connect_ready and time_to_first_word during the ramp and after it.
 At the end a summary across levels and the verdict: the highest level where every |p95 error| <=
 5 ms, the first level where the tool flagged itself saturated (saturated_seconds > 0), and whether
 the target holds at every level below it: as reported, for the exact samples, and for the exact
-samples with connect_ready's ramp connects left out.
+samples with the ramp's connects left out of connect_ready and time_to_first_word.
 
 The systematic offsets (definitions differ, not the tool being wrong):
 
@@ -116,6 +116,8 @@ TIMINGS = (
 # the timings from the audio: each paired with the truth span (start, end) of the same call that
 # ended last before the tool's sample ended (SPANS in pair())
 AUDIO_TIMINGS = ("endpointing", "time_to_first_word", "persona_audio_lead", "speech_onset", "barge_in")
+# the timings that start at `connecting`: during the ramp their connects queue (the ramp line per level)
+FROM_CONNECTING = ("connect_ready", "time_to_first_word")
 QUANTILES = (50, 95, 99)
 TARGET_MS = 5.0
 SCENARIO = "benchmarks/fidelity.yaml"
@@ -196,7 +198,7 @@ class Level:
     wall: float
     pinned: str
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ramp: dict[str, Any] = field(default_factory=dict)  # connect_ready split at the end of the ramp
+    ramp: dict[str, dict[str, Any]] = field(default_factory=dict)  # FROM_CONNECTING, split at the ramp's end
 
 
 def _children(pid: int) -> list[int]:
@@ -483,13 +485,14 @@ def analyse(level: Level) -> None:
         )  # fmt: skip
         level.rows[name] = row
     # Locust starts `rate` users at the same instant once a second: their first connects queue.
-    timed = [p for p in pairs["connect_ready"] if p.start is not None]
-    if timed:
-        cut = min(p.start for p in timed) + math.ceil(level.users / level.rate) - 1 + RAMP_SETTLE
+    connects = [p.start for p in pairs["connect_ready"] if p.start is not None]
+    for name in FROM_CONNECTING if connects else ():
+        timed = [p for p in pairs[name] if p.start is not None]
+        cut = min(connects) + math.ceil(level.users / level.rate) - 1 + RAMP_SETTLE
         during = [p for p in timed if p.start < cut]
         after = [p for p in timed if p.start >= cut]
         tool95, truth95 = _pct([p.tool for p in after], 95), _pct([p.truth for p in after], 95)
-        level.ramp = {
+        level.ramp[name] = {
             "n": len(during),
             "n_after": len(after),
             "lead50": _pct([p.lead for p in during if p.lead is not None], 50),
@@ -526,10 +529,9 @@ def print_level(level: Level) -> None:
             f"{_ms(r['lead50'], 8, True)}{_ms(r['lead95'], 7, True)} | {_ms(r['lag50'], 7, True)}"
             f"{_ms(r['lag95'], 7, True)}"
         )
-    if level.ramp:
-        r = level.ramp
+    for name, r in level.ramp.items():
         print(
-            f"  connect_ready and the ramp (Locust starts {level.rate} users at once each second): lead of the "
+            f"  {name} and the ramp (Locust starts {level.rate} users at once each second): lead of the "
             f"{r['n']} connects of the ramp p50 {_ms(r['lead50'], 0, True)} p95 {_ms(r['lead95'], 0, True)} ms; of "
             f"the {r['n_after']} after it p50 {_ms(r['after_lead50'], 0, True)} p95 {_ms(r['after_lead95'], 0, True)}"
             f" ms, whose p95 error is {_ms(r['xerr95'], 0, True)} ms (exact)"
@@ -606,12 +608,12 @@ offsets (error = tool - truth; lead = truth start - tool start, lag = tool end -
 
 
 def _p95_errors(level: Level, key: str) -> list[float | None]:
-    """The three p95 errors: ``err95`` (summary), ``xerr95`` (exact samples) or ``steady`` (exact,
-    connect_ready without the connects of the ramp)."""
+    """Each timing's p95 error: ``err95`` (summary), ``xerr95`` (exact samples) or ``steady`` (exact,
+    the timings from ``connecting`` without the connects of the ramp)."""
     if key == "steady":
-        connect = level.ramp.get("xerr95")  # no connects after the ramp (a short run): the whole run's
-        connect = level.rows[TIMINGS[0]]["xerr95"] if connect is None else connect
-        return [connect, *(level.rows[n]["xerr95"] for n in TIMINGS[1:])]
+        # (no connects after the ramp, in a short run: the whole run's)
+        steady = {n: level.ramp.get(n, {}).get("xerr95") for n in FROM_CONNECTING}
+        return [level.rows[n]["xerr95"] if steady.get(n) is None else steady[n] for n in TIMINGS]
     return [level.rows[n][key] for n in TIMINGS]
 
 
@@ -645,7 +647,9 @@ def print_summary(levels: list[Level], started: float) -> None:
         )
         print(f"  {n:<20}{cells}")
     health = [level.summary.get("loadgen", {}) for level in levels]
-    print(f"  {'connect after ramp':<20}" + "".join(f"{_ms(level.ramp.get('xerr95'), 17, True)}" for level in levels))
+    for n in FROM_CONNECTING:
+        cells = "".join(f"{_ms(level.ramp.get(n, {}).get('xerr95'), 17, True)}" for level in levels)
+        print(f"  {n[:10] + ' after ramp':<20}{cells}")
     print(f"  {'generator max CPU':<20}" + "".join(f"{100 * h.get('max_cpu_ratio', 0):>16.0f}%" for h in health))
     print(f"  {'saturated s':<20}" + "".join(f"{h.get('saturated_seconds', 0):>17.0f}" for h in health))
     flagged = next((lv.users for lv in levels if lv.summary.get("loadgen", {}).get("saturated_seconds", 0) > 0), None)
@@ -653,7 +657,7 @@ def print_summary(levels: list[Level], started: float) -> None:
     for label, key in (
         ("as reported (summary)", "err95"),
         ("exact samples (no histogram rounding)", "xerr95"),
-        ("exact, connect_ready after the ramp", "steady"),
+        ("exact, connect_ready and time_to_first_word after the ramp", "steady"),
     ):
         ok_up_to, holds, bad = verdict(levels, key)
         upto = f"{ok_up_to} users" if ok_up_to is not None else "none"

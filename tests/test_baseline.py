@@ -130,7 +130,7 @@ def test_a_run_slower_than_its_baseline_fails_its_regression_limits(tmp_path):
     audio = ROOT / "scenarios" / "audio" / "cold-call-discovery" / "03-discovery.wav"
     one_turn.write_text(f"name: one-turn\ndrill: cold-call-discovery\nturns:\n  - audio: {audio}\n")
     result = run_locust(
-        "--headless", "-u", "20", "-r", "5", "-t", "12s", "--athos-scenario", str(one_turn),
+        "--headless", "-u", "20", "-r", "5", "-t", "9s", "--athos-scenario", str(one_turn),
         "--athos-drain-timeout", "1", "--athos-summary", str(tmp_path / "s.json"),
         "--athos-gates", str(gates), "--athos-baseline", str(baseline),
         "--athos-sim-args", "--ready-latency lognormal:0.3,0.4 --response-latency lognormal:0.6,0.8",

@@ -72,7 +72,7 @@ def test_a_failed_step_has_no_response_time_in_locust(tmp_path):
         f"  - audio: {scenarios}/audio/cold-call-discovery/04-demo.wav\n"
     )
     result, summary = headless(
-        tmp_path, "-u", "2", "-r", "2", "-t", "8s", "--athos-scenario", str(impatient),
+        tmp_path, "-u", "2", "-r", "2", "-t", "6s", "--athos-scenario", str(impatient),
         "--athos-sim-args", "--response-latency fixed:5",
     )  # fmt: skip
     check_accounting(summary)

@@ -227,7 +227,7 @@ def test_a_saturated_generator_makes_the_run_invalid(tmp_path):
     gates = gates_file(tmp_path, 'connect_ready: ["p(95) < 30s"]\n')
     result = subprocess.run(
         [
-            *LOCUST[:-2], "-f", str(locustfile), "--headless", "-u", "3", "-r", "3", "-t", "12s",
+            *LOCUST[:-2], "-f", str(locustfile), "--headless", "-u", "3", "-r", "3", "-t", "10s",
             "--athos-scenario", "scenarios/smoke", "--athos-gates", str(gates), "--athos-drain-timeout", "0",
             "--athos-summary", str(tmp_path / "s.json"),
         ],
