@@ -84,9 +84,8 @@ class HealthMonitor:
             self.metrics.loop_lag.observe(lag, worker=self.metrics.source)
             if lag > STALL:  # the loop was blocked from at most a tick before due until now
                 self.metrics.loop_stalls.append((due, woke))
-            now = time.monotonic()
-            if now >= next_sample:
-                next_sample = max(next_sample + 1.0, now)  # a late loop samples late, not in a burst
+            if woke >= next_sample:
+                next_sample = max(next_sample + 1.0, woke)  # a late loop samples late, not in a burst
                 self._sample()
 
     def _sample(self) -> None:
