@@ -19,14 +19,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import soxr
 
-from athos_load.wire import AudioFormat, MaskedFrames, mask_frames
+from athos_load.wire import AudioFormat
 
 # Speech detection. A frame is speech when its RMS is within SPEECH_RANGE_DB of the clip's loudest
 # frame and above SPEECH_FLOOR_DB; the relative part adapts to quiet recordings, the floor keeps a
@@ -92,10 +92,6 @@ class Clip:
     fmt: AudioFormat
     frames: tuple[bytes, ...]
     speech: tuple[tuple[float, float], ...]  # (start, end) seconds of each utterance, on the frame grid
-    wire: MaskedFrames = field(init=False)  # the frames masked for sending, once, shared by every session
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "wire", mask_frames(self.frames))
 
     @property
     def duration(self) -> float:

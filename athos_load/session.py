@@ -34,7 +34,9 @@ import gevent.event
 import gevent.lock
 import websocket
 
+from .audio import Clip
 from .pacer import AudioPacer, Microphone, Utterance
+from .transport import CallListener
 from .wire import (
     OPCODE_BINARY,
     OPCODE_CLOSE,
@@ -50,6 +52,7 @@ from .wire import (
     Event,
     FrameError,
     FrameReader,
+    MaskedFrames,
     client_frame,
     close_payload,
     mask_frames,
@@ -134,6 +137,7 @@ class RoleplaySession:
         idle_timeout: float = 120.0,
         hangup_timeout: float = 10.0,
         reconnect: ReconnectPolicy | None = None,
+        listener: CallListener | None = None,
     ) -> None:
         self.url = url
         self.audio = audio
@@ -146,7 +150,9 @@ class RoleplaySession:
         self.audio_frames_received = 0
         # the persona's audio, ``on_audio(frame, arrived_at)`` per binary frame (not an SDK event:
         # the SDK plays it; the tool listens to it, see athos_load/hearing.py)
-        self.on_audio: Callable[[bytes, float], None] | None = None
+        self.on_audio: Callable[[bytes, float], None] | None = None if listener is None else listener.audio
+        # the transport seam (athos_load/transport.py): every event, typed, as it is emitted
+        self._listener = listener
         self._protocol = ClientProtocol(token=token, drill_key=drill_key, audio=audio)
         self._pacer = pacer or AudioPacer()  # none shared in: one of its own, not a process global
         self._ssl_context = ssl_context
@@ -241,14 +247,15 @@ class RoleplaySession:
         self._mics.append(mic)
         return mic.say(masked(frames))
 
-    def say(self, frames: Sequence[bytes]) -> Utterance:
-        """Queue a clip on the session's continuous microphone, which sends silence between clips
-        from the first call on, as a real client streams its microphone for the whole call."""
+    def say(self, clip: Clip | Sequence[bytes]) -> Utterance:
+        """Queue a clip (or its PCM frames) on the session's continuous microphone, which sends
+        silence between clips from the first call on, as a real client streams its microphone for
+        the whole call. A :class:`~athos_load.audio.Clip` is framed and masked once per process."""
         if self._microphone is None:
             silence = mask_frames([bytes(self.audio.frame_bytes)])[0]
             self._microphone = self._pacer.microphone(self, self.audio.frame_seconds, silence)
             self._mics.append(self._microphone)
-        return self._microphone.say(masked(frames))
+        return self._microphone.say(wire_frames(clip) if isinstance(clip, Clip) else masked(clip))
 
     def hangup(self, timeout: float | None = None) -> None:
         """Hang up and block until ``ended`` (if the server stays silent, end locally at the deadline)."""
@@ -459,6 +466,11 @@ class RoleplaySession:
             self._ready.set()
         elif name in ("reconnected", "error", "ended"):
             self._resume_deadline = None  # the resume was answered
+        if self._listener is not None:
+            try:
+                self._listener.event(event, record.at)
+            except Exception:
+                logger.exception("the call's listener raised on %r", name)
         for callback in tuple(self._listeners[name]):
             try:
                 callback(record)
@@ -469,6 +481,13 @@ class RoleplaySession:
             self._ready.set()
             if name == "ended" or self._protocol.state is CallState.FAILED:
                 self._ended.set()
+
+
+@functools.lru_cache(maxsize=1024)
+def wire_frames(clip: Clip) -> MaskedFrames:
+    """A clip's frames as masked WebSocket frames, made once and shared by every session that says it
+    (masking is a numpy pass over the clip; clips live for the run, so the cache stays small)."""
+    return mask_frames(clip.frames)
 
 
 def _raw_socket(sock: object) -> socket.socket | None:

@@ -148,29 +148,26 @@ def _install_hook(path: str) -> None:
         if exception is not None or name not in TIMINGS:
             return
         frame = sys._getframe(1)
-        for _ in range(8):  # listener <- EventHook.fire <- Call._record <- the step's caller
+        for _ in range(8):  # listener <- EventHook.fire <- Call._write, which holds the record
             if frame is None:
                 return
-            if frame.f_code.co_name == "_record" and isinstance(frame.f_locals.get("self"), Call):
+            if frame.f_code.co_name == "_write" and isinstance(frame.f_locals.get("self"), Call):
                 break
             frame = frame.f_back
         else:
             return
         call: Call = frame.f_locals["self"]
+        record = frame.f_locals["emitted"]
         value = response_time / 1000.0
         start: float | None
         if name == "connect_ready":
-            start = call._connecting_at
+            start = call.conversation.connecting_at
             end = None if start is None else start + value
-        elif name == "end_to_score":
-            start = call.ended_at
-            end = None if start is None else start + value
-        else:  # each ends where its caller saw it end: an event's arrival, a frame's, the persona's stop
-            caller = frame.f_back.f_locals if frame.f_back is not None else {}
-            event = caller.get("event")
-            end = getattr(event, "at", None) if event is not None else caller.get("at", caller.get("stopped_at"))
+        else:  # each ends where the call saw it end: an event's arrival, a frame's, the score's
+            end = record.at
             start = None if end is None else end - value
-        call_id = call.call_id or (call.session.call_id if call.session is not None else None)
+        transport = call.transport
+        call_id = call.call_id or getattr(transport, "call_id", None)
         samples.append({"n": name, "id": call_id, "v": value, "s": start, "e": end})
 
     def write(**_: Any) -> None:

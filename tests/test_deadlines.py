@@ -162,7 +162,7 @@ def one_call(peer: HostilePeer, **session_options: Any) -> tuple[Call, Metrics, 
     settings = CallSettings(
         api=api, ws_url=peer.url, board=ScoreBoard(), metrics=metrics, pacer=AudioPacer(), audio=fmt,
         drain=ScoreDrain(), score_timeout=1.0, connect_timeout=DEADLINE,
-        session_factory=functools.partial(RoleplaySession.create, hangup_timeout=DEADLINE, read_timeout=0.2),
+        transport=functools.partial(RoleplaySession, hangup_timeout=DEADLINE, read_timeout=0.2),
     )  # fmt: skip
     reports: list[dict[str, Any]] = []
     call = Call(settings, scenario, lambda **kw: reports.append(kw), random.Random(1))

@@ -66,8 +66,8 @@ class Rig:
         self.settings = CallSettings(
             api=self.api, ws_url=realtime_url(proxy.url), board=self.board, metrics=self.metrics,
             pacer=AudioPacer(), audio=FMT, drain=ScoreDrain(), score_timeout=score_timeout, connect_timeout=1.5,
-            session_factory=functools.partial(
-                RoleplaySession.create, read_timeout=0.2, idle_timeout=4.0, hangup_timeout=2.0,
+            transport=functools.partial(
+                RoleplaySession, read_timeout=0.2, idle_timeout=4.0, hangup_timeout=2.0,
                 reconnect=ReconnectPolicy(max_attempts=3, initial_delay=0.1, max_delay=0.5),
             ),
         )  # fmt: skip
@@ -79,7 +79,7 @@ class Rig:
     def when_ready(self, call: Call, after: float = 0.5) -> None:
         """Wait until the call is up (bounded), then ``after`` seconds more."""
         with gevent.Timeout(10):
-            while call._ready_at is None:
+            while call.conversation.ready_at is None:
                 gevent.sleep(0.02)
         gevent.sleep(after)
 

@@ -10,6 +10,7 @@ through its request event.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from typing import Any
@@ -20,6 +21,7 @@ from locust import User, between, events, task
 from ..call import Call
 from ..options import OptionError, add_options
 from ..scenario import ScenarioError, pick
+from ..transport import TransportFactory
 from ..verdict import ExitCode
 from .runtime import Runtime
 
@@ -39,6 +41,11 @@ class RoleplayUser(User):
     scenario_name: str | None = None
     """Pin this user class to one scenario by name; None mixes all loaded scenarios by weight."""
 
+    transport: TransportFactory | None = None
+    """The realtime leg its calls ride (athos_load/transport.py): a transport class, or a
+    ``functools.partial`` of one. None: the run's (the reference WebSocket protocol's
+    :class:`~athos_load.session.RoleplaySession`)."""
+
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
         self.rng = random.Random()
@@ -52,6 +59,8 @@ class RoleplayUser(User):
         if runtime is None:
             raise RuntimeError("athos-load is not installed: call athos_load.plugin.users.install() in the locustfile")
         self._settings, scenarios = runtime.user_settings()
+        if self.transport is not None:
+            self._settings = dataclasses.replace(self._settings, transport=self.transport)
         if self.scenario_name is not None:
             scenarios = [s for s in scenarios if s.name == self.scenario_name]
             if not scenarios:

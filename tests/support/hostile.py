@@ -32,6 +32,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -360,6 +361,39 @@ def unanswered_resume(c: Connection) -> None:
         c.drain(answer_hangup=False)
 
 
+# A call's timeline, in seconds after ready: the persona answers each of two rep turns whatever the
+# rep does (a timeline, not a reaction), so the same timeline can be played to any transport
+# (tests/test_transport_seam.py plays it to a fake one too).
+VOICED = b"\x00\x40\x00\xc0" * 160  # 20 ms of a loud square wave: a frame with sound
+TIMELINE: tuple[tuple[float, dict[str, Any] | bytes], ...] = (
+    (0.15, {"type": "userSpeaking", "speaking": True}),
+    (0.45, {"type": "userSpeaking", "speaking": False}),
+    (0.70, {"type": "personaSpeaking", "speaking": True}),
+    (0.75, VOICED), (0.77, VOICED), (0.79, VOICED),
+    (1.20, {"type": "personaSpeaking", "speaking": False}),
+    (1.45, {"type": "userSpeaking", "speaking": True}),
+    (1.75, {"type": "userSpeaking", "speaking": False}),
+    (2.00, {"type": "personaSpeaking", "speaking": True}),
+    (2.06, VOICED), (2.08, VOICED),
+    (2.40, {"type": "personaSpeaking", "speaking": False}),
+)  # fmt: skip
+
+
+def timeline(c: Connection) -> None:
+    """A well-behaved call that plays :data:`TIMELINE` from ready on (from a thread, while the
+    connection's reader answers the hang-up)."""
+    c.send(text(READY))
+    ready = time.monotonic()
+
+    def play() -> None:
+        for offset, message in TIMELINE:
+            time.sleep(max(0.0, ready + offset - time.monotonic()))
+            if not c.send(frame(BINARY, message) if isinstance(message, bytes) else text(message)):
+                return
+
+    threading.Thread(target=play, daemon=True).start()
+
+
 def closer(body: bytes) -> Callable[[Connection], None]:
     def close(c: Connection) -> None:
         c.ready()
@@ -392,6 +426,7 @@ SCRIPTS: dict[str, Callable[[Connection], None]] = {
     "trickle-handshake": trickle_handshake,
     "silent-hangup": silent_hangup,
     "unanswered-resume": unanswered_resume,
+    "timeline": timeline,
 }
 
 

@@ -1,281 +1,45 @@
-"""The call flow alone (:class:`athos_load.call.Call`), against a fake session, in milliseconds.
+"""The call alone (:class:`athos_load.call.Call` driving its :class:`~athos_load.conversation.Conversation`)
+against a transport that is not a WebSocket, on a virtual clock (tests/support/fakes.py).
 
-The fake session keeps a virtual monotonic clock that starts at the real one and moves only as the
-test's :class:`Platform` says: connecting → ready takes ``connect_seconds``, a rep's clip takes its
-length, the persona answers ``reply_latency`` after the rep's speech ends. Events carry those times,
-so every timing the call records is known exactly, while the test itself waits for almost nothing.
-Checked here: turn latency, the accounting of every started call, each outcome, and what reaches
+The clock moves only when the call waits, and the test's :class:`Platform` says what happens when:
+connecting → ready takes ``connect_seconds``, a rep's clip takes its length, the persona answers
+``reply_latency`` after the rep's speech ends. Events carry those times, so every timing the call
+records is known exactly, and no test waits in real time but for a score. Checked here: turn
+latency, what the rep hears, the accounting of every started call, each outcome, and what reaches
 Locust's request event.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 import gevent
-import gevent.event
 import numpy as np
 import pytest
-
-from athos_load.api import ApiError, Score, ScoreBoard
-from athos_load.audio import Clip
-from athos_load.call import Call, CallFailure, CallSettings, ScoreDrain
-from athos_load.metrics import Metrics, Outcome, Timing
-from athos_load.scenario import HangupPolicy, Scenario, Turn
-from athos_load.session import SessionError, SessionEvent
-from athos_load.wire import (
-    SDK_EVENTS,
-    AudioFormat,
-    CallRecord,
-    CallStatus,
-    Connecting,
-    Ended,
-    Error,
-    ErrorCode,
-    Event,
-    Ready,
-    Reconnected,
-    Reconnecting,
-    Segment,
-    Speaker,
-    Speaking,
+from support.fakes import (
+    CALL_ID,
+    CLIP_FRAMES,
+    FMT,
+    SPEECH,
+    FakeSpoken,
+    FakeTransport,
+    Harness,
+    Platform,
+    check_accounting,
+    observed,
 )
 
-FMT = AudioFormat()
-CLIP_FRAMES = 15  # 0.3 s of audio
-SPEECH = (0.04, 0.26)  # where the rep speaks inside each clip
-CALL_ID = "athos_call_test"
+from athos_load.api import Score
+from athos_load.audio import Clip
+from athos_load.call import CallFailure
+from athos_load.metrics import Outcome, Timing
+from athos_load.scenario import HangupPolicy, Turn
+from athos_load.wire import ErrorCode, Reconnected, Reconnecting, Segment, Speaker, Speaking
+
 EXACT = 1e-6  # the fake's times are exact; only float rounding separates them (at a monotonic clock of hours, ~1e-9 ms)
 LOG_ACCURACY = 1e-3  # a LogHistogram reads values back within 0.1%
-
-
-# -- the fake platform and session -----------------------------------------------------------------
-
-
-class Platform:
-    """What the platform does in a test; override what the test is about. Times are offsets on the
-    fake session's virtual clock."""
-
-    connect_seconds = 0.4
-    refuse: str | None = None  # an error code that refuses the join
-    reply_latency: float | tuple[float, ...] = 0.3  # the rep's speech end → personaSpeaking true
-    reply_seconds = 1.0
-    score_after: float | None = 2.5  # ended → call.scored; None: never scored
-
-    def __init__(self, board: ScoreBoard | None = None) -> None:
-        self.board = board
-
-    def connect(self, session: FakeSession) -> None:
-        session.emit(Connecting())
-        session.advance(self.connect_seconds)
-        if self.refuse is not None:
-            session.fail(self.refuse)
-            raise SessionError(self.refuse, "refused")
-        session.ready_at = session.clock
-        session.emit(Ready("Pat", CALL_ID, "resume"))
-
-    def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
-        """The rep's clip ``index`` has been sent; by default the persona answers it."""
-        latency = self.reply_latency
-        if isinstance(latency, tuple):
-            latency = latency[index]
-        session.persona(utterance.start + SPEECH[1] + latency, self.reply_seconds)
-
-    def hangup(self, session: FakeSession) -> None:
-        session.end("hangup")
-
-    def ended(self, session: FakeSession) -> None:
-        """The call ended: a completed one is scored ``score_after`` later."""
-        completed = session.end_reason in ("hangup", "persona", "max_duration")
-        if completed and self.board is not None and self.score_after is not None:
-            self.board.deliver(Score(CALL_ID, 0.8, session.clock + self.score_after, "webhook"))
-
-
-class FakeUtterance:
-    def __init__(self, start: float, seconds: float, heard: Callable[[], None]) -> None:
-        self.start, self.end = start, start + seconds
-        self._heard: Callable[[], None] | None = heard
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """The clip has been sent: the platform reacts now (on the virtual clock, at once in real time)."""
-        heard, self._heard = self._heard, None
-        if heard is not None:
-            heard()
-        gevent.sleep(0)
-        return True
-
-
-class FakeSession:
-    """Plays :class:`~athos_load.session.RoleplaySession`'s part: the call subscribes, connects,
-    says clips and hangs up; ``platform`` decides which SDK events come back, and when."""
-
-    def __init__(self, platform: Platform, **options: Any) -> None:
-        self.platform = platform
-        self.options = options
-        self.clock = time.monotonic()
-        self.listeners: dict[str, list[Callable[[SessionEvent], Any]]] = {name: [] for name in SDK_EVENTS}
-        self.end_reason: str | None = None
-        self.last_error: SessionError | None = None
-        self.unknown_messages = 0
-        self.said: list[FakeUtterance] = []
-        self.closed = False
-        self.on_audio: Callable[[bytes, float], None] | None = None
-        self._ended = gevent.event.Event()
-
-    # -- RoleplaySession's API, as Call uses it
-
-    def on(self, name: str, callback: Callable[[SessionEvent], Any]) -> Callable[[], None]:
-        self.listeners[name].append(callback)
-        return lambda: self.listeners[name].remove(callback)
-
-    def connect(self) -> None:
-        self.platform.connect(self)
-
-    def say(self, frames: Any) -> FakeUtterance:
-        index = len(self.said)
-        utterance = FakeUtterance(self.clock, len(frames) * FMT.frame_seconds, lambda: self._heard(index))
-        self.said.append(utterance)
-        return utterance
-
-    def hangup(self, timeout: float | None = None) -> None:
-        if not self._ended.is_set():
-            self.platform.hangup(self)
-
-    def wait_ended(self, timeout: float | None = None) -> bool:
-        return self._ended.wait(timeout)
-
-    def close(self) -> None:
-        self.closed = True
-        self._ended.set()
-
-    # -- what a platform script does
-
-    def advance(self, seconds: float) -> None:
-        self.clock += seconds
-
-    def emit(self, message: Event) -> None:
-        event = SessionEvent(message, self.clock)
-        for callback in tuple(self.listeners[message.name]):
-            callback(event)
-
-    def persona(self, at: float, seconds: float) -> None:
-        """The persona speaks from ``at`` for ``seconds``."""
-        self.clock = max(self.clock, at)
-        self.emit(Speaking(Speaker.PERSONA, True))
-        self.advance(seconds)
-        self.emit(Speaking(Speaker.PERSONA, False))
-
-    def user(self, at: float, speaking: bool) -> None:
-        """The platform says it hears the rep start (or stop) at ``at``."""
-        self.clock = max(self.clock, at)
-        self.emit(Speaking(Speaker.USER, speaking))
-
-    def hear(self, at: float, frame: bytes) -> None:
-        """A persona audio frame arrives at ``at`` (``on_audio`` is set by the call)."""
-        self.clock = max(self.clock, at)
-        self.on_audio(frame, at)
-
-    def fail(self, code: str) -> None:
-        self.last_error = SessionError(code, "scripted")
-        self.emit(Error(code, "scripted"))
-
-    def end(self, reason: str) -> None:
-        self.end_reason = reason
-        self.emit(Ended(CALL_ID, 1.0, reason))
-        self._ended.set()
-        self.platform.ended(self)
-
-    def _heard(self, index: int) -> None:
-        """The clip has been sent: the platform's reaction, then the clock is past the clip."""
-        utterance = self.said[index]
-        self.platform.turn(self, index, utterance)
-        self.clock = max(self.clock, utterance.end)
-
-
-class FakeApi:
-    def __init__(self, refuse: str | None = None) -> None:
-        self.refuse = refuse
-        self.transcript: Callable[[], tuple[Segment, ...]] | None = None  # what GET /v1/calls/:id returns
-
-    def mint_token(self, drill_key: str, webhook_url: str | None = None) -> Any:
-        if self.refuse is not None:
-            raise ApiError(self.refuse, "refused", 429)
-        return SimpleNamespace(token="token-1")
-
-    def get_call(self, call_id: str) -> CallRecord:
-        if self.transcript is None:
-            raise ApiError("unknown_call", "no such call", 404)
-        return CallRecord(call_id, CallStatus.SCORED, "fake-drill", transcript=self.transcript())
-
-
-# -- running calls ---------------------------------------------------------------------------------
-
-
-class Harness:
-    """One process's shared settings (real Metrics, ScoreBoard and ScoreDrain), and what Locust saw."""
-
-    def __init__(
-        self, *, score_timeout: float = 5.0, mint_refused: str | None = None, transcript_check: bool = False
-    ) -> None:
-        self.metrics = Metrics()
-        self.metrics.declare(["fake"])
-        self.board = ScoreBoard()
-        self.drain = ScoreDrain()
-        self.sessions: list[FakeSession] = []
-        self.reports: list[dict[str, Any]] = []
-        self.announced: list[str] = []
-        self.platform: Platform = Platform(self.board)
-        self.settings = CallSettings(
-            api=FakeApi(mint_refused),  # type: ignore[arg-type]
-            ws_url="ws://fake/v1/realtime",
-            board=self.board,
-            metrics=self.metrics,
-            pacer=None,  # type: ignore[arg-type]
-            audio=FMT,
-            drain=self.drain,
-            score_timeout=score_timeout,
-            transcript_check=transcript_check,
-            announce=self.announced.append,
-            session_factory=self._session,  # type: ignore[arg-type]
-        )
-
-    def _session(self, **options: Any) -> FakeSession:
-        session = FakeSession(self.platform, **options)
-        self.sessions.append(session)
-        return session
-
-    def call(self, platform: type[Platform] = Platform, **scenario: Any) -> Call:
-        self.platform = platform(self.board)
-        return Call(self.settings, make_scenario(**scenario), lambda **kw: self.reports.append(kw), random.Random(1))
-
-    def run(self, platform: type[Platform] = Platform, **scenario: Any) -> Call:
-        """One call to its end (score included)."""
-        call = self.call(platform, **scenario)
-        with gevent.Timeout(10):
-            call.run()
-        return call
-
-    def entries(self, name: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self.reports if name is None or r["name"] == name]
-
-    def calls(self) -> dict[str, Any]:
-        return self.metrics.summary()["calls"]
-
-    def errors(self) -> dict[str, Any]:
-        return self.metrics.summary()["errors"]
-
-
-def make_scenario(*, turns: int | tuple = 2, reply_timeout: float = 2.0, **fields: Any) -> Scenario:
-    clip = Clip(None, FMT, (bytes(FMT.frame_bytes),) * CLIP_FRAMES, (SPEECH,))
-    return Scenario(
-        name="fake", drill="fake-drill",
-        turns=turns if isinstance(turns, tuple) else tuple(Turn(clip, f"{i}.wav") for i in range(turns)),
-        think_time=(0.0, 0.0), reply_timeout=reply_timeout, max_call_seconds=30.0, **fields,
-    )  # fmt: skip
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -285,20 +49,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         gevent.sleep(0.001)
 
 
-def observed(metrics: Metrics, timing: Timing) -> list[float]:
-    """The values a timing holds, as its histogram reads them back (within 0.1%)."""
-    values, counts = metrics.timing(timing).buckets()
-    return [float(v) for v, n in zip(values, counts, strict=True) for _ in range(int(n))]
+def stop_at(h: Harness, when: float) -> None:
+    """Locust stops this call's user at ``when`` (virtual): a kill raises GreenletExit where it waits."""
 
+    def kill() -> None:
+        raise gevent.GreenletExit
 
-def check_accounting(h: Harness, calls: list[Call]) -> None:
-    """Every started call counted once, as its own outcome; every completed call's score once."""
-    c = h.calls()
-    assert c["started"] == len(calls) == c["completed"] + c["failed"] + c["aborted"]
-    assert c["completed"] == c["scored"] + c["score_missing"] + c["score_pending"]
-    for outcome in Outcome:
-        assert c[outcome.value] == sum(call.outcome is outcome for call in calls), outcome
-    assert h.metrics.active_calls() == 0
+    h.clock.at(when, kill)
 
 
 # -- turn latency ----------------------------------------------------------------------------------
@@ -321,7 +78,7 @@ def test_the_persona_speaking_over_the_rep_is_not_the_reply():
     reply after the speech end is, from the speech end."""
 
     class Backchannel(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             session.persona(utterance.start + SPEECH[1] - 0.1, 0.05)
             session.persona(utterance.start + SPEECH[1] + 0.45, 0.5)
 
@@ -332,7 +89,7 @@ def test_the_persona_speaking_over_the_rep_is_not_the_reply():
 
 def test_a_reply_that_never_comes_is_no_reply_and_the_call_goes_on():
     class Silent(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             if index == 1:
                 super().turn(session, index, utterance)
 
@@ -367,7 +124,7 @@ def test_the_turn_latency_splits_into_endpointing_and_response():
     is persona_response; speech start -> userSpeaking true is the platform hearing the rep begin."""
 
     class Heard(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             session.user(utterance.start + SPEECH[0] + 0.04, True)
             session.user(utterance.start + SPEECH[1] + 0.25 + 0.1 * index, False)
             session.persona(utterance.start + SPEECH[1] + 0.65 + 0.1 * index, 0.5)
@@ -386,7 +143,7 @@ def test_a_pause_inside_the_reps_speech_is_not_its_end():
     a pause) is not the endpoint; the one after it is."""
 
     class Split(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             session.user(utterance.start + SPEECH[0] + 0.02, True)
             session.user(utterance.start + SPEECH[0] + 0.1, False)
             session.user(utterance.start + SPEECH[0] + 0.15, True)
@@ -404,7 +161,7 @@ def test_time_to_first_word_and_audio_lead_run_to_the_first_frame_with_sound():
     connecting -> that sound is the time to first word, personaSpeaking -> it the audio lead."""
 
     class Greets(Platform):
-        def connect(self, session: FakeSession) -> None:
+        def connect(self, session: FakeTransport) -> None:
             super().connect(session)
             start = session.clock + 0.1
             session.clock = start
@@ -416,7 +173,7 @@ def test_time_to_first_word_and_audio_lead_run_to_the_first_frame_with_sound():
             session.advance(0.5)
             session.emit(Speaking(Speaker.PERSONA, False))
 
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             session.clock = max(session.clock, utterance.start + SPEECH[1] + 0.3)
             session.emit(Speaking(Speaker.PERSONA, True))
             session.hear(session.clock + 0.05, VOICED_FRAME)
@@ -430,7 +187,7 @@ def test_time_to_first_word_and_audio_lead_run_to_the_first_frame_with_sound():
     assert observed(h.metrics, Timing.PERSONA_AUDIO_LEAD) == pytest.approx([0.05, 0.05, 0.3], rel=LOG_ACCURACY)
 
     class RepFirst(Greets):
-        def connect(self, session: FakeSession) -> None:
+        def connect(self, session: FakeTransport) -> None:
             Platform.connect(self, session)
 
     h = Harness()
@@ -452,11 +209,11 @@ def test_a_barge_in_is_timed_until_the_persona_yields_or_counted_ignored(talks_o
     even when its next utterance ends (it was timed, from the barge-in turn's speech start)."""
 
     class Greeting(Platform):
-        def connect(self, session: FakeSession) -> None:
+        def connect(self, session: FakeTransport) -> None:
             super().connect(session)
             session.emit(Speaking(Speaker.PERSONA, True))  # and it goes on, until the rep barges in
 
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             session.clock = max(session.clock, utterance.start + SPEECH[0] + talks_on)
             session.emit(Speaking(Speaker.PERSONA, False))
             session.persona(utterance.start + SPEECH[1] + 0.3, 0.3)
@@ -538,7 +295,8 @@ def test_a_scored_call_is_one_locust_entry_per_step():
     assert all(e["exception"] is None and e["response_time"] >= 0 for e in h.reports)
     assert all(e["context"] == {"scenario": "fake"} and e["response_length"] == 0 for e in h.reports)
     assert h.entries("end_to_score")[0]["response_time"] == pytest.approx(2500.0, abs=EXACT)
-    assert 0 < h.entries("call")[0]["response_time"] < 5000.0  # real time: the fake takes next to none
+    # the call's length on the virtual clock: the join, two clips and their replies
+    assert h.entries("call")[0]["response_time"] == pytest.approx(1000 * (0.4 + 2 * (0.26 + 0.3 + 1.0)), abs=EXACT)
     assert call.outcome is Outcome.COMPLETED and call.call_id == CALL_ID and h.announced == [CALL_ID]
     assert h.sessions[0].options["token"] == "token-1" and h.sessions[0].options["drill_key"] == "fake-drill"
     assert h.sessions[0].closed
@@ -572,7 +330,7 @@ def test_a_refused_mint_fails_the_call_before_any_session():
     assert h.errors() == {"rate_limited": 1}
     assert h.metrics.total("athos_setup_failed", scenario="fake") == 1
     assert h.metrics.timing(Timing.TOKEN_MINT).count == 0
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 def test_a_refused_connect_counts_its_error_once():
@@ -588,12 +346,12 @@ def test_a_refused_connect_counts_its_error_once():
     assert h.metrics.total("athos_setup_failed") == 1
     assert h.metrics.timing(Timing.CONNECT_READY).count == 0
     assert h.metrics.summary()["session_minutes"] == 0
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 def test_an_error_that_ends_the_call_fails_it_with_that_code():
     class Crash(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             session.clock = utterance.end + 0.5
             session.fail(ErrorCode.INTERNAL_ERROR)
             session.end("error")
@@ -607,12 +365,12 @@ def test_an_error_that_ends_the_call_fails_it_with_that_code():
     assert h.metrics.total("athos_setup_failed") == 0
     # the call was connected from ready to its end: the clip (0.3 s) and half a second more
     assert h.metrics.summary()["session_minutes"] == pytest.approx(0.8 / 60, abs=0.001)
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 def test_a_non_fatal_error_is_counted_and_the_call_completes():
     class Hiccup(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             if index == 0:
                 session.fail(ErrorCode.RATE_LIMITED)
             super().turn(session, index, utterance)
@@ -626,7 +384,7 @@ def test_a_non_fatal_error_is_counted_and_the_call_completes():
 
 def test_a_drop_is_timed_until_reconnected():
     class Drop(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             if index == 0:
                 session.emit(Reconnecting())
                 session.advance(1.5)
@@ -642,7 +400,7 @@ def test_a_drop_is_timed_until_reconnected():
 
 def test_a_refused_resume_fails_the_reconnect_and_the_call_with_one_error():
     class Lost(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             session.emit(Reconnecting())
             session.advance(0.7)
             session.fail(ErrorCode.UNKNOWN_CALL)
@@ -655,17 +413,17 @@ def test_a_refused_resume_fails_the_reconnect_and_the_call_with_one_error():
     assert failed == [("reconnect", "unknown_call", None), ("call", "unknown_call", None)]
     assert h.errors() == {"unknown_call": 1} and h.metrics.summary()["reconnects"] == 1
     assert h.metrics.timing(Timing.RECONNECT).count == 0
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 def test_a_call_the_persona_closes_is_completed():
     class Closes(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             super().turn(session, index, utterance)
             if index == 1:
                 session.end("persona")
 
-        def hangup(self, session: FakeSession) -> None:
+        def hangup(self, session: FakeTransport) -> None:
             raise AssertionError("the persona hung up: the rep has nothing to hang up")
 
     h = Harness()
@@ -681,7 +439,7 @@ def test_a_score_that_arrives_times_end_to_score():
     call = h.run(Slow)
     assert h.calls()["scored"] == 1
     assert observed(h.metrics, Timing.END_TO_SCORE) == pytest.approx([7.25], rel=LOG_ACCURACY)
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 def test_a_score_that_never_arrives_is_missing_not_an_error():
@@ -694,7 +452,7 @@ def test_a_score_that_never_arrives_is_missing_not_an_error():
     assert str(entry["exception"]) == "score_missing" and entry["response_time"] is None
     assert h.calls()["score_missing"] == 1 and h.calls()["scored"] == 0
     assert h.errors() == {} and h.metrics.timing(Timing.END_TO_SCORE).count == 0
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 def test_the_run_ending_mid_call_aborts_it_without_errors():
@@ -702,30 +460,29 @@ def test_the_run_ending_mid_call_aborts_it_without_errors():
     it stops (here, the hang-up ends in an error) is not the platform's: no error, no failure."""
 
     class Stuck(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             # a persona utterance in progress when the run stops: its audio stalls as the users go
             session.clock = utterance.end
             session.emit(Speaking(Speaker.PERSONA, True))
             session.hear(session.clock + 0.01, VOICED_FRAME)
             session.hear(session.clock + 0.5, VOICED_FRAME)  # 490 ms later: a gap, were it the platform's
 
-        def hangup(self, session: FakeSession) -> None:
+        def hangup(self, session: FakeTransport) -> None:
             session.fail(ErrorCode.RECONNECT_FAILED)
             session.end("error")
 
     h = Harness()
     call = h.call(Stuck, reply_timeout=30.0)
-    greenlet = gevent.spawn(call.run)
-    wait_until(lambda: bool(h.sessions and h.sessions[0].said))
-    gevent.sleep(0.01)  # into the wait for the reply
-    greenlet.kill(block=True, timeout=5)
-    assert greenlet.dead and call.outcome is Outcome.ABORTED
+    stop_at(h, h.clock.now() + 5.0)  # well into the wait for the reply
+    with pytest.raises(gevent.GreenletExit):
+        call.run()
+    assert call.outcome is Outcome.ABORTED
     assert h.sessions[0].end_reason == "error"  # it did hang up
     assert h.errors() == {} and [e for e in h.reports if e["exception"] is not None] == []
     assert h.entries("call") == []  # an aborted call is not a Locust entry
     # nor is the persona audio cut off by the stop: no gap, no underrun, no persona-minutes
     assert h.metrics.timing(Timing.PERSONA_AUDIO_GAP).count == 0 and h.metrics.persona_audio_seconds.total() == 0
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 def test_once_the_stop_begins_a_call_times_nothing_and_is_still_accounted():
@@ -735,7 +492,7 @@ def test_once_the_stop_begins_a_call_times_nothing_and_is_still_accounted():
     settings_of: list[Any] = []
 
     class StopsMidCall(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             if index == 1:
                 settings_of[0].stopping.set()  # Locust's test_stopping, as the rep's second turn ends
                 session.user(utterance.start + SPEECH[1] + 0.4, False)
@@ -749,7 +506,7 @@ def test_once_the_stop_begins_a_call_times_nothing_and_is_still_accounted():
     assert h.metrics.timing(Timing.PERSONA_RESPONSE).count == 1
     assert h.metrics.timing(Timing.ENDPOINTING).count == 0  # said during the stop only
     assert len(h.entries("end_to_score")) == 1 and len(h.entries("call")) == 1
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 def test_the_run_ending_while_a_score_is_awaited_leaves_it_pending():
@@ -767,7 +524,7 @@ def test_the_run_ending_while_a_score_is_awaited_leaves_it_pending():
     assert h.drain.pending == 0
     assert h.calls()["score_pending"] == 1 and h.calls()["score_missing"] == 0
     assert h.entries("end_to_score") == [] and h.errors() == {}
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 def test_a_score_that_comes_during_the_drain_is_scored():
@@ -785,7 +542,7 @@ def test_a_score_that_comes_during_the_drain_is_scored():
     h.drain.wait(5.0)
     assert h.calls()["scored"] == 1
     assert [e["response_time"] for e in h.entries("end_to_score")] == pytest.approx([3000.0], abs=EXACT)
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
 
 
 # -- accounting over many calls --------------------------------------------------------------------
@@ -796,7 +553,7 @@ def test_every_started_call_is_counted_once_whatever_its_outcome():
         refuse = ErrorCode.CONCURRENCY_LIMIT
 
     class Crash(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             session.fail(ErrorCode.INTERNAL_ERROR)
             session.end("error")
 
@@ -804,17 +561,18 @@ def test_every_started_call_is_counted_once_whatever_its_outcome():
         score_after = None
 
     class Stuck(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             pass
 
     h = Harness(score_timeout=0.01)
     calls = [h.run(p) for p in (Platform, Refused, Crash, Platform, Unscored, Refused)]
     stuck = h.call(Stuck, reply_timeout=30.0)
-    greenlet = gevent.spawn(stuck.run)
-    wait_until(lambda: len(h.sessions) == 7 and bool(h.sessions[-1].said))
-    greenlet.kill(block=True, timeout=5)
+    stop_at(h, h.clock.now() + 5.0)
+    with pytest.raises(gevent.GreenletExit):
+        stuck.run()
+    assert len(h.sessions) == 7 and h.sessions[-1].said
     calls.append(stuck)
-    check_accounting(h, calls)
+    check_accounting(h.metrics, calls)
     c = h.calls()
     assert (c["started"], c["completed"], c["failed"], c["aborted"]) == (7, 3, 3, 1)
     assert (c["scored"], c["score_missing"]) == (2, 1)
@@ -826,7 +584,7 @@ def test_every_started_call_is_counted_once_whatever_its_outcome():
 
 def test_an_unexpected_exception_still_accounts_for_the_call():
     class Broken(Platform):
-        def turn(self, session: FakeSession, index: int, utterance: FakeUtterance) -> None:
+        def turn(self, session: FakeTransport, index: int, utterance: FakeSpoken) -> None:
             raise RuntimeError("a bug in the tool")
 
     h = Harness()
@@ -835,4 +593,4 @@ def test_an_unexpected_exception_still_accounts_for_the_call():
         call.run()
     assert call.outcome is Outcome.FAILED and str(h.entries("call")[0]["exception"]) == "internal"
     assert h.errors() == {"other": 1}  # a tool's failure is an error too, under a bounded label
-    check_accounting(h, [call])
+    check_accounting(h.metrics, [call])
