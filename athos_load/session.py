@@ -233,10 +233,11 @@ class RoleplaySession:
         self._reader = gevent.spawn(self._read_loop)
         if not self._ready.wait(max(0.0, deadline - time.monotonic())):
             self._fail(ErrorCode.CONNECT_TIMEOUT, "no ready before the connect deadline")
-        if self._protocol.state is not CallState.READY and self._protocol.state is not CallState.RECONNECTING:
-            err = self.last_error or SessionError(ErrorCode.CONNECT_FAILED, f"state {self.state.value}")
-            self.close()
-            raise err
+        if self._protocol.ready_at is not None:
+            return  # the call is in, even if it ended in the same read: its ``ended`` says how
+        err = self.last_error or SessionError(ErrorCode.CONNECT_FAILED, f"state {self.state.value}")
+        self.close()
+        raise err
 
     def play(self, frames: Sequence[bytes], start: float | None = None) -> Utterance:
         """Stream one clip of wire-format frames in real time, then nothing.

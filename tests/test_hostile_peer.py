@@ -6,15 +6,22 @@ or die silently, and it must answer a Close frame with a Close of the same code.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 
+import gevent
 import pytest
+from support.fakes import make_scenario
 from support.hostile import HostilePeer
 from support.memory import PeakRss
 
+from athos_load.api import AthosApi, ScoreBoard
+from athos_load.call import Call, CallSettings, ScoreDrain
+from athos_load.metrics import Metrics
+from athos_load.pacer import AudioPacer
 from athos_load.session import ReconnectPolicy, RoleplaySession, SessionError, SessionEvent
-from athos_load.wire import SDK_EVENTS, ErrorCode
+from athos_load.wire import SDK_EVENTS, AudioFormat, ErrorCode
 
 TIME_BOUND = 5.0  # seconds from connect() to the end of the call; each limit trips within one read
 # A client that buffered what these peers offer would grow by 50 MB (one text frame) to 128 MiB
@@ -193,3 +200,30 @@ def test_a_malformed_close_is_a_protocol_error_not_a_drop(hostile, script):
     peer = hostile(script)
     assert_failed_mid_call(run_call(peer), peer, ErrorCode.REMOTE_PROTOCOL, "malformed Close")
     assert peer.wait_for("close")["code"] == 1002  # failed as a protocol error (§7.4.1)
+
+
+@pytest.mark.parametrize(
+    ("script", "outcome", "code"),
+    [("ended-with-ready", "completed", None), ("failed-with-ready", "failed", "internal_error")],
+)
+def test_a_call_that_ends_in_the_read_of_its_ready_connected_and_is_counted_by_its_end(hostile, script, outcome, code):
+    """Ready, then ended (or error, ended) in one read: the platform did connect, so connect_ready
+    is timed, the call counts as its end says, and it is no setup failure."""
+    peer = hostile(script)
+    metrics = Metrics()
+    settings = CallSettings(
+        api=AthosApi(peer.http_url, "key", timeout=TIME_BOUND), ws_url=peer.url, board=ScoreBoard(),
+        metrics=metrics, pacer=AudioPacer(), audio=AudioFormat(), drain=ScoreDrain(), score_timeout=0.05,
+        connect_timeout=TIME_BOUND,
+    )  # fmt: skip
+    reports: list[dict] = []
+    call = Call(settings, make_scenario(), lambda **kw: reports.append(kw), random.Random(1))
+    with gevent.Timeout(3 * TIME_BOUND):
+        call.run()
+    assert call.outcome is not None and call.outcome.value == outcome
+    assert metrics.timing("connect_ready").count == 1
+    assert metrics.total("athos_setup_failed") == 0
+    summary = metrics.summary()
+    assert summary["calls"][outcome] == 1 and summary["errors"] == ({} if code is None else {code: 1})
+    failed = [r["name"] for r in reports if r["exception"] is not None and r["name"] != "end_to_score"]
+    assert failed == ([] if code is None else ["call"])  # no score here: that one is missing

@@ -334,6 +334,19 @@ def ended_before_ready(c: Connection) -> None:
     c.send(text({"type": "ended", "callId": READY["callId"], "durationSec": 0.0, "reason": "hangup"}))
 
 
+def ended_with_ready(c: Connection) -> None:
+    """The call ends in the same write as its ready (a persona that hangs up at once)."""
+    ended = {"type": "ended", "callId": READY["callId"], "durationSec": 0.0, "reason": "persona"}
+    c.send(text(READY) + text(ended) + text(ended))  # and a second ended, which nothing may follow
+
+
+def failed_with_ready(c: Connection) -> None:
+    """Ready, an error and the end, in one write: the call connected, then failed."""
+    error = {"type": "error", "code": "internal_error", "message": "the persona crashed"}
+    ended = {"type": "ended", "callId": READY["callId"], "durationSec": 0.0, "reason": "error"}
+    c.send(text(READY) + text(error) + text(ended))
+
+
 def unknown_event(c: Connection) -> None:
     """A message type from a newer platform, then an ordinary turn: the call must go on."""
     c.ready()
@@ -418,6 +431,8 @@ SCRIPTS: dict[str, Callable[[Connection], None]] = {
     "huge-number": huge_number,
     "ready-twice": ready_twice,
     "ended-before-ready": ended_before_ready,
+    "ended-with-ready": ended_with_ready,
+    "failed-with-ready": failed_with_ready,
     "unknown-event": unknown_event,
     "close-1000": closer((1000).to_bytes(2, "big") + b"bye"),
     "close-4000": closer((4000).to_bytes(2, "big") + b"bye"),
