@@ -29,7 +29,7 @@ import gevent.pool
 from .api import ApiError, AthosApi, ScoreBoard
 from .conversation import Conversation, Emitted, HangUp, Heard, Speak, Step, TranscriptChecked
 from .hearing import JITTER_BUFFER
-from .metrics import Metrics, Outcome, ScoreOutcome, Timing
+from .metrics import TIMINGS, Metrics, Outcome, ScoreOutcome
 from .pacer import AudioPacer
 from .scenario import Scenario
 from .session import RoleplaySession, SessionError
@@ -42,35 +42,12 @@ logger = logging.getLogger(__name__)
 Report = Callable[..., Any]
 ABORT_HANGUP_SECONDS = 3.0  # at the run's end, how long a call may take to hang up (or resume to do so)
 
+# A timed step records its timing (metrics.TIMINGS declares each: help, buckets, Locust request type).
+TIMED_STEPS = {Step(t.value): t for t in TIMINGS if t.value in Step.__members__.values()}
 # The steps that are one Locust entry each (named by their value), and their request type.
 REQUEST_TYPES = {
-    Step.TOKEN_MINT: "POST",
-    Step.CONNECT_READY: "WS",
-    Step.PERSONA_RESPONSE: "WS",
-    Step.RECONNECT: "WS",
+    **{step: TIMINGS[t].request_type for step, t in TIMED_STEPS.items() if TIMINGS[t].request_type},
     Step.CALL: "CALL",
-    Step.END_TO_SCORE: "SCORE",
-    Step.TIME_TO_FIRST_WORD: "AUDIO",
-    Step.ENDPOINTING: "WS",
-    Step.RESPONSE: "WS",
-    Step.SPEECH_ONSET: "WS",
-    Step.PERSONA_AUDIO_LEAD: "AUDIO",
-    Step.BARGE_IN: "WS",
-    Step.TRANSCRIPT_FETCH: "GET",
-}
-TIMINGS = {
-    Step.TOKEN_MINT: Timing.TOKEN_MINT,
-    Step.CONNECT_READY: Timing.CONNECT_READY,
-    Step.PERSONA_RESPONSE: Timing.PERSONA_RESPONSE,
-    Step.RECONNECT: Timing.RECONNECT,
-    Step.END_TO_SCORE: Timing.END_TO_SCORE,
-    Step.TIME_TO_FIRST_WORD: Timing.TIME_TO_FIRST_WORD,
-    Step.ENDPOINTING: Timing.ENDPOINTING,
-    Step.RESPONSE: Timing.RESPONSE,
-    Step.SPEECH_ONSET: Timing.SPEECH_ONSET,
-    Step.PERSONA_AUDIO_LEAD: Timing.PERSONA_AUDIO_LEAD,
-    Step.BARGE_IN: Timing.BARGE_IN,
-    Step.TRANSCRIPT_FETCH: Timing.TRANSCRIPT_FETCH,
 }
 SETUP_STEPS = frozenset({Step.TOKEN_MINT, Step.CONNECT_READY})
 
@@ -335,8 +312,8 @@ class Call:
                 m.error(error)
             if step in SETUP_STEPS:
                 m.setup_failed.inc(scenario=scenario)
-        elif step in TIMINGS and seconds is not None:
-            m.timings[TIMINGS[step]].observe(seconds, scenario=scenario)
+        elif step in TIMED_STEPS and seconds is not None:
+            m.timings[TIMED_STEPS[step]].observe(seconds, scenario=scenario)
         if step is Step.STARTED:
             m.call_started(scenario)
         elif step is Step.DROP:

@@ -29,6 +29,7 @@ import re
 from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -80,40 +81,77 @@ class ScoreOutcome(enum.StrEnum):
 
 
 SUB_SECOND = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-BUCKETS: dict[str, tuple[float, ...]] = {
-    Timing.CONNECT_READY: SUB_SECOND,
-    Timing.PERSONA_RESPONSE: SUB_SECOND,
-    Timing.TOKEN_MINT: (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-    Timing.RECONNECT: (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
-    Timing.END_TO_SCORE: (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0),
-    Timing.TIME_TO_FIRST_WORD: SUB_SECOND,
-    Timing.ENDPOINTING: SUB_SECOND,
-    Timing.RESPONSE: SUB_SECOND,
-    Timing.SPEECH_ONSET: SUB_SECOND,
-    Timing.PERSONA_AUDIO_LEAD: (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
-    Timing.BARGE_IN: SUB_SECOND,
-    Timing.PERSONA_AUDIO_GAP: (0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
-    Timing.PERSONA_AUDIO_JITTER: (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
-    Timing.TRANSCRIPT_FETCH: (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+ROUND_TRIP = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class TimingSpec:
+    """Everything declared about one timing, in one place: its histogram's help text and buckets,
+    and the Locust entry a call makes of it (``request_type``; None: the metrics only). Its name
+    (the :class:`Timing` value) is the summary's key, the Prometheus ``athos_<name>_seconds``, the
+    gates' metric and the call's step."""
+
+    doc: str
+    buckets: tuple[float, ...] = SUB_SECOND
+    request_type: str | None = None
+
+
+TIMINGS: dict[Timing, TimingSpec] = {
+    Timing.CONNECT_READY: TimingSpec(
+        "connecting -> ready: token redeemed and persona ready to speak", request_type="WS"
+    ),
+    Timing.RECONNECT: TimingSpec(
+        "reconnecting -> reconnected after a transient drop", (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0), "WS"
+    ),
+    Timing.END_TO_SCORE: TimingSpec(
+        "ended -> call.scored received (webhook) or first poll that saw it scored",
+        (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+        "SCORE",
+    ),
+    Timing.PERSONA_RESPONSE: TimingSpec(
+        "the rep stops speaking -> the persona starts speaking (turn latency)", request_type="WS"
+    ),
+    Timing.TOKEN_MINT: TimingSpec("POST /v1/sessions round trip", ROUND_TRIP, "POST"),
+    Timing.TIME_TO_FIRST_WORD: TimingSpec(
+        "connecting -> the first persona audio frame with sound (a persona that greets)", request_type="AUDIO"
+    ),
+    Timing.ENDPOINTING: TimingSpec(
+        "the rep's speech ends (known from the clip) -> userSpeaking false: the platform's endpointing",
+        request_type="WS",
+    ),
+    Timing.RESPONSE: TimingSpec(
+        "userSpeaking false -> personaSpeaking true: the platform's response time", request_type="WS"
+    ),
+    Timing.SPEECH_ONSET: TimingSpec(
+        "the rep's speech starts (known from the clip) -> userSpeaking true", request_type="WS"
+    ),
+    Timing.PERSONA_AUDIO_LEAD: TimingSpec(
+        "personaSpeaking true -> the first persona audio frame with sound",
+        (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+        "AUDIO",
+    ),
+    Timing.BARGE_IN: TimingSpec(
+        "the rep starts talking over the persona -> personaSpeaking false: how long it talks on", request_type="WS"
+    ),
+    Timing.PERSONA_AUDIO_GAP: TimingSpec(
+        "a silence inside a persona utterance: frames more than two frame periods apart",
+        (0.04, 0.06, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+    ),
+    Timing.PERSONA_AUDIO_JITTER: TimingSpec(
+        "a persona utterance's interarrival jitter (RFC 3550's estimator) at its end",
+        (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+    ),
+    Timing.TRANSCRIPT_FETCH: TimingSpec(
+        "GET /v1/calls/:id round trip, for the transcript check once the call ended", ROUND_TRIP, "GET"
+    ),
+}
+# The generator's own timings: no scenario, no Locust entry.
+GENERATOR_BUCKETS: dict[str, tuple[float, ...]] = {
     "audio_send_lag": (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.1, 0.25, 1.0),
     "loadgen_loop_lag": (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 }
-DOCS = {
-    Timing.CONNECT_READY: "connecting -> ready: token redeemed and persona ready to speak",
-    Timing.RECONNECT: "reconnecting -> reconnected after a transient drop",
-    Timing.END_TO_SCORE: "ended -> call.scored received (webhook) or first poll that saw it scored",
-    Timing.PERSONA_RESPONSE: "the rep stops speaking -> the persona starts speaking (turn latency)",
-    Timing.TOKEN_MINT: "POST /v1/sessions round trip",
-    Timing.TIME_TO_FIRST_WORD: "connecting -> the first persona audio frame with sound (a persona that greets)",
-    Timing.ENDPOINTING: "the rep's speech ends (known from the clip) -> userSpeaking false: the platform's endpointing",
-    Timing.RESPONSE: "userSpeaking false -> personaSpeaking true: the platform's response time",
-    Timing.SPEECH_ONSET: "the rep's speech starts (known from the clip) -> userSpeaking true",
-    Timing.PERSONA_AUDIO_LEAD: "personaSpeaking true -> the first persona audio frame with sound",
-    Timing.BARGE_IN: "the rep starts talking over the persona -> personaSpeaking false: how long it talks on",
-    Timing.PERSONA_AUDIO_GAP: "a silence inside a persona utterance: frames more than two frame periods apart",
-    Timing.PERSONA_AUDIO_JITTER: "a persona utterance's interarrival jitter (RFC 3550's estimator) at its end",
-    Timing.TRANSCRIPT_FETCH: "GET /v1/calls/:id round trip, for the transcript check once the call ended",
-}
+BUCKETS: dict[str, tuple[float, ...]] = {**{t: spec.buckets for t, spec in TIMINGS.items()}, **GENERATOR_BUCKETS}
+DOCS = {t: spec.doc for t, spec in TIMINGS.items()}
 KNOWN_CODES = tuple(code.value for code in ErrorCode)
 OTHER_CODE = "other"
 # A histogram labelled with this gets the reporting worker's index as its value on the master.

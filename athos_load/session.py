@@ -9,12 +9,15 @@
     session.hangup()                         # blocks until ended
 
 The eight SDK events arrive as :class:`SessionEvent`: the typed message (``wire.messages``) and the
-monotonic time ``at``; ``name`` and ``payload`` give the SDK's view of it, built only when read.
-Each session runs one reader greenlet around :class:`~athos_load.wire.ClientProtocol`: feed it
-what arrives, emit its events, send what it returns. A transient drop is recovered here
-(reconnecting → resume with backoff → reconnected); when recovery fails the protocol emits
-``error`` then ``ended``. Every read has a timeout and every wait a deadline, so no session can
-hang forever. This module knows nothing of Locust.
+monotonic time ``at`` at which the bytes it came in were read; ``name`` and ``payload`` give the
+SDK's view of it, built only when read. The session is a thin driver of the sans-I/O
+:class:`~athos_load.wire.ClientConnection`, which owns framing, Close, ping, what a closed or silent
+socket means and the deadlines: its one reader greenlet feeds it what the socket holds, hands on the
+events and audio it makes of that, writes what it answers, and when a socket is done and the call
+wants it back, resumes with backoff (reconnecting → resume → reconnected). When recovery fails the
+connection emits ``error`` then ``ended``. Every read has a timeout and every wait a deadline, so no
+session can hang forever. As a transport (athos_load/transport.py) it reports to a ``listener``.
+This module knows nothing of Locust.
 """
 
 from __future__ import annotations
@@ -38,26 +41,15 @@ from .audio import Clip
 from .pacer import AudioPacer, Microphone, Utterance
 from .transport import CallListener
 from .wire import (
-    OPCODE_BINARY,
-    OPCODE_CLOSE,
-    OPCODE_PING,
-    OPCODE_PONG,
-    OPCODE_TEXT,
-    RESUMABLE_CLOSE_CODES,
     SDK_EVENTS,
     AudioFormat,
     CallState,
-    ClientProtocol,
+    ClientConnection,
     ErrorCode,
     Event,
-    FrameError,
-    FrameReader,
     MaskedFrames,
-    client_frame,
-    close_payload,
     mask_frames,
     masked,
-    parse_close,
 )
 
 logger = logging.getLogger(__name__)
@@ -143,17 +135,18 @@ class RoleplaySession:
         self.audio = audio
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.idle_timeout = idle_timeout  # no frame from the server this long: treat as a drop
         self.hangup_timeout = hangup_timeout
         self.reconnect = reconnect or ReconnectPolicy()
         self.reconnects = 0
-        self.audio_frames_received = 0
         # the persona's audio, ``on_audio(frame, arrived_at)`` per binary frame (not an SDK event:
         # the SDK plays it; the tool listens to it, see athos_load/hearing.py)
         self.on_audio: Callable[[bytes, float], None] | None = None if listener is None else listener.audio
         # the transport seam (athos_load/transport.py): every event, typed, as it is emitted
         self._listener = listener
-        self._protocol = ClientProtocol(token=token, drill_key=drill_key, audio=audio)
+        self._connection = ClientConnection(
+            token=token, drill_key=drill_key, audio=audio, idle_timeout=idle_timeout, resume_timeout=connect_timeout
+        )
+        self._protocol = self._connection.protocol  # the call's state, for the properties below
         self._pacer = pacer or AudioPacer()  # none shared in: one of its own, not a process global
         self._ssl_context = ssl_context
         self._listeners: dict[str, list[Listener]] = {name: [] for name in SDK_EVENTS}
@@ -165,7 +158,6 @@ class RoleplaySession:
         self._raw_socket: socket.socket | None = None  # see _raw_socket()
         self._write_lock = gevent.lock.Semaphore()  # one frame at a time on the socket
         self._microphone: Microphone | None = None
-        self._resume_deadline: float | None = None  # a resume sent and not yet answered must be by then
 
     @classmethod
     def create(cls, *, token: str, drill_key: str, url: str, **options: Any) -> RoleplaySession:
@@ -189,6 +181,15 @@ class RoleplaySession:
     @property
     def end_reason(self) -> str | None:
         return self._protocol.end_reason
+
+    @property
+    def audio_frames_received(self) -> int:
+        return self._connection.audio_frames_received
+
+    @property
+    def idle_timeout(self) -> float:
+        """No frame from the server this long during a call: treated as a drop."""
+        return self._connection.idle_timeout
 
     @property
     def unknown_messages(self) -> int:
@@ -220,7 +221,7 @@ class RoleplaySession:
     def connect(self, timeout: float | None = None) -> None:
         """Join the call and block until ``ready``. Raises :class:`SessionError` with the code otherwise."""
         deadline = time.monotonic() + (self.connect_timeout if timeout is None else timeout)
-        self._protocol.connect(time.monotonic())
+        self._connection.connect(time.monotonic())
         self._flush_events()
         try:
             self._ws = self._open(deadline)
@@ -229,7 +230,8 @@ class RoleplaySession:
             code = ErrorCode.CONNECT_TIMEOUT if timed_out else ErrorCode.CONNECT_FAILED
             self._fail(code, f"{type(exc).__name__}: {exc}")
             raise SessionError(code, str(exc)) from None
-        self._send_text()
+        self._connection.connection_made(time.monotonic())
+        self._send_pending()
         self._reader = gevent.spawn(self._read_loop)
         if not self._ready.wait(max(0.0, deadline - time.monotonic())):
             self._fail(ErrorCode.CONNECT_TIMEOUT, "no ready before the connect deadline")
@@ -267,8 +269,8 @@ class RoleplaySession:
             return
         if self._protocol.state in (CallState.READY, CallState.RECONNECTING):
             # during a drop the reader's reconnect loop resumes and delivers the hangup
-            self._protocol.hangup(time.monotonic())
-            self._send_text()
+            self._connection.hangup(time.monotonic())
+            self._send_pending()
             self._flush_events()
         limit = self.hangup_timeout if timeout is None else timeout
         if not self.wait_ended(limit):
@@ -344,11 +346,12 @@ class RoleplaySession:
         self._raw_socket = _raw_socket(ws.sock)
         return ws
 
-    def _send_text(self) -> None:
+    def _send_pending(self) -> None:
+        """Write what the connection has to send; a failed write is the reader's to see and handle."""
         ws = self._ws
-        for text in self._protocol.data_to_send():
-            if ws is None or not self._write(ws, client_frame(OPCODE_TEXT, text.encode())):
-                return  # the reader will see the socket fail and handle it
+        for data in self._connection.data_to_send():
+            if ws is None or not self._write(ws, data):
+                return
 
     def _write(self, ws: websocket.WebSocket, frame: bytes) -> bool:
         """Send one whole frame; False if the socket failed (the reader sees it and handles it)."""
@@ -360,91 +363,54 @@ class RoleplaySession:
             return False
 
     def _read_loop(self) -> None:
-        """The one reader: everything the socket holds per ``recv``, parsed in place (FrameReader)."""
-        last_heard = time.monotonic()
-        while not self._protocol.finished:
+        """The one reader: feed the connection whatever the socket holds, hand on what it made of
+        it, write what it answers; resume when the socket it had is done and the call wants one."""
+        connection = self._connection
+        while not connection.finished:
             ws = self._ws
             if ws is None:
                 break
-            reader = FrameReader()  # a new connection (after a resume) starts a new byte stream
-            while ws is self._ws and not self._protocol.finished:
+            while not connection.connection_done:
                 try:
                     data = ws.sock.recv(RECV_BYTES)
                 except TimeoutError:
-                    now = time.monotonic()
-                    if now - last_heard > self.idle_timeout and self.state is CallState.READY:
-                        self._lost(resumable=True)
-                    elif self._resume_deadline is not None and now > self._resume_deadline:
-                        self._fail(ErrorCode.RECONNECT_FAILED, "no answer to the resume within the connect timeout")
-                    continue
+                    connection.tick(time.monotonic())
                 except (OSError, AttributeError):  # reset, or closed under us (sock is None)
-                    self._lost(resumable=True)
-                    break
-                if not data:
-                    self._lost(resumable=True)  # EOF without a close frame: an abnormal close (1006)
-                    break
-                last_heard = time.monotonic()
-                try:
-                    messages = reader.feed(data)
-                except ValueError as exc:
-                    self._fail(ErrorCode.REMOTE_PROTOCOL, str(exc))
-                    break
-                for opcode, payload in messages:
-                    if opcode == OPCODE_BINARY:
-                        self.audio_frames_received += 1
-                        if self.on_audio is not None:  # stamped as events are: when handled, in order
-                            self.on_audio(payload, time.monotonic())
-                    elif opcode == OPCODE_TEXT:
-                        self._protocol.receive_text(payload, last_heard)
-                        self._flush_events()
-                        self._send_text()
-                    elif opcode == OPCODE_CLOSE:
-                        try:
-                            code = parse_close(payload)
-                        except FrameError as exc:  # RFC 6455 §7.4.1: fail the connection as a protocol error
-                            self._answer_close(ws, close_payload(exc.close_code))
-                            self._fail(ErrorCode.REMOTE_PROTOCOL, str(exc))
-                            break
-                        self._answer_close(ws, payload[:2])
-                        self._lost(resumable=code in RESUMABLE_CLOSE_CODES)
-                        break
-                    elif opcode == OPCODE_PING:
-                        self._pong(ws, payload)
+                    connection.receive_eof(time.monotonic())
+                else:
+                    if data:
+                        connection.receive_data(data, time.monotonic())
+                    else:
+                        connection.receive_eof(time.monotonic())
+                self._send_pending()
+                self._flush_events()
+            self._close_socket()
+            if connection.wants_resume:
+                self._resume()
         self._close_socket()
         self._ended.set()
         self._ready.set()
 
-    def _answer_close(self, ws: websocket.WebSocket, code: bytes) -> None:
-        """Echo the peer's Close (RFC 6455 §5.5.1), so it can close its end cleanly."""
-        self._write(ws, client_frame(OPCODE_CLOSE, code))  # if it is already gone, nothing to answer
-
-    def _pong(self, ws: websocket.WebSocket, payload: bytes) -> None:
-        self._write(ws, client_frame(OPCODE_PONG, payload))
-
-    def _lost(self, resumable: bool) -> None:
-        """The socket is gone: tell the protocol, then try to resume if the call allows it."""
-        self._close_socket()
-        self._protocol.connection_lost(time.monotonic(), resumable=resumable)
-        self._flush_events()
-        if not self._protocol.wants_resume:
-            return
+    def _resume(self) -> None:
+        """Open a new socket with backoff and ask for the call back; give up after the last attempt."""
         for attempt in range(self.reconnect.max_attempts):
             gevent.sleep(self.reconnect.delay(attempt))
-            if not self._protocol.wants_resume:
+            if not self._connection.wants_resume:
                 return  # ended meanwhile
             try:
                 self._ws = self._open(time.monotonic() + self.connect_timeout)
             except (OSError, websocket.WebSocketException):
                 continue
             self.reconnects += 1
-            self._protocol.resume(time.monotonic())
-            self._resume_deadline = time.monotonic() + self.connect_timeout
-            self._send_text()
-            return  # the reader goes on: reconnected or error arrives as a text frame, by the deadline
+            now = time.monotonic()
+            self._connection.connection_made(now)
+            self._connection.resume(now)
+            self._send_pending()
+            return  # reconnected or error arrives as a text frame, by the resume deadline
         self._fail(ErrorCode.RECONNECT_FAILED, f"no connection after {self.reconnect.max_attempts} attempts")
 
     def _fail(self, code: ErrorCode, message: str) -> None:
-        self._protocol.fail(time.monotonic(), code, message)
+        self._connection.fail(time.monotonic(), code, message)
         self._flush_events()
         self._close_socket()
 
@@ -457,16 +423,21 @@ class RoleplaySession:
                 pass
 
     def _flush_events(self) -> None:
-        for event in self._protocol.events_received():
-            self._emit(event)
+        """Hand on what the connection made of its input, in order: audio to ``on_audio``, events
+        to the listeners, each with the time it was read."""
+        on_audio = self.on_audio
+        for item, at in self._connection.events_received():
+            if isinstance(item, bytes):
+                if on_audio is not None:
+                    on_audio(item, at)
+            else:
+                self._emit(item, at)
 
-    def _emit(self, event: Event) -> None:
-        record = SessionEvent(event, time.monotonic())
+    def _emit(self, event: Event, at: float) -> None:
+        record = SessionEvent(event, at)
         name = event.name  # built per call for a speaking event: once here
         if name == "ready":
             self._ready.set()
-        elif name in ("reconnected", "error", "ended"):
-            self._resume_deadline = None  # the resume was answered
         if self._listener is not None:
             try:
                 self._listener.event(event, record.at)

@@ -8,12 +8,14 @@ Modules, in dependency order:
 * ``values``: paths and headers, error and close codes, :class:`AudioFormat`;
 * ``messages``: typed client commands and SDK events with ``serialize()`` and parsers;
 * ``lifecycle``: the call's lifecycle as one table for both sides, and :class:`ClientProtocol`;
+* ``connection``: :class:`ClientConnection`, the client's bytes-in, bytes-out connection around it;
 * ``rest``: REST bodies; ``webhook``: the ``call.scored`` body and its signature;
 * ``frames``: RFC 6455 framing with size limits; ``pacing``: the real-time audio schedule.
 
 ``docs/protocol.md`` is the prose version; ``docs/architecture.md`` shows where this sits.
 """
 
+from .connection import ClientConnection
 from .errors import (
     FrameError,
     LocalProtocolError,
@@ -129,6 +131,7 @@ __all__ = [
     "CallState",
     "CallStatus",
     "ClientMessage",
+    "ClientConnection",
     "ClientProtocol",
     "CloseCode",
     "Connecting",
