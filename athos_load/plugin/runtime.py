@@ -52,7 +52,7 @@ from ..sim.config import SIM_API_KEY
 from ..simproc import SimulatorProcess, redact
 from ..trends import changes, drifts
 from ..verdict import ExitCode
-from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, realtime_url
+from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, authority, realtime_url
 from .bookkeeping import TRIM_EVERY, footprint, trim
 from .distributed import MasterHub, WorkerLink
 from .webui import OverTime, extended_stats, install_tab
@@ -302,11 +302,12 @@ class Runtime:
 
     def _serve_metrics(self) -> None:
         opts = self.options
+        where = authority(opts.metrics_host, opts.metrics_port)
         try:
             start_http_server(opts.metrics_port, addr=opts.metrics_host, registry=self.metrics.registry)
         except OSError as exc:
-            where = f"{opts.metrics_host}:{opts.metrics_port}"
             raise OptionError(f"--athos-metrics-port {opts.metrics_port}: cannot listen on {where} ({exc})") from None
+        print(f"athos-load: Prometheus metrics are served at http://{where}/metrics", flush=True)
 
     # -- a test's start ----------------------------------------------------------------------------
 

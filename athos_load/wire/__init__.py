@@ -104,6 +104,7 @@ from .values import (
     AudioFormat,
     CloseCode,
     ErrorCode,
+    authority,
     error_code,
     realtime_url,
 )
@@ -114,6 +115,7 @@ from .webhook import (
 )
 
 __all__ = [
+    "authority",
     "realtime_url",
     "server_frame",
     "parse_close",
