@@ -160,6 +160,16 @@ BAD_INPUTS = [
     (["--host", "not a url"], "--host 'not a url': expected http(s)://HOST[:PORT]"),
     (["--host", "http://127.0.0.1:9"], "--host http://127.0.0.1:9: cannot reach the platform"),
     (["--athos-baseline", "pyproject.toml"], "--athos-baseline pyproject.toml: not JSON (line 1"),
+    # a baseline is checked in full when it is loaded, not when the run's end judges it
+    (
+        ["--athos-baseline", "tests/data/baseline-bad-windows.json"],
+        "--athos-baseline tests/data/baseline-bad-windows.json: timeline.windows[1]: expected an object, got a number",
+    ),
+    # any file the user names goes through one loader (tests/test_userfiles.py): a binary one too
+    (
+        ["--athos-gates", "scenarios/audio/ma-full-sale/05-next-step.wav"],
+        "--athos-gates scenarios/audio/ma-full-sale/05-next-step.wav: not UTF-8 text (byte 0x",
+    ),
 ]
 
 
