@@ -211,20 +211,19 @@ class Runtime:
             except OSError as exc:
                 raise OptionError(f"{flag} {shown(value)}: cannot write there ({exc.strerror or exc})") from None
 
-    @staticmethod
-    def _check_shape(options: AthosOptions) -> None:
-        from .shapes import parse_params  # the shape module owns its parameters
+    def _check_shape(self, options: AthosOptions) -> None:
+        from .shapes import check_load, parse_params  # the shape module owns its parameters and -u/-r
 
+        parsed = self.environment.parsed_options
         try:
             parse_params(options.shape or "ramp", options.shape_params)
+            check_load(options.shape or "ramp", getattr(parsed, "num_users", None), getattr(parsed, "spawn_rate", None))
         except ValueError as exc:
             raise OptionError(str(exc)) from None
 
     def _check_host(self, host: str) -> None:
         """A garbage or unreachable ``--host`` or a refused API key: one line now, not a failed run."""
-        parts = urlsplit(host)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise OptionError(f"--host {shown(host)!r}: expected http(s)://HOST[:PORT]")
+        check_host_form(host)
         if not self.api_key:
             raise OptionError(f"--host {host}: set the platform's API key in ${self.options.api_key_env}")
         api = AthosApi(host, self.api_key, timeout=PREFLIGHT_TIMEOUT)
@@ -320,6 +319,8 @@ class Runtime:
             gates: list[Gate | Regression] = []
             if not self.is_worker:
                 self._check_shape(options)
+                if self.environment.host:
+                    check_host_form(self.environment.host)  # the web UI's form may have changed it
                 gates = self._gates(options)
             scenarios = self._scenarios(options)
         except (OptionError, ScenarioError) as exc:
@@ -608,6 +609,23 @@ class Runtime:
 
 def _headless(environment: Any) -> bool:
     return bool(getattr(environment.parsed_options, "headless", False))
+
+
+def check_host_form(host: str) -> None:
+    """``--host`` is the platform's origin: the tool adds the API's paths itself, so a path, query or
+    fragment (or a port that is not one) would only fail later, call by call."""
+    parts = urlsplit(host)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+    except ValueError:
+        raise OptionError(f"--host {shown(host)!r}: expected http(s)://HOST[:PORT] (the port is not one)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OptionError(f"--host {shown(host)!r}: expected http(s)://HOST[:PORT]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "#" in host or parts.username:
+        raise OptionError(
+            f"--host {shown(host)!r}: expected http(s)://HOST[:PORT], with no path, query, fragment or user "
+            "(the tool adds the API's paths)"
+        )
 
 
 def _one_line(exc: BaseException) -> str:
