@@ -44,6 +44,7 @@ from .wire import (
     RemoteProtocolError,
     ScoredEvent,
     SignatureError,
+    authority,
     parse_call,
     parse_call_list,
     parse_error_body,
@@ -281,7 +282,7 @@ class WebhookReceiver:
         if self._public_url:
             return self._public_url
         host, port = self._server.address[:2]
-        return f"http://{host}:{port}{self.path}"
+        return f"http://{authority(host, port)}{self.path}"
 
     @property
     def connections(self) -> int:

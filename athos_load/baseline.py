@@ -17,7 +17,6 @@ counts, and the percentile of every resampled row at once (:func:`~athos_load.hi
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,39 @@ from typing import Any
 import numpy as np
 
 from .histogram import bucket_percentiles
+from .metrics import Timing
 from .timeline import WindowHistogram
+from .userfiles import read_json, shown
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
 MIN_WINDOWS = 5  # fewer windows than this cannot show how a run varies over time
+
+
+def _kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _histogram(entry: Any) -> WindowHistogram:
+    """One window's timing as written by the summary (``{..., "h": {i, c, n, s, lo, hi}}``), checked:
+    bucket indices in range, counts whole and not negative, adding up to ``n``."""
+    if not isinstance(entry, dict) or not isinstance(entry["h"], dict):
+        raise TypeError("expected an object with a histogram 'h'")
+    data = entry["h"]
+    indices, counts = data["i"], data["c"]
+    if not (isinstance(indices, list) and isinstance(counts, list) and len(indices) == len(counts)):
+        raise ValueError("'i' and 'c' must be lists of the same length")
+    if not all(type(v) is int for v in (*indices, *counts, data["n"])):
+        raise ValueError("bucket indices and counts must be whole numbers")
+    if any(not 0 <= i < WindowHistogram.size for i in indices) or any(not 0 <= c < 2**62 for c in counts):
+        raise ValueError("a bucket index out of range or a negative count")
+    if sum(counts) != data["n"]:
+        raise ValueError(f"its counts add up to {sum(counts)}, not n = {data['n']}")
+    numbers = ("s", "lo", "hi") if data["n"] else ("s",)
+    if not all(isinstance(data[k], (int, float)) and math.isfinite(data[k]) for k in numbers):
+        raise ValueError("'s', 'lo' and 'hi' must be finite numbers")
+    return WindowHistogram.from_dict(data)
 
 
 class BaselineError(ValueError):
@@ -44,29 +71,46 @@ class Baseline:
     path: str
     windows: list[dict[str, Any]]
     settings: dict[str, Any]
-    _histograms: dict[str, list[WindowHistogram]] = field(default_factory=dict, compare=False, repr=False)
+    _histograms: dict[str, list[WindowHistogram]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @classmethod
     def load(cls, path: str | Path) -> Baseline:
-        try:
-            summary = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise BaselineError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        except json.JSONDecodeError as exc:
-            raise BaselineError(f"{path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+        """Read and check the whole file (see ``__post_init__``), or :class:`BaselineError`."""
+        summary = read_json(path, BaselineError)
+        name = shown(path)
         timeline = summary.get("timeline") if isinstance(summary, dict) else None
         if not isinstance(timeline, dict) or not isinstance(timeline.get("windows"), list):
             raise BaselineError(
-                f"{path}: no 'timeline' windows: not an athos-load JSON summary (--athos-summary), "
+                f"{name}: no 'timeline' windows: not an athos-load JSON summary (--athos-summary), "
                 "or one written before time windows"
             )
-        return cls(str(path), timeline["windows"], summary.get("settings") or {})
+        settings = summary.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise BaselineError(f"{name}: settings: expected an object, got {_kind(settings)}")
+        return cls(name, timeline["windows"], settings)
+
+    def __post_init__(self) -> None:
+        """Decode and check every window's histograms now: a baseline that cannot be compared with
+        must not be found out at the end of the run, when it would cost the verdict."""
+        histograms: dict[str, list[WindowHistogram]] = {timing.value: [] for timing in Timing}
+        for index, window in enumerate(self.windows):
+            if not isinstance(window, dict):
+                raise BaselineError(f"{self.path}: timeline.windows[{index}]: expected an object, got {_kind(window)}")
+            for timing, found in histograms.items():
+                if timing not in window:
+                    continue
+                try:
+                    found.append(_histogram(window[timing]))
+                except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+                    problem = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+                    raise BaselineError(
+                        f"{self.path}: timeline.windows[{index}].{timing}: not a histogram of this tool's ({problem})"
+                    ) from None
+        object.__setattr__(self, "_histograms", histograms)  # frozen: set once, here
 
     def histograms(self, timing: str) -> list[WindowHistogram]:
-        """A timing's per-window histograms, decoded once (the live tab compares at every poll)."""
-        if timing not in self._histograms:
-            self._histograms[timing] = [WindowHistogram.from_dict(w[timing]["h"]) for w in self.windows if timing in w]
-        return self._histograms[timing]
+        """A timing's per-window histograms (decoded and checked when the file was loaded)."""
+        return self._histograms.get(timing, [])
 
     def differences(self, settings: dict[str, Any]) -> list[str]:
         """What this run was asked to do differently from the baseline (a comparison of unlikes)."""

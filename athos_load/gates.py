@@ -50,6 +50,7 @@ from . import trends
 from .baseline import CONFIDENCE, MIN_WINDOWS, RESAMPLES, Baseline, Comparison, compare
 from .metrics import KNOWN_CODES, Metrics, Outcome, Timing
 from .trends import Drift
+from .userfiles import read_yaml, shown
 
 TIMINGS = (*(t.value for t in Timing), "audio_send_lag")
 # counted metric -> (what ``count`` is, what ``rate`` is)
@@ -278,17 +279,8 @@ class RegressionResult:
 
 def load_gates(path: str | Path) -> list[Gate | Regression]:
     """Every gate of a file, or :class:`GatesError` naming the file, the line and the mistake."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise GatesError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise GatesError(f"{where}: not YAML ({getattr(exc, 'problem', exc)})") from None
+    root = read_yaml(path, GatesError, nodes=True)
+    path = shown(path)  # as messages show it
     if root is None:
         raise GatesError(f"{path}: empty; expected a mapping from metric to thresholds")
     if not isinstance(root, yaml.MappingNode):
@@ -312,7 +304,7 @@ def load_gates(path: str | Path) -> list[Gate | Regression]:
     return gates
 
 
-def _parse_regressions(node: yaml.Node, path: Path) -> list[Regression]:
+def _parse_regressions(node: yaml.Node, path: str) -> list[Regression]:
     where = f"{path}:{node.start_mark.line + 1}"
     if not isinstance(node, yaml.MappingNode) or not node.value:
         raise GatesError(f"{where}: regression: expected a mapping like {{connect_ready.p95: 10%}}")

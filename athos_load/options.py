@@ -88,7 +88,15 @@ def _listen(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: expected HOST:PORT (port 0..65535, 0 = a free port) or 'off'")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError(f"{text!r}: an IPv6 address goes in brackets, as in a URL: [::1]:{port}")
     return text
+
+
+def _host(text: str) -> str:
+    """An address to listen on; an IPv6 one may come in brackets, as in a URL (``[::1]``)."""
+    host = _non_empty(text).strip()
+    return host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
 
 
 def _non_empty(text: str) -> str:
@@ -216,7 +224,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("summary", "", "Write the run's JSON summary (timings and call outcomes) to this path at the end"),
     Option("metrics_port", 0, "Serve Prometheus /metrics on this port (0 = off)", _int_in(0, 65535)),
-    Option("metrics_host", "127.0.0.1", "Address for /metrics", _non_empty),
+    Option("metrics_host", "127.0.0.1", "Address for /metrics (an IPv6 one as ::1 or [::1])", _host),
     Option(
         "metrics_file",
         "",

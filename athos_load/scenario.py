@@ -57,9 +57,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from athos_load.audio import CLEAN, AudioError, Clip, Effects, load_clip, silence
+from athos_load.userfiles import read_yaml, shown
 from athos_load.wire import AudioFormat
 
 
@@ -202,7 +202,7 @@ def load_scenarios(
         if p.is_dir():
             found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")])
             if not found:
-                raise ScenarioError(f"{p}: no *.yaml scenario files in this directory")
+                raise ScenarioError(f"{shown(p)}: no *.yaml scenario files in this directory")
         else:
             found = [p]
         for f in found:
@@ -214,7 +214,8 @@ def load_scenarios(
     for file in files.values():
         scenario = load_scenario(file, fmt)
         if scenario.name in seen:
-            raise ScenarioError(f"{file}: name: {scenario.name!r} is already used by {seen[scenario.name]}")
+            used = shown(seen[scenario.name])
+            raise ScenarioError(f"{shown(file)}: name: {scenario.name!r} is already used by {used}")
         seen[scenario.name] = file
         scenarios.append(scenario)
     return scenarios
@@ -226,13 +227,13 @@ def load_scenario(path: str | os.PathLike[str], fmt: AudioFormat) -> Scenario:
     doc = _read_yaml(file)
     problems = sorted(_VALIDATOR.iter_errors(doc), key=lambda e: [(isinstance(p, str), p) for p in e.absolute_path])
     if problems:
-        lines = [f"{file}: {_describe(e)}" for e in problems[:_MAX_REPORTED]]
+        lines = [f"{shown(file)}: {_describe(e)}" for e in problems[:_MAX_REPORTED]]
         if len(problems) > _MAX_REPORTED:
-            lines.append(f"{file}: ... and {len(problems) - _MAX_REPORTED} more problems")
+            lines.append(f"{shown(file)}: ... and {len(problems) - _MAX_REPORTED} more problems")
         raise ScenarioError("\n".join(lines))
 
     def fail(field: str, problem: str) -> ScenarioError:
-        return ScenarioError(f"{file}: {field}: {problem}")
+        return ScenarioError(f"{shown(file)}: {field}: {problem}")
 
     think = doc.get("think_time", DEFAULT_THINK_TIME)
     think = (float(think), float(think)) if isinstance(think, (int, float)) else (float(think[0]), float(think[1]))
@@ -307,37 +308,12 @@ def load_scenario(path: str | os.PathLike[str], fmt: AudioFormat) -> Scenario:
 # -- YAML and error wording ------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: YAML keeps the last one silently, dropping turns."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _read_yaml(file: Path) -> dict[str, Any]:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(f"{file}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{file}: cannot read: {exc}") from None
-    try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ScenarioError(f"{file}: {where}: invalid YAML: {problem}") from None
+    doc = read_yaml(file, ScenarioError)
     if doc is None:
-        raise ScenarioError(f"{file}: (document): the file is empty")
+        raise ScenarioError(f"{shown(file)}: (document): the file is empty")
     if not isinstance(doc, dict):
-        raise ScenarioError(f"{file}: (document): expected a mapping of fields, got {type(doc).__name__}")
+        raise ScenarioError(f"{shown(file)}: (document): expected a mapping of fields, got {type(doc).__name__}")
     return doc
 
 

@@ -36,7 +36,7 @@ import aiohttp
 import numpy as np
 
 from athos_load.sim.pacer import Pacer
-from athos_load.wire import OPCODE_BINARY, OPCODE_TEXT, FrameReader, client_frame
+from athos_load.wire import OPCODE_BINARY, OPCODE_TEXT, FrameReader, authority, client_frame
 from athos_load.wire.pacing import Schedule
 
 FRAME_S = 0.020
@@ -146,7 +146,7 @@ async def open_stream(host: str, port: int, token: str, lateness: list[float], s
     _, stream = await loop.create_connection(lambda: Stream(key, lateness, stats), host, port)
     assert stream.transport is not None
     stream.transport.write(
-        f"GET /v1/realtime HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"GET /v1/realtime HTTP/1.1\r\nHost: {authority(host, port)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     if not await asyncio.wait_for(stream.handshaken, 10):

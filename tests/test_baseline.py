@@ -105,7 +105,7 @@ def test_a_baseline_that_is_not_a_summary_is_refused(tmp_path):
     bad.write_text(json.dumps({"calls": {}}))
     with pytest.raises(BaselineError, match="no 'timeline'"):
         Baseline.load(bad)
-    with pytest.raises(BaselineError, match="cannot read"):
+    with pytest.raises(BaselineError, match="missing.json: file not found"):
         Baseline.load(tmp_path / "missing.json")
 
 

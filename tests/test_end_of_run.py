@@ -4,12 +4,15 @@ nothing fails the run, and the generator is judged saturated only while users ru
 
 import csv
 import json
+import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import gevent
 import pytest
-from support.locust_run import check_accounting, run_locust, samples, silent_scenario, total
+from support.locust_run import LOCUST, ROOT, check_accounting, locust_env, run_locust, samples, silent_scenario, total
 
 from athos_load.health import HealthMonitor
 from athos_load.metrics import Metrics
@@ -123,3 +126,47 @@ def test_the_end_table_says_how_long_the_generator_was_saturated():
 def test_the_table_shows_reconnects_per_session_minute(rate):
     summary = Metrics().summary() | {"reconnects_per_session_minute": rate}
     assert f"reconnects per session-minute: {'-' if rate is None else '0.25'}" in format_table(summary)
+
+
+def test_a_report_that_fails_at_the_end_costs_none_of_the_others(tmp_path):
+    """Paths on Linux are bytes: a scenario and a report whose names are not UTF-8 are written (the
+    bytes shown escaped); and the markdown report's directory replaced by a file mid-run (a CI
+    cleanup) is one line and exit code 4 (the run's results are incomplete), while every other
+    report is still written. Before, the HTML report was 0 bytes, with a traceback and exit 2."""
+    raw = os.fsencode(tmp_path)
+    scenario = os.fsdecode(raw + b"/sil\xffent.yaml")
+    shutil.copy(silent_scenario(tmp_path, 0.5), scenario)
+    report = os.fsdecode(raw + b"/r\xe9port.html")
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+    cmd = [
+        *LOCUST, "--headless", "-u", "2", "-r", "2", "-t", "4s", "--athos-scenario", scenario,
+        "--athos-summary", str(tmp_path / "s.json"), "--athos-junit", str(tmp_path / "j.xml"),
+        "--athos-report", report, "--athos-markdown", str(outputs / "m.md"), "--athos-drain-timeout", "5",
+    ]  # fmt: skip
+    with (tmp_path / "stderr.txt").open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=locust_env(), stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # the checks of the outputs at start are done once the target is up
+                if "started the built-in simulator" in line:
+                    break
+            shutil.rmtree(outputs)
+            outputs.write_text("a file where the directory was")
+            out = proc.communicate(timeout=90)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in err, err[-3000:]
+    assert proc.returncode == ExitCode.INVALID, err[-3000:]
+    failed = [line for line in err.splitlines() if line.startswith("athos-load: ") and "not written" in line]
+    assert failed == [f"athos-load: --athos-markdown {outputs / 'm.md'}: not written ({failed[0].split('(', 1)[1]}"]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["settings"]["athos"]["scenario"] == f"{tmp_path}/sil\\xffent.yaml"
+    assert summary["settings"]["athos"]["report"] == f"{tmp_path}/r\\xe9port.html"
+    html = Path(report).read_text(encoding="utf-8")
+    assert html.rstrip().endswith("</html>") and "sil\\xffent.yaml" in html
+    assert (tmp_path / "j.xml").read_text().startswith("<?xml")
+    assert "athos timing" in out  # the table too

@@ -48,7 +48,6 @@ def test_the_shipped_release_gate_loads():
         ),
         ('end_to_score:\n  - threshold: "p(99) < 90s"\n    abort_on_fail: yes\n', 2, "abort_on_fail: expected true"),
         ('end_to_score:\n  - threshold: "p(99) < 90s"\n    delay_abort_eval: soon\n', 2, "not a duration"),
-        ("connect_ready: [\n", 2, "not YAML"),
     ],
 )
 def test_a_mistake_names_the_file_and_line(tmp_path, text, line, message):

@@ -146,6 +146,35 @@ def test_a_bad_option_value_names_the_option(name, text, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "http://127.0.0.1:8080/api/external",
+        "http://127.0.0.1:8080?tenant=a",
+        "http://127.0.0.1:8080#x",
+        "http://user:pw@127.0.0.1:8080",
+        "http://127.0.0.1:99999",
+        "http://::1:8080",  # an IPv6 address in a URL goes in brackets
+        "ftp://127.0.0.1",
+    ],
+)
+def test_a_host_that_is_not_an_origin_is_refused_at_start(host):
+    """The tool adds the API's paths to --host: a path or a query used to pass the start-up check
+    and fail call by call."""
+    from athos_load.plugin.runtime import check_host_form
+
+    with pytest.raises(OptionError) as caught:
+        check_host_form(host)
+    assert str(caught.value).startswith(f"--host {host!r}: expected http(s)://HOST[:PORT]"), str(caught.value)
+
+
+@pytest.mark.parametrize("host", ["http://127.0.0.1:8080", "https://platform.example/", "http://[::1]:8080"])
+def test_an_origin_is_a_host(host):
+    from athos_load.plugin.runtime import check_host_form
+
+    check_host_form(host)
+
+
 # ...and one of each kind, in a real Locust start-up: one line on stderr naming the option, exit
 # code 2, no traceback, no user started (a Locust start-up each: they run at once).
 BAD_INPUTS = [
@@ -158,8 +187,19 @@ BAD_INPUTS = [
     (["--athos-sample-rate", "11025"], "--athos-sample-rate/--athos-frame-ms: sampleRate 11025"),
     (["--athos-shape", "wave"], "--athos-shape: 'wave' is not one of '', 'ramp'"),
     (["--host", "not a url"], "--host 'not a url': expected http(s)://HOST[:PORT]"),
+    (["-u", "0"], "-u/--users 0: the ramp shape needs at least 1 user"),  # it ran one, silently
     (["--host", "http://127.0.0.1:9"], "--host http://127.0.0.1:9: cannot reach the platform"),
     (["--athos-baseline", "pyproject.toml"], "--athos-baseline pyproject.toml: not JSON (line 1"),
+    # a baseline is checked in full when it is loaded, not when the run's end judges it
+    (
+        ["--athos-baseline", "tests/data/baseline-bad-windows.json"],
+        "--athos-baseline tests/data/baseline-bad-windows.json: timeline.windows[1]: expected an object, got a number",
+    ),
+    # any file the user names goes through one loader (tests/test_userfiles.py): a binary one too
+    (
+        ["--athos-gates", "scenarios/audio/ma-full-sale/05-next-step.wav"],
+        "--athos-gates scenarios/audio/ma-full-sale/05-next-step.wav: not UTF-8 text (byte 0x",
+    ),
 ]
 
 

@@ -152,3 +152,33 @@ def test_capacity_step_without_enough_samples_breaks_the_search():
 def test_gate_holds():
     gate = Gate.parse("persona_response.p99<=1.5")
     assert gate.holds(1.5) and not gate.holds(1.51) and str(gate) == "persona_response.p99<=1.5"
+
+
+def test_no_users_is_never_read_as_one():
+    """`-u 0` was `int(opts.num_users or 1)`: one user, silently. Only an unset -u is Locust's 1."""
+    assert ticks(shape_at("", "", users=None, rate=None), [0]) == [(1, 1.0)]
+    assert ticks(shape_at("", "", users=0), [0]) == [(0, 5.0)]  # refused at start (below), never 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "users", "rate", "message"),
+    [
+        ("ramp", 0, 1.0, "-u/--users 0: the ramp shape needs at least 1 user (-u 0 would run none)"),
+        ("soak", -3, 1.0, "-u/--users -3: the soak shape needs at least 1 user"),
+        ("ramp", 5, 0.0, "-r/--spawn-rate 0: must be a number of users per second above 0"),
+        ("steps", 5, float("nan"), "-r/--spawn-rate nan: must be a number of users per second above 0"),
+    ],
+)
+def test_no_users_or_no_rate_is_refused(shape, users, rate, message):
+    from athos_load.plugin.shapes import check_load
+
+    with pytest.raises(ValueError) as caught:
+        check_load(shape, users, rate)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize(("shape", "users", "rate"), [("ramp", None, None), ("ramp", 1, 0.5), ("steps", 0, 1.0)])
+def test_a_load_the_shape_can_run_is_accepted(shape, users, rate):
+    from athos_load.plugin.shapes import check_load
+
+    check_load(shape, users, rate)  # steps reads its own start/step, not -u

@@ -27,6 +27,7 @@ import secrets
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,9 @@ from ..scenario import Scenario, ScenarioError, load_scenarios
 from ..sim.config import SIM_API_KEY
 from ..simproc import SimulatorProcess, redact
 from ..trends import changes, drifts
+from ..userfiles import shown
 from ..verdict import ExitCode
-from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, realtime_url
+from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, authority, realtime_url
 from .bookkeeping import TRIM_EVERY, footprint, trim
 from .distributed import MasterHub, WorkerLink
 from .webui import OverTime, extended_stats, install_tab
@@ -207,22 +209,21 @@ class Runtime:
                 if not existed:
                     path.unlink()
             except OSError as exc:
-                raise OptionError(f"{flag} {value}: cannot write there ({exc.strerror or exc})") from None
+                raise OptionError(f"{flag} {shown(value)}: cannot write there ({exc.strerror or exc})") from None
 
-    @staticmethod
-    def _check_shape(options: AthosOptions) -> None:
-        from .shapes import parse_params  # the shape module owns its parameters
+    def _check_shape(self, options: AthosOptions) -> None:
+        from .shapes import check_load, parse_params  # the shape module owns its parameters and -u/-r
 
+        parsed = self.environment.parsed_options
         try:
             parse_params(options.shape or "ramp", options.shape_params)
+            check_load(options.shape or "ramp", getattr(parsed, "num_users", None), getattr(parsed, "spawn_rate", None))
         except ValueError as exc:
             raise OptionError(str(exc)) from None
 
     def _check_host(self, host: str) -> None:
         """A garbage or unreachable ``--host`` or a refused API key: one line now, not a failed run."""
-        parts = urlsplit(host)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise OptionError(f"--host {host!r}: expected http(s)://HOST[:PORT]")
+        check_host_form(host)
         if not self.api_key:
             raise OptionError(f"--host {host}: set the platform's API key in ${self.options.api_key_env}")
         api = AthosApi(host, self.api_key, timeout=PREFLIGHT_TIMEOUT)
@@ -302,11 +303,12 @@ class Runtime:
 
     def _serve_metrics(self) -> None:
         opts = self.options
+        where = authority(opts.metrics_host, opts.metrics_port)
         try:
             start_http_server(opts.metrics_port, addr=opts.metrics_host, registry=self.metrics.registry)
         except OSError as exc:
-            where = f"{opts.metrics_host}:{opts.metrics_port}"
             raise OptionError(f"--athos-metrics-port {opts.metrics_port}: cannot listen on {where} ({exc})") from None
+        print(f"athos-load: Prometheus metrics are served at http://{where}/metrics", flush=True)
 
     # -- a test's start ----------------------------------------------------------------------------
 
@@ -317,6 +319,8 @@ class Runtime:
             gates: list[Gate | Regression] = []
             if not self.is_worker:
                 self._check_shape(options)
+                if self.environment.host:
+                    check_host_form(self.environment.host)  # the web UI's form may have changed it
                 gates = self._gates(options)
             scenarios = self._scenarios(options)
         except (OptionError, ScenarioError) as exc:
@@ -442,26 +446,59 @@ class Runtime:
         if self.hub is not None:
             self.hub.wait_for_finals(timeout + 10.0)  # a worker with no final report is counted lost
         summary = self.summary()
-        self._judge(summary)
+        try:
+            self._judge(summary)
+        except Exception as exc:  # noqa: BLE001 - whatever the judgement did, the reports are still written
+            reason = f"the gates could not be judged ({_one_line(exc)})"
+            summary["verdict"] = {"status": "invalid", "reasons": [reason]}
+            summary.setdefault("gates", [])
+            self._end_failed(reason)
+        # each report on its own: one that cannot be written costs none of the others
         reports = (
-            (self.options.summary, lambda: json.dumps(summary, indent=2) + "\n"),
-            (self.options.junit, lambda: junit_xml(summary)),
-            (self.options.markdown, lambda: markdown(summary)),
-            (self.options.report, lambda: html_report(summary)),
+            ("--athos-summary", self.options.summary, lambda: json.dumps(summary, indent=2) + "\n"),
+            ("--athos-junit", self.options.junit, lambda: junit_xml(summary)),
+            ("--athos-markdown", self.options.markdown, lambda: markdown(summary)),
+            ("--athos-report", self.options.report, lambda: html_report(summary)),
         )
-        for target, render in reports:
+        for flag, target, render in reports:
             if target:
-                path = Path(target)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(render(), encoding="utf-8")
+                self._write_report(flag, target, render)
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if step_summary and self.plan is not None and self.plan.gates:
-            with open(step_summary, "a", encoding="utf-8") as f:
-                f.write(markdown(summary))
+            self._write_report("$GITHUB_STEP_SUMMARY", step_summary, lambda: markdown(summary), append=True)
         if self.options.metrics_file:
-            write_to_textfile(self.options.metrics_file, self.metrics.registry)
+            try:
+                write_to_textfile(self.options.metrics_file, self.metrics.registry)
+            except Exception as exc:  # noqa: BLE001 - as any report
+                self._end_failed(
+                    f"--athos-metrics-file {shown(self.options.metrics_file)}: not written ({_one_line(exc)})"
+                )
         if _headless(self.environment):
-            print(format_table(summary), flush=True)
+            try:
+                print(format_table(summary), flush=True)
+            except Exception as exc:  # noqa: BLE001 - the reports are written; say why the table is not
+                self._end_failed(f"the summary table could not be printed ({_one_line(exc)})")
+
+    def _write_report(self, flag: str, target: str, render: Callable[[], str], *, append: bool = False) -> None:
+        """Render and write one report; a failure is one line and makes the run untrustworthy (exit 4)."""
+        try:
+            # rendered and encoded before the file is opened: a report fails whole, never as 0 bytes;
+            # a character that is not UTF-8 (a path's stray byte) is escaped, not fatal
+            data = render().encode("utf-8", "backslashreplace")
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("ab" if append else "wb") as f:
+                f.write(data)
+        except Exception as exc:  # noqa: BLE001 - one report's failure must not cost the others
+            self._end_failed(f"{flag} {shown(target)}: not written ({_one_line(exc)})")
+
+    def _end_failed(self, message: str) -> None:
+        """Something at the end of the run failed: one line, and an exit code saying the run's
+        results cannot be trusted (docs/ci.md), unless it was already refused as a mistake."""
+        sys.stderr.write(f"athos-load: {message}\n")
+        logger.error("athos-load: %s", message)
+        if self.exit_code != ExitCode.USAGE:
+            self.exit_code = ExitCode.INVALID
 
     def _judge(self, summary: dict[str, Any]) -> None:
         """The gates on the whole run's numbers, and the verdict; with gates, it is the exit code."""
@@ -524,7 +561,7 @@ class Runtime:
         """What this run was asked to do: the report's "settings" and a baseline's comparability check."""
         parsed = self.environment.parsed_options
         runner = self.runner
-        return {
+        return _shown_strings({
             "host": self.environment.host,
             "users": getattr(parsed, "num_users", None),
             "spawn_rate": getattr(parsed, "spawn_rate", None),
@@ -533,7 +570,7 @@ class Runtime:
             "scenarios": [s.name for s in self.plan.scenarios] if self.plan is not None else [],
             "athos": {k: v for k, v in dataclasses.asdict(self.options).items() if v not in ("", None)}
             | ({"sim_args": shlex.join(redact(shlex.split(self.options.sim_args)))} if self.options.sim_args else {}),
-        }
+        })  # fmt: skip
 
     def _drain(self, timeout: float) -> None:
         pending = self.drain.pending
@@ -572,6 +609,41 @@ class Runtime:
 
 def _headless(environment: Any) -> bool:
     return bool(getattr(environment.parsed_options, "headless", False))
+
+
+def check_host_form(host: str) -> None:
+    """``--host`` is the platform's origin: the tool adds the API's paths itself, so a path, query or
+    fragment (or a port that is not one) would only fail later, call by call."""
+    parts = urlsplit(host)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+    except ValueError:
+        raise OptionError(f"--host {shown(host)!r}: expected http(s)://HOST[:PORT] (the port is not one)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OptionError(f"--host {shown(host)!r}: expected http(s)://HOST[:PORT]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "#" in host or parts.username:
+        raise OptionError(
+            f"--host {shown(host)!r}: expected http(s)://HOST[:PORT], with no path, query, fragment or user "
+            "(the tool adds the API's paths)"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as a message's tail: its type and its first line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _shown_strings(value: Any) -> Any:
+    """``value`` with every string as :func:`shown` writes a path: a command line's stray
+    non-UTF-8 byte escaped (``\\xff``), so every report can be written."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {key: _shown_strings(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shown_strings(item) for item in value]
+    return value
 
 
 def _reason(message: str) -> str:

@@ -77,6 +77,19 @@ def parse_params(shape: str, text: str) -> dict[str, Any]:
     return params
 
 
+READS_USERS = frozenset({"ramp", "soak"})  # the shapes whose concurrency is -u
+
+
+def check_load(shape: str, users: int | None, rate: float | None) -> None:
+    """``-u``/``-r`` as the shape reads them (None: not given, Locust's default of 1). ``-u 0``
+    starts no user (Locust allows it: users can be added later from its UI, which a shape does not
+    do), so a run would measure nothing for its whole ``-t``: refused, as a rate of no users a second."""
+    if users is not None and users < 1 and shape in READS_USERS:
+        raise ValueError(f"-u/--users {users}: the {shape} shape needs at least 1 user (-u 0 would run none)")
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"-r/--spawn-rate {rate:g}: must be a number of users per second above 0")
+
+
 @dataclass(frozen=True)
 class Gate:
     """``timing.stat < seconds`` on one window of recordings."""
@@ -128,7 +141,9 @@ class AthosShape(LoadTestShape):
     def tick(self) -> tuple[int, float] | None:
         shape, p = self._setup()
         opts = self.runner.environment.parsed_options
-        users, rate = int(opts.num_users or 1), float(opts.spawn_rate or 1)
+        # Locust's defaults when not given; 0 is refused at start (check_load), never read as 1
+        users = 1 if opts.num_users is None else int(opts.num_users)
+        rate = 1.0 if opts.spawn_rate is None else float(opts.spawn_rate)
         t = self.get_run_time()
         if opts.run_time and t >= opts.run_time:
             return None  # Locust's -t: a headless run with a shape waits on the shape, not the timer

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import sys
 
+from athos_load.wire import authority
+
 from .config import SimConfig, build_parser
 from .server import serve
 
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(config, listening))
     except OSError as exc:  # typically the port is taken or the address is not local
-        print(f"athos-sim: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        print(f"athos-sim: cannot listen on {authority(config.host, config.port)}: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -36,6 +36,7 @@ from athos_load.wire import (
     RemoteProtocolError,
     Resume,
     accept_key,
+    authority,
     call_list_body,
     error_body,
     parse_client_message,
@@ -316,7 +317,7 @@ class AiohttpLink:
 
 
 def _url(host: str, port: int, scheme: str = "http") -> str:
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+    return f"{scheme}://{authority(host, port)}"
 
 
 def _ssl_context(config: SimConfig) -> ssl.SSLContext | None:

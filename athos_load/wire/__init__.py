@@ -106,6 +106,7 @@ from .values import (
     AudioFormat,
     CloseCode,
     ErrorCode,
+    authority,
     error_code,
     realtime_url,
 )
@@ -116,6 +117,7 @@ from .webhook import (
 )
 
 __all__ = [
+    "authority",
     "realtime_url",
     "server_frame",
     "parse_close",

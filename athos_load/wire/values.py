@@ -21,6 +21,13 @@ EVENT_ID_HEADER = "Athos-Event-Id"
 CALL_ID_PREFIX = "athos_call_"
 
 
+def authority(host: str, port: int) -> str:
+    """``host`` and ``port`` as a URL's authority (RFC 3986): an IPv6 address in brackets
+    (``[::1]:8080``), a name or an IPv4 address as it is. Every URL the tool builds or prints uses it."""
+    host = host.removeprefix("[").removesuffix("]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def realtime_url(http_url: str) -> str:
     """The realtime WebSocket URL of a platform at ``http_url``: ws(s):// on the same host, /v1/realtime."""
     return "ws" + http_url.removeprefix("http").rstrip("/") + PATH_REALTIME
