@@ -1,11 +1,13 @@
 """The tool's ``--athos-*`` options: declared once, checked once.
 
-Each option is an :class:`Option` in :data:`OPTIONS`. :func:`add_options` adds them to Locust's
-parser with their ``LOCUST_ATHOS_*`` environment variable (Locust declares one per option; a
-``locust.conf`` key works through the same parser), so precedence is Locust's own: command line,
-then environment, then config file, then default. :meth:`AthosOptions.parse` turns a parsed
-namespace into typed, checked values; it runs at start-up and again at every test start, because
-the web UI's form and a master's spawn message change the namespace without Locust's parser.
+Each option is a field of :class:`AthosOptions`, declared with :func:`option` (its default, help
+and checker), and nowhere else; :data:`OPTIONS` lists them as :class:`Option` values.
+:func:`add_options` adds them to Locust's parser with their ``LOCUST_ATHOS_*`` environment
+variable (Locust declares one per option; a ``locust.conf`` key works through the same parser), so
+precedence is Locust's own: command line, then environment, then config file, then default.
+:meth:`AthosOptions.parse` turns a parsed namespace into typed, checked values; it runs at
+start-up and again at every test start, because the web UI's form and a master's spawn message
+change the namespace without Locust's parser.
 
 Secrets are read from environment variables named by an option, never from the command line,
 where ``ps`` and CI logs would show them. ``athos-load options`` prints every option (Locust
@@ -15,11 +17,12 @@ prints its ``--help`` before it imports a locustfile, so ours cannot appear ther
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -157,153 +160,150 @@ class Option:
             raise OptionError(f"{self.flag}: {exc}") from None
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("scenario", "scenarios", "Scenario YAML file, or a directory of them mixed by weight", _non_empty, True),
-    Option(
-        "api_key_env",
-        "ATHOS_API_KEY",
-        "Environment variable holding the Athos API key (the built-in simulator is given the same key)",
-        _env_name,
-    ),
-    Option(
-        "webhook_secret_env",
-        "ATHOS_WEBHOOK_SECRET",
-        "Environment variable holding the call.scored webhook signing secret",
-        _env_name,
-    ),
-    Option(
-        "ws_url", "", "Realtime WebSocket URL (default: the host with ws(s):// and /v1/realtime)", _url("ws", "wss")
-    ),
-    Option(
-        "webhook_listen",
-        "127.0.0.1:0",
-        "HOST:PORT where the call.scored receiver listens (path /webhooks/athos; port 0 = a free one); "
-        "'off' to rely on polling",
-        _listen,
-    ),
-    Option(
-        "webhook_url",
-        "",
-        "Public URL the platform should POST webhooks to, when it differs from the listen address",
-        _url("http", "https"),
-    ),
-    Option(
-        "poll_interval",
-        0.0,
-        "Seconds between GET /v1/calls polls for scores; 0 = poll only when the webhook is off",
-        _seconds(0.0),
-    ),
-    Option(
-        "score_timeout",
-        120.0,
-        "Seconds after ended to wait for a score before counting it missing",
-        _seconds(0.0, inclusive=False),
-        True,
-    ),
-    Option(
-        "drain_timeout",
-        30.0,
-        "At the end of a run, seconds to wait for scores of calls that already ended (unsettled ones count pending)",
-        _seconds(0.0),
-        True,
-    ),
-    Option("sample_rate", 16000, "Wire audio sample rate", _int_in(1, 1_000_000)),
-    Option("frame_ms", 20, "Wire audio frame length in ms", _int_in(1, 10_000)),
-    Option(
-        "jitter_buffer_ms",
-        60,
-        "The playout buffer of the rep's client, in ms: persona audio later than it is an underrun",
-        _int_in(0, 10_000),
-    ),
-    Option(
-        "transcript_check",
-        "off",
-        "on: when a call ends, fetch its transcript (GET /v1/calls/:id) and check the rep's turns in it "
-        "(present, aligned within 0.3 s, word error rate against the scenario's text)",
-        choices=("off", "on"),
-    ),
-    Option("summary", "", "Write the run's JSON summary (timings and call outcomes) to this path at the end"),
-    Option("metrics_port", 0, "Serve Prometheus /metrics on this port (0 = off)", _int_in(0, 65535)),
-    Option("metrics_host", "127.0.0.1", "Address for /metrics (an IPv6 one as ::1 or [::1])", _host),
-    Option(
-        "metrics_file",
-        "",
-        "At the end, write the final Prometheus exposition (what /metrics would show) to this path",
-    ),
-    Option(
-        "sim_args",
-        "",
-        "Options for the built-in simulator started when no --host is given, "
-        "e.g. '--drops-per-minute 2 --max-calls 50' (athos-sim --help)",
-        _sim_args,
-    ),
-    Option(
-        "gates",
-        "",
-        "YAML file of k6-style thresholds (docs/ci.md); when given, they decide the exit code: "
-        "0 passed, 3 a gate failed, 4 the run cannot be trusted",
-        web_ui=True,
-    ),
-    Option(
-        "baseline",
-        "",
-        "A previous run's JSON summary: fail when this run is worse by more than the gates file's "
-        "'regression' limits (default: connect_ready.p95, persona_response.p50/p95 at 10%) with 95% confidence",
-    ),
-    Option("junit", "", "At the end, write a JUnit XML report (one test case per gate, one for run validity)"),
-    Option(
-        "markdown",
-        "",
-        "At the end, write a Markdown summary for a CI job (also appended to $GITHUB_STEP_SUMMARY when set)",
-    ),
-    Option(
-        "report",
-        "",
-        "At the end, write a self-contained HTML report (verdict, gates, timings, plots over time) that opens offline",
-    ),
-    Option(
-        "shape",
-        "",
-        "Load shape: ramp, steps, spike, soak or capacity; empty = Locust's own -u/-r/-t",
-        choices=("", "ramp", "steps", "spike", "soak", "capacity"),
-    ),
-    Option(
-        "shape_params",
-        "",
-        "Shape parameters as key=value,... e.g. 'start=10,step=10,step_seconds=60,steps=5' (README: Load shapes)",
-    ),
-)
+def option(
+    default: Any,
+    help: str,
+    parse: Callable[[str], Any] = str,
+    web_ui: bool = False,
+    *,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """An :class:`AthosOptions` field that is an ``--athos-*`` option (see :class:`Option`)."""
+    declared = Option("", default, help, parse, web_ui, choices)
+    return dataclasses.field(default=default, metadata={"option": declared})
 
 
 @dataclass(frozen=True)
 class AthosOptions:
-    """The checked values of every option (field names are :data:`OPTIONS`' names)."""
+    """Every ``--athos-*`` option, declared once: each field is an option (its name the attribute,
+    ``--athos-<name>`` the flag), and an instance holds the checked values of a run."""
 
-    scenario: str
-    api_key_env: str
-    webhook_secret_env: str
-    ws_url: str
-    webhook_listen: str
-    webhook_url: str
-    poll_interval: float
-    score_timeout: float
-    drain_timeout: float
-    sample_rate: int
-    frame_ms: int
-    jitter_buffer_ms: int
-    transcript_check: str
-    summary: str
-    metrics_port: int
-    metrics_host: str
-    metrics_file: str
-    sim_args: str
-    gates: str
-    baseline: str
-    junit: str
-    markdown: str
-    report: str
-    shape: str
-    shape_params: str
+    scenario: str = option(
+        "scenarios",
+        "Scenario YAML file, or a directory of them mixed by weight",
+        _non_empty,
+        True,
+    )
+    api_key_env: str = option(
+        "ATHOS_API_KEY",
+        "Environment variable holding the Athos API key (the built-in simulator is given the same key)",
+        _env_name,
+    )
+    webhook_secret_env: str = option(
+        "ATHOS_WEBHOOK_SECRET",
+        "Environment variable holding the call.scored webhook signing secret",
+        _env_name,
+    )
+    ws_url: str = option(
+        "",
+        "Realtime WebSocket URL (default: the host with ws(s):// and /v1/realtime)",
+        _url("ws", "wss"),
+    )
+    webhook_listen: str = option(
+        "127.0.0.1:0",
+        "HOST:PORT where the call.scored receiver listens (path /webhooks/athos; port 0 = a free one); "
+        "'off' to rely on polling",
+        _listen,
+    )
+    webhook_url: str = option(
+        "",
+        "Public URL the platform should POST webhooks to, when it differs from the listen address",
+        _url("http", "https"),
+    )
+    poll_interval: float = option(
+        0.0,
+        "Seconds between GET /v1/calls polls for scores; 0 = poll only when the webhook is off",
+        _seconds(0.0),
+    )
+    score_timeout: float = option(
+        120.0,
+        "Seconds after ended to wait for a score before counting it missing",
+        _seconds(0.0, inclusive=False),
+        True,
+    )
+    drain_timeout: float = option(
+        30.0,
+        "At the end of a run, seconds to wait for scores of calls that already ended (unsettled ones count pending)",
+        _seconds(0.0),
+        True,
+    )
+    sample_rate: int = option(
+        16000,
+        "Wire audio sample rate",
+        _int_in(1, 1_000_000),
+    )
+    frame_ms: int = option(
+        20,
+        "Wire audio frame length in ms",
+        _int_in(1, 10_000),
+    )
+    jitter_buffer_ms: int = option(
+        60,
+        "The playout buffer of the rep's client, in ms: persona audio later than it is an underrun",
+        _int_in(0, 10_000),
+    )
+    transcript_check: str = option(
+        "off",
+        "on: when a call ends, fetch its transcript (GET /v1/calls/:id) and check the rep's turns in it "
+        "(present, aligned within 0.3 s, word error rate against the scenario's text)",
+        choices=("off", "on"),
+    )
+    summary: str = option(
+        "",
+        "Write the run's JSON summary (timings and call outcomes) to this path at the end",
+    )
+    metrics_port: int = option(
+        0,
+        "Serve Prometheus /metrics on this port (0 = off)",
+        _int_in(0, 65535),
+    )
+    metrics_host: str = option(
+        "127.0.0.1",
+        "Address for /metrics (an IPv6 one as ::1 or [::1])",
+        _host,
+    )
+    metrics_file: str = option(
+        "",
+        "At the end, write the final Prometheus exposition (what /metrics would show) to this path",
+    )
+    sim_args: str = option(
+        "",
+        "Options for the built-in simulator started when no --host is given, "
+        "e.g. '--drops-per-minute 2 --max-calls 50' (athos-sim --help)",
+        _sim_args,
+    )
+    gates: str = option(
+        "",
+        "YAML file of k6-style thresholds (docs/ci.md); when given, they decide the exit code: "
+        "0 passed, 3 a gate failed, 4 the run cannot be trusted",
+        web_ui=True,
+    )
+    baseline: str = option(
+        "",
+        "A previous run's JSON summary: fail when this run is worse by more than the gates file's "
+        "'regression' limits (default: connect_ready.p95, persona_response.p50/p95 at 10%) with 95% confidence",
+    )
+    junit: str = option(
+        "",
+        "At the end, write a JUnit XML report (one test case per gate, one for run validity)",
+    )
+    markdown: str = option(
+        "",
+        "At the end, write a Markdown summary for a CI job (also appended to $GITHUB_STEP_SUMMARY when set)",
+    )
+    report: str = option(
+        "",
+        "At the end, write a self-contained HTML report (verdict, gates, timings, plots over time) that opens offline",
+    )
+    shape: str = option(
+        "",
+        "Load shape: ramp, steps, spike, soak or capacity; empty = Locust's own -u/-r/-t",
+        choices=("", "ramp", "steps", "spike", "soak", "capacity"),
+    )
+    shape_params: str = option(
+        "",
+        "Shape parameters as key=value,... e.g. 'start=10,step=10,step_seconds=60,steps=5' (README: Load shapes)",
+    )
 
     @classmethod
     def parse(cls, namespace: Any) -> AthosOptions:
@@ -329,7 +329,10 @@ class AthosOptions:
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
-assert [f.name for f in fields(AthosOptions)] == [o.name for o in OPTIONS], "AthosOptions and OPTIONS must agree"
+# The options, in declaration order, as add_options and describe() read them.
+OPTIONS: tuple[Option, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], name=f.name) for f in dataclasses.fields(AthosOptions)
+)
 
 
 def add_options(parser: Any) -> None:

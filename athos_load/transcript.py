@@ -17,25 +17,33 @@ speech bounds (from its clip, where the tool started it) and, when the scenario 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import jiwer
+from typing import Any
 
 from .wire import Segment
 
 TOLERANCE = 0.3  # seconds a rep segment's bounds may be off the speech's before it is misaligned
 _ANNOTATION = re.compile(r"\[[^\]]*\]")
-_WORDS = jiwer.Compose(
-    [
-        jiwer.ToLowerCase(),
-        jiwer.RemovePunctuation(),
-        jiwer.RemoveMultipleSpaces(),
-        jiwer.Strip(),
-        jiwer.ReduceToListOfListOfWords(),
-    ]
-)
+
+
+@functools.cache
+def _words() -> Any:
+    """Words as the WER counts them. jiwer is imported when a transcript is first checked, not in
+    every process that imports this module (it is a heavy import for a worker that never checks)."""
+    import jiwer
+
+    return jiwer.Compose(
+        [
+            jiwer.ToLowerCase(),
+            jiwer.RemovePunctuation(),
+            jiwer.RemoveMultipleSpaces(),
+            jiwer.Strip(),
+            jiwer.ReduceToListOfListOfWords(),
+        ]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +100,10 @@ def check(spoken: Sequence[SpokenTurn], segments: Sequence[Segment], tolerance: 
     reference = " ".join(t.text for t in spoken if t.text)
     hypothesis = " ".join(words_of(s.text) for s in rep)
     if reference.strip() and hypothesis.strip():  # the platform returned words: compare them
-        out = jiwer.process_words(reference, hypothesis, reference_transform=_WORDS, hypothesis_transform=_WORDS)
+        import jiwer
+
+        words = _words()
+        out = jiwer.process_words(reference, hypothesis, reference_transform=words, hypothesis_transform=words)
         words = out.hits + out.substitutions + out.deletions
         word_errors = out.substitutions + out.deletions + out.insertions
     return TranscriptCheck(len(spoken), missing, misaligned, words, word_errors)

@@ -37,8 +37,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ruptures
-from scipy.stats import theilslopes
 
 from .timeline import WindowHistogram
 
@@ -88,6 +86,8 @@ def drift(times: Sequence[float], values: Sequence[float], *, relative: bool = T
     hours = (np.asarray(times, dtype=np.float64) - times[0]) / 3600.0
     if hours[-1] <= 0:
         return None
+    from scipy.stats import theilslopes  # heavy: imported by the process that judges a run, when it does
+
     fit = theilslopes(np.asarray(values, dtype=np.float64), hours, alpha=CONFIDENCE)
     level, slope, low, high = (float(v) for v in (fit.intercept, fit.slope, fit.low_slope, fit.high_slope))
     if not math.isfinite(slope):
@@ -216,6 +216,8 @@ def change_points(starts: Sequence[float], values: Sequence[float]) -> list[Chan
     if sigma <= 0:
         sigma = float(np.std(signal)) or 1e-9
     penalty = PENALTY * sigma * math.log(len(signal))
+    import ruptures  # heavy (and scipy's): imported by the process that judges a run, when it does
+
     ends = ruptures.Pelt(model="l1", min_size=MIN_SEGMENT, jump=1).fit(signal).predict(pen=penalty)
     bounds = [0, *ends]
     level = [float(np.exp(np.median(signal[a:b]))) for a, b in zip(bounds, bounds[1:], strict=False)]
