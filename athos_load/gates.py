@@ -1,4 +1,4 @@
-"""CI gates: k6-style thresholds on the tool's own recordings, and the run's verdict.
+"""CI gates: k6-style thresholds on the tool's own recordings (the run's verdict: athos_load/verdict.py).
 
 A gates file is YAML, a mapping from metric to a list of thresholds, as k6 users write them::
 
@@ -485,57 +485,7 @@ def observe(metrics: Metrics, gate: Gate) -> tuple[float | None, int]:
     return count / denominator, int(denominator)
 
 
-# -- the verdict -----------------------------------------------------------------------------------
-
-SATURATED_SHARE = 0.10  # a run saturated longer than this share of its time is invalid
-
-
-def verdict(
-    results: list[GateResult | RegressionResult],
-    summary: dict[str, Any],
-    *,
-    duration: float,
-    frame_seconds: float,
-    aborted_by: GateResult | None = None,
-) -> dict[str, Any]:
-    """``passed``, ``failed`` or ``invalid``, with the reasons, for the JSON summary.
-
-    Invalid (the numbers cannot be trusted) wins over failed: no call completed, a gate had too few
-    samples, a generator was saturated for more than :data:`SATURATED_SHARE` of the run, a worker
-    was lost mid-run, or the audio send lag p99 exceeded one frame. A run stopped by an
-    ``abort_on_fail`` gate has failed.
-    """
-    invalid: list[str] = []
-    if summary["calls"]["completed"] == 0:
-        invalid.append("no call completed")
-    for result in results:
-        if result.passed is None:
-            invalid.append(f"{result.gate}: {result.shortfall()}")
-    saturated = summary.get("saturated_seconds") or 0.0
-    if duration > 0 and saturated > SATURATED_SHARE * duration:
-        invalid.append(
-            f"the generator was saturated for {saturated:.0f} s of {duration:.0f} s "
-            f"(more than {SATURATED_SHARE:.0%}): its latencies include its own delay"
-        )
-    for worker in summary.get("lost_workers") or []:
-        invalid.append(
-            f"worker {worker['worker']} was lost ({worker['why']}) at {worker['at']}: "
-            f"{worker['calls_lost']:g} unfinished calls counted lost"
-        )
-    lag = (summary.get("audio_send_lag") or {}).get("p99")
-    if lag is not None and lag > frame_seconds:
-        invalid.append(f"audio send lag p99 {lag * 1000:.1f} ms exceeded one frame ({frame_seconds * 1000:.0f} ms)")
-    failed = [f"{r.gate}: observed {format_value(r)}" for r in results if r.passed is False]
-    if aborted_by is not None:
-        # stopped because a gate failed on enough samples: that failure stands, however short the run
-        failed = failed or [f"{aborted_by.gate}: observed {format_value(aborted_by)}"]
-        return {
-            "status": "failed",
-            "reasons": failed,
-            "aborted": f"stopped early: {aborted_by.gate} failed (observed {format_value(aborted_by)})",
-        }
-    status = "invalid" if invalid else "failed" if failed else "passed"
-    return {"status": status, "reasons": invalid if invalid else failed}
+# -- showing a result ------------------------------------------------------------------------------
 
 
 def format_value(result: GateResult | RegressionResult) -> str:

@@ -11,10 +11,10 @@ from xml.etree import ElementTree as ET
 import pytest
 from support.locust_run import LOCUST, ROOT, gated_run, locust_env, run_locust
 
-from athos_load.gates import GatesError, load_gates, verdict
+from athos_load.gates import GatesError, load_gates
 from athos_load.metrics import Metrics, Outcome, ScoreOutcome, Timing
 from athos_load.report import junit_xml, markdown
-from athos_load.verdict import ExitCode
+from athos_load.verdict import ExitCode, verdict
 
 
 def gates_file(tmp_path: Path, text: str) -> Path:

@@ -41,7 +41,7 @@ from prometheus_client import start_http_server, write_to_textfile
 from ..api import ApiError, AthosApi, ScoreBoard, ScorePoller, WebhookReceiver
 from ..baseline import Baseline, BaselineError
 from ..call import CallSettings, ScoreDrain
-from ..gates import Gate, GateResult, GatesError, Regression, default_regressions, load_gates, verdict
+from ..gates import Gate, GateResult, GatesError, Regression, default_regressions, load_gates
 from ..health import HealthMonitor
 from ..metrics import Metrics, Outcome, TallyCollector, Timing
 from ..options import AthosOptions, OptionError
@@ -53,7 +53,7 @@ from ..sim.config import SIM_API_KEY
 from ..simproc import SimulatorProcess, redact
 from ..trends import changes, drifts
 from ..userfiles import shown
-from ..verdict import ExitCode
+from ..verdict import ExitCode, verdict
 from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, authority, realtime_url
 from .bookkeeping import TRIM_EVERY, footprint, trim
 from .distributed import MasterHub, WorkerLink

@@ -26,7 +26,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from locust import LoadTestShape
 
@@ -35,13 +35,6 @@ from ..metrics import Timing
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, dict[str, float]] = {
-    "ramp": {},
-    "steps": {"start": 10, "step": 10, "step_seconds": 60, "steps": 5},
-    "spike": {"base": 10, "peak": 100, "at": 60, "hold": 30, "recover": 60},
-    "soak": {"ramp_seconds": 300, "hold_seconds": 0, "low": 0, "period": 86400, "warmup_seconds": -1},
-    "capacity": {"start": 10, "step": 10, "step_seconds": 60, "steps": 20, "min_samples": 20},
-}
 # parameters that must be above zero (a step of 0 seconds divides by zero); every other one >= 0
 POSITIVE = frozenset({"step_seconds", "steps", "min_samples", "period"})
 UNSET = -1  # a default that means "derived from another parameter" (soak's warm-up: its ramp)
@@ -121,64 +114,120 @@ class Gate:
         return f"{self.timing.value}.{self.stat}{self.op}{self.limit:g}"
 
 
+class Shape:
+    """One load shape: ``tick`` gives (users, spawn rate) at ``t`` seconds, or None to stop;
+    ``defaults`` are its ``--athos-shape-params``."""
+
+    defaults: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, params: dict[str, Any], environment: Any) -> None:
+        self.p = params
+        self.environment = environment
+
+    def tick(self, t: float, users: int, rate: float) -> tuple[int, float] | None:
+        raise NotImplementedError
+
+
+class Ramp(Shape):
+    defaults: ClassVar[dict[str, float]] = {}
+
+    def tick(self, t: float, users: int, rate: float) -> tuple[int, float] | None:
+        return users, rate
+
+
+class Steps(Shape):
+    defaults: ClassVar[dict[str, float]] = {"start": 10, "step": 10, "step_seconds": 60, "steps": 5}
+
+    def tick(self, t: float, users: int, rate: float) -> tuple[int, float] | None:
+        p = self.p
+        index = int(t // p["step_seconds"])
+        if index >= p["steps"]:
+            return None
+        return int(p["start"] + index * p["step"]), rate
+
+
+class Spike(Shape):
+    defaults: ClassVar[dict[str, float]] = {"base": 10, "peak": 100, "at": 60, "hold": 30, "recover": 60}
+
+    def tick(self, t: float, users: int, rate: float) -> tuple[int, float] | None:
+        p = self.p
+        if t < p["at"]:
+            return int(p["base"]), rate
+        if t < p["at"] + p["hold"]:
+            return int(p["peak"]), max(rate, p["peak"])  # a spike arrives at once
+        if t < p["at"] + p["hold"] + p["recover"]:
+            return int(p["base"]), max(rate, p["peak"])
+        return None
+
+
+class Soak(Shape):
+    defaults: ClassVar[dict[str, float]] = {
+        "ramp_seconds": 300,
+        "hold_seconds": 0,
+        "low": 0,
+        "period": 86400,
+        "warmup_seconds": -1,
+    }
+
+    def tick(self, t: float, users: int, rate: float) -> tuple[int, float] | None:
+        p = self.p
+        if p["hold_seconds"] and t > p["ramp_seconds"] + p["hold_seconds"]:
+            return None
+        if t >= p["warmup_seconds"]:
+            self.environment.athos.metrics.end_warmup()  # once; later calls do nothing
+        ramp = users / p["ramp_seconds"] if p["ramp_seconds"] else rate
+        wave = (users - p["low"]) * math.pi / p["period"] if p["low"] else 0.0  # its steepest, users/s
+        return soak_users(users, p, t), max(ramp, wave, 0.01)
+
+
+class Capacity(Shape):
+    defaults: ClassVar[dict[str, float]] = {"start": 10, "step": 10, "step_seconds": 60, "steps": 20, "min_samples": 20}
+
+    def __init__(self, params: dict[str, Any], environment: Any) -> None:
+        super().__init__(params, environment)
+        self.search: CapacitySearch | None = None  # made at the first tick: the run's metrics exist by then
+
+    def tick(self, t: float, users: int, rate: float) -> tuple[int, float] | None:
+        if self.search is None:
+            metrics = self.environment.athos.metrics
+            self.search = CapacitySearch(self.p, lambda: metrics.timing(self.p["gate"].timing))
+        return self.search.tick(t, rate)
+
+
+SHAPES: dict[str, type[Shape]] = {"ramp": Ramp, "steps": Steps, "spike": Spike, "soak": Soak, "capacity": Capacity}
+DEFAULTS = {name: shape.defaults for name, shape in SHAPES.items()}
+
+
 class AthosShape(LoadTestShape):
-    """The one shape class the locustfile exports; ``--athos-shape`` picks its behaviour."""
+    """The one shape class the locustfile exports; ``--athos-shape`` picks the :class:`Shape` it runs."""
 
     use_common_options = True
 
     def __init__(self) -> None:
         super().__init__()
-        self._params: dict[str, Any] | None = None
-        self._capacity: CapacitySearch | None = None
-
-    def _setup(self) -> tuple[str, dict[str, Any]]:
-        opts = self.runner.environment.parsed_options
-        shape = opts.athos_shape or "ramp"
-        if self._params is None:
-            self._params = parse_params(shape, opts.athos_shape_params)
-        return shape, self._params
+        self._shape: Shape | None = None
 
     def tick(self) -> tuple[int, float] | None:
-        shape, p = self._setup()
-        opts = self.runner.environment.parsed_options
+        environment = self.runner.environment
+        opts = environment.parsed_options
+        if self._shape is None:
+            name = opts.athos_shape or "ramp"
+            self._shape = SHAPES[name](parse_params(name, opts.athos_shape_params), environment)
         # Locust's defaults when not given; 0 is refused at start (check_load), never read as 1
         users = 1 if opts.num_users is None else int(opts.num_users)
         rate = 1.0 if opts.spawn_rate is None else float(opts.spawn_rate)
         t = self.get_run_time()
         if opts.run_time and t >= opts.run_time:
             return None  # Locust's -t: a headless run with a shape waits on the shape, not the timer
-        if shape == "ramp":
-            return users, rate
-        if shape == "steps":
-            index = int(t // p["step_seconds"])
-            if index >= p["steps"]:
-                return None
-            return int(p["start"] + index * p["step"]), rate
-        if shape == "spike":
-            if t < p["at"]:
-                return int(p["base"]), rate
-            if t < p["at"] + p["hold"]:
-                return int(p["peak"]), max(rate, p["peak"])  # a spike arrives at once
-            if t < p["at"] + p["hold"] + p["recover"]:
-                return int(p["base"]), max(rate, p["peak"])
-            return None
-        if shape == "soak":
-            if p["hold_seconds"] and t > p["ramp_seconds"] + p["hold_seconds"]:
-                return None
-            if t >= p["warmup_seconds"]:
-                self.runner.environment.athos.metrics.end_warmup()  # once; later calls do nothing
-            ramp = users / p["ramp_seconds"] if p["ramp_seconds"] else rate
-            wave = (users - p["low"]) * math.pi / p["period"] if p["low"] else 0.0  # its steepest, users/s
-            return soak_users(users, p, t), max(ramp, wave, 0.01)
-        if self._capacity is None:
-            metrics = self.runner.environment.athos.metrics
-            self._capacity = CapacitySearch(p, lambda: metrics.timing(p["gate"].timing))
-        return self._capacity.tick(t, rate)
+        return self._shape.tick(t, users, rate)
 
     @property
     def capacity_result(self) -> dict[str, Any] | None:
         """The capacity search's verdict once it has one (for the JSON summary and the exit code)."""
-        return None if self._capacity is None else self._capacity.verdict()
+        shape = self._shape
+        if not isinstance(shape, Capacity) or shape.search is None:
+            return None
+        return shape.search.verdict()
 
 
 def soak_users(users: int, p: dict[str, Any], t: float) -> int:

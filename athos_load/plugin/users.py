@@ -77,18 +77,14 @@ class RoleplayUser(User):
         Call(self._settings, scenario, self.environment.events.request.fire, self.rng).run()
 
 
-_installed = False
-
-
 def install() -> None:
     """Add the ``--athos-*`` options and the tool's start and end of a run to Locust's events.
 
-    Call it once, at the top level of the locustfile; calling it again does nothing.
+    Call it once, at the top level of the locustfile; calling it again does nothing (the listeners
+    already on Locust's hooks are the record of it: no flag of this module's).
     """
-    global _installed
-    if _installed:
+    if _add_options in events.init_command_line_parser._handlers:
         return
-    _installed = True
     events.init_command_line_parser.add_listener(_add_options)
     events.init.add_listener(_init)
     events.test_start.add_listener(_test_start)
