@@ -32,8 +32,8 @@ from .hearing import JITTER_BUFFER
 from .metrics import TIMINGS, Metrics, Outcome, ScoreOutcome
 from .pacer import AudioPacer
 from .scenario import Scenario
-from .session import RoleplaySession, SessionError
-from .transport import Transport, TransportFactory
+from .session import RoleplaySession
+from .transport import Transport, TransportError, TransportFactory
 from .wire import AudioFormat, Event
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Call:
         )
         try:
             transport.connect()
-        except SessionError as exc:
+        except TransportError as exc:
             c.connect_failed(str(exc.code), self.clock.now())
             self._flush()
             return False

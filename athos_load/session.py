@@ -39,7 +39,7 @@ import websocket
 
 from .audio import Clip
 from .pacer import AudioPacer, Microphone, Utterance
-from .transport import CallListener
+from .transport import CallListener, TransportError
 from .wire import (
     SDK_EVENTS,
     AudioFormat,
@@ -80,13 +80,8 @@ class SessionEvent:
 Listener = Callable[[SessionEvent], Any]
 
 
-class SessionError(Exception):
+class SessionError(TransportError):
     """connect() or another blocking call failed; ``code`` is an :class:`ErrorCode` or a platform code."""
-
-    def __init__(self, code: ErrorCode | str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

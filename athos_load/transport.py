@@ -39,16 +39,21 @@ class Spoken(Protocol):
     end: float
 
 
-class TransportError(Protocol):
-    code: ErrorCode | str
-    message: str
+class TransportError(Exception):
+    """A transport's failure: ``code`` an :class:`~athos_load.wire.ErrorCode` or the platform's own
+    code, to branch on; what :meth:`Transport.connect` raises and :attr:`Transport.last_error` holds."""
+
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class Transport(Protocol):
     """One call's realtime leg. Every blocking method is bounded by a deadline of its own.
 
     Events reach the ``listener`` it was made with; :meth:`connect` emits ``connecting`` first
-    and returns once ``ready`` was emitted, or raises :class:`~athos_load.session.SessionError`
+    and returns once ``ready`` was emitted, or raises :class:`TransportError`
     with the code (the ``error`` event, if any, was emitted before). Once the call is over it emits
     ``ended`` (after ``error`` when it failed), and :meth:`wait_ended` returns True.
     """
