@@ -12,6 +12,7 @@ end of the run); a completed call is then scored, score_missing or score_pending
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import random
@@ -31,7 +32,7 @@ from .pacer import AudioPacer
 from .scenario import HangupPolicy, Scenario
 from .session import RoleplaySession, SessionError, SessionEvent
 from .transcript import SpokenTurn, check
-from .wire import AudioFormat, Ended, Error, ErrorCode, Speaking
+from .wire import AudioFormat, Ended, Error, ErrorCode, Redemption, Speaking
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class Call:
         self.outcome: Outcome | None = None
         self.ended_at: float | None = None
         self.call_id: str | None = None
+        self.score: float | None = None  # its overallScore, fetched once it scored
         # turn-taking state, updated by listeners in the session's reader greenlet
         self._rep_stopped_at: float | None = None  # when the rep's last utterance's speech ends (until timed)
         self._reply_after: float | None = None  # a reply to the rep's last spoken turn starts at or after this
@@ -200,8 +202,9 @@ class Call:
         s = self.settings
         started = time.perf_counter()
         try:
-            token = s.api.mint_token(self.scenario.drill).token
+            token = s.api.mint_token().token
         except ApiError as exc:
+            _log_api_error("token_mint", exc)
             self._record(Step.TOKEN_MINT, error=exc.code)
             self._finish(Outcome.FAILED, exc.code)
             return False
@@ -213,6 +216,7 @@ class Call:
             audio=s.audio,
             pacer=s.pacer,
             connect_timeout=s.connect_timeout,
+            redeem=lambda: self._redeem(token),
         )
         for event, listener in (
             ("connecting", self._on_connecting),
@@ -238,6 +242,20 @@ class Call:
         self._record(Step.CONNECT_READY, ready_at - (self._connecting_at or ready_at))
         self._deadline = ready_at + self.scenario.max_call_seconds
         return True
+
+    def _redeem(self, token: str) -> Redemption:
+        """Inside connect(), as the SDK does: the token for the call's connection ticket and URL
+        (``--athos-ws-url``, when given, overrides the URL). Every redeemed call spends quota."""
+        s = self.settings
+        try:
+            redemption = s.api.redeem(token, self.scenario.drill)
+        except ApiError as exc:
+            _log_api_error("redeem", exc)
+            raise SessionError(exc.code, str(exc)) from None
+        s.metrics.calls_redeemed.inc(scenario=self.scenario.name)
+        if s.ws_url:
+            redemption = dataclasses.replace(redemption, connection_url=s.ws_url)
+        return redemption
 
     def _converse(self) -> None:
         """Speak the turns, taking turns with the persona: a turn never starts while the persona
@@ -307,8 +325,6 @@ class Call:
         self._finish(Outcome.COMPLETED, None)
         if self.settings.announce is not None and self.call_id is not None:
             self.settings.announce(self.call_id)
-        if self.settings.transcript_check and self._spoken and self.call_id is not None:
-            self._check_transcript()  # complete once the call has ended (docs/protocol.md §3.1)
         self.await_score(self.settings.score_timeout)
 
     def await_score(self, timeout: float) -> None:
@@ -330,19 +346,28 @@ class Call:
         if score is None:
             self._record(Step.END_TO_SCORE, error=ScoreOutcome.MISSING, outcome=ScoreOutcome.MISSING)
             return
+        if score.failed:  # call.scored with success false: it will never be scored
+            self._record(Step.END_TO_SCORE, error=score.failed, outcome=ScoreOutcome.FAILED)
+            return
         self._record(Step.END_TO_SCORE, max(0.0, score.at - self.ended_at), outcome=ScoreOutcome.SCORED)
+        if not self._ending:
+            self._fetch_score()
 
-    def _check_transcript(self) -> None:
-        """The ended call's transcript against what the rep said (athos_load/transcript.py)."""
+    def _fetch_score(self) -> None:
+        """``GET /calls/:callId``: the score the webhook does not carry, and the transcript, held
+        against what the rep said when the transcript check is on (athos_load/transcript.py)."""
         assert self.call_id is not None
         started = time.perf_counter()
         try:
             record = self.settings.api.get_call(self.call_id)
         except ApiError as exc:
+            _log_api_error("transcript_fetch", exc)
             self._record(Step.TRANSCRIPT_FETCH, error=exc.code)
             return
         self._record(Step.TRANSCRIPT_FETCH, time.perf_counter() - started)
-        self.settings.metrics.transcript_checked(self.scenario.name, check(self._spoken, record.transcript))
+        self.score = record.score
+        if self.settings.transcript_check and self._spoken:
+            self.settings.metrics.transcript_checked(self.scenario.name, check(self._spoken, record.transcript))
 
     def _abort(self) -> None:
         """The run is ending under this call: hang up cleanly (a call in a reconnect resumes just to
@@ -566,7 +591,7 @@ class Call:
                 m.unknown_messages.inc(unknown, scenario=scenario)
         elif step is Step.END_TO_SCORE:
             assert isinstance(outcome, ScoreOutcome)
-            m.score_settled(scenario, outcome)
+            m.score_settled(scenario, outcome, reason=str(error) if outcome is ScoreOutcome.FAILED else None)
         elif step is Step.BARGE_IN and error is not None:
             m.barge_ins_ignored.inc(scenario=scenario)
         if step in REQUEST_TYPES and outcome not in (Outcome.ABORTED, ScoreOutcome.PENDING):
@@ -592,6 +617,18 @@ class Call:
         self._end_stream()
         self.outcome = outcome
         self._record(Step.CALL, time.monotonic() - self._started, error, outcome=outcome)
+
+
+_LOGGED: dict[tuple[str, str], float] = {}  # (step, code) -> when it was last logged
+LOG_EVERY = 10.0  # seconds between two log lines of the same failure: a failing platform fails every call
+
+
+def _log_api_error(step: str, exc: ApiError) -> None:
+    """A failed REST step, with the platform's request id (what Athos support asks for)."""
+    key, now = (step, str(exc.code)), time.monotonic()
+    if now - _LOGGED.get(key, -LOG_EVERY) >= LOG_EVERY:
+        _LOGGED[key] = now
+        logger.warning("call failed at %s: %s", step, exc)
 
 
 class ScoreDrain:

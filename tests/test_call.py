@@ -40,6 +40,7 @@ from athos_load.wire import (
     Ready,
     Reconnected,
     Reconnecting,
+    Redemption,
     Segment,
     Speaker,
     Speaking,
@@ -133,6 +134,9 @@ class FakeSession:
         return lambda: self.listeners[name].remove(callback)
 
     def connect(self) -> None:
+        redeem = self.options.get("redeem")
+        if redeem is not None:  # as RoleplaySession does, right after connecting (here: before the script)
+            self.redemption = redeem()
         self.platform.connect(self)
 
     def say(self, frames: Any) -> FakeUtterance:
@@ -199,17 +203,27 @@ class FakeSession:
 class FakeApi:
     def __init__(self, refuse: str | None = None) -> None:
         self.refuse = refuse
-        self.transcript: Callable[[], tuple[Segment, ...]] | None = None  # what GET /v1/calls/:id returns
+        self.refuse_redeem: str | None = None
+        self.refuse_fetch: str | None = None
+        self.transcript: Callable[[], tuple[Segment, ...]] | None = None  # what GET /calls/:id returns
+        self.redeemed: list[tuple[str, str]] = []
 
-    def mint_token(self, drill_key: str, webhook_url: str | None = None) -> Any:
+    def mint_token(self, platform_agent_id: str | None = None) -> Any:
         if self.refuse is not None:
-            raise ApiError(self.refuse, "refused", 429)
+            raise ApiError(self.refuse, "refused", 429, "req_mint")
         return SimpleNamespace(token="token-1")
 
+    def redeem(self, token: str, drill_key: str) -> Redemption:
+        if self.refuse_redeem is not None:
+            raise ApiError(self.refuse_redeem, "refused", 503, "req_redeem")
+        self.redeemed.append((token, drill_key))
+        return Redemption("ws://redeemed/v1/realtime", "ticket-1", CALL_ID, "Fake")
+
     def get_call(self, call_id: str) -> CallRecord:
-        if self.transcript is None:
-            raise ApiError("unknown_call", "no such call", 404)
-        return CallRecord(call_id, CallStatus.SCORED, "fake-drill", transcript=self.transcript())
+        if self.refuse_fetch is not None:
+            raise ApiError(self.refuse_fetch, "no such call", 404, "req_get")
+        transcript = self.transcript() if self.transcript is not None else ()
+        return CallRecord(call_id, CallStatus.SCORED, "fake-drill", score=80.0, transcript=transcript)
 
 
 # -- running calls ---------------------------------------------------------------------------------
@@ -515,10 +529,11 @@ def test_a_transcript_segment_off_the_speech_is_misaligned_and_a_failed_fetch_is
     h.settings.api.transcript = shifted
     h.run()
     assert h.metrics.summary()["transcript"]["misaligned"] == 2
-    h = Harness(transcript_check=True)  # no transcript: the fetch fails with the platform's code
+    h = Harness(transcript_check=True)  # the call is not readable: the fetch fails with the platform's code
+    h.settings.api.refuse_fetch = "CALL_NOT_FOUND"
     h.run()
     (entry,) = h.entries("transcript_fetch")
-    assert entry["exception"].code == "unknown_call" and h.errors() == {"unknown_call": 1}
+    assert entry["exception"].code == "CALL_NOT_FOUND" and h.errors() == {"CALL_NOT_FOUND": 1}
 
 
 # -- what reaches Locust ---------------------------------------------------------------------------
@@ -534,6 +549,7 @@ def test_a_scored_call_is_one_locust_entry_per_step():
         ("WS", "persona_response"),
         ("CALL", "call"),
         ("SCORE", "end_to_score"),
+        ("GET", "transcript_fetch"),  # the score itself: GET /calls/:callId once call.scored came
     ]
     assert all(e["exception"] is None and e["response_time"] >= 0 for e in h.reports)
     assert all(e["context"] == {"scenario": "fake"} and e["response_length"] == 0 for e in h.reports)
@@ -541,6 +557,9 @@ def test_a_scored_call_is_one_locust_entry_per_step():
     assert 0 < h.entries("call")[0]["response_time"] < 5000.0  # real time: the fake takes next to none
     assert call.outcome is Outcome.COMPLETED and call.call_id == CALL_ID and h.announced == [CALL_ID]
     assert h.sessions[0].options["token"] == "token-1" and h.sessions[0].options["drill_key"] == "fake-drill"
+    assert h.settings.api.redeemed == [("token-1", "fake-drill")] and call.score == 80.0
+    assert h.sessions[0].redemption.connection_ticket == "ticket-1"
+    assert h.metrics.summary()["quota"] == {"calls": 1, "tokens": 1}
     assert h.sessions[0].closed
 
 
