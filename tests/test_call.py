@@ -309,7 +309,7 @@ def check_accounting(h: Harness, calls: list[Call]) -> None:
     """Every started call counted once, as its own outcome; every completed call's score once."""
     c = h.calls()
     assert c["started"] == len(calls) == c["completed"] + c["failed"] + c["aborted"]
-    assert c["completed"] == c["scored"] + c["score_missing"] + c["score_pending"]
+    assert c["completed"] == c["scored"] + c["score_missing"] + c["score_pending"] + c["score_failed"]
     for outcome in Outcome:
         assert c[outcome.value] == sum(call.outcome is outcome for call in calls), outcome
     assert h.metrics.active_calls() == 0
