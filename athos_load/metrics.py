@@ -577,6 +577,8 @@ class Metrics:
                     counter.touch(scenario=scenario)
             for outcome in Outcome:
                 self.sessions.touch(scenario=scenario, outcome=outcome)
+            for reason in (*SCORE_FAILURE_REASONS, OTHER_CODE):
+                self.scores_failed.touch(scenario=scenario, reason=reason)
             self.active[self.source][scenario] += 0
 
     def end_warmup(self) -> None:

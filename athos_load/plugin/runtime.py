@@ -63,7 +63,6 @@ PREFLIGHT_TIMEOUT = 5.0  # seconds the start-up check of --host may take
 SETUP_FAILURES = 5  # this many failed calls and none ready yet: the target is wrong, stop the run
 SETUP_CODES = frozenset(
     {
-        ErrorCode.UNAUTHORIZED,
         ErrorCode.INVALID_API_KEY,
         ErrorCode.API_KEY_REVOKED,
         ErrorCode.IP_NOT_ALLOWED,
@@ -236,7 +235,7 @@ class Runtime:
         try:
             api.list_calls(since=time.time() - 60.0, limit=1)
         except ApiError as exc:
-            if exc.code in (ErrorCode.INVALID_API_KEY, ErrorCode.API_KEY_REVOKED, ErrorCode.UNAUTHORIZED):
+            if exc.code in (ErrorCode.INVALID_API_KEY, ErrorCode.API_KEY_REVOKED):
                 raise OptionError(
                     f"--host {host}: the platform refused the API key in ${self.options.api_key_env} "
                     f"({exc.status} {exc.code})"

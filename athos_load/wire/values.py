@@ -82,7 +82,6 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_CALL = "unknown_call"
     RATE_LIMITED = "rate_limited"
     CONCURRENCY_LIMIT = "concurrency_limit"
-    UNAUTHORIZED = "unauthorized"
     INTERNAL_ERROR = "internal_error"
     PROTOCOL_ERROR = "protocol_error"
     # raised by the client itself
@@ -115,6 +114,7 @@ API_ERROR_STATUS = {
     ErrorCode.SERVICE_UNAVAILABLE: 503,
 }
 API_ERROR_CODES = frozenset(API_ERROR_STATUS)
+SDK_ERROR_CODES = frozenset({ErrorCode.NETWORK_LOST})  # documented by the SDK; its reference twin: reconnect_failed
 SERVER_ERROR_CODES = frozenset(
     {
         ErrorCode.TOKEN_INVALID,
@@ -125,7 +125,6 @@ SERVER_ERROR_CODES = frozenset(
         ErrorCode.UNKNOWN_CALL,
         ErrorCode.RATE_LIMITED,
         ErrorCode.CONCURRENCY_LIMIT,
-        ErrorCode.UNAUTHORIZED,
         ErrorCode.INTERNAL_ERROR,
         ErrorCode.PROTOCOL_ERROR,
     }
