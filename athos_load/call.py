@@ -7,7 +7,7 @@ user): one Locust entry per step, named from a fixed vocabulary (:class:`Step`),
 table says which record counts what, errors included.
 
 Every started call is accounted for exactly once, as completed, failed or aborted (cut off by the
-end of the run); a completed call is then scored, score_missing or score_pending.
+end of the run); a completed call is then scored, score_missing, score_pending or score_failed.
 """
 
 from __future__ import annotations
@@ -251,7 +251,9 @@ class Call:
             redemption = s.api.redeem(token, self.scenario.drill)
         except ApiError as exc:
             _log_api_error("redeem", exc)
-            raise SessionError(exc.code, str(exc)) from None
+            raise SessionError(
+                exc.code, exc.message + (f" (request {exc.request_id})" if exc.request_id else "")
+            ) from None
         s.metrics.calls_redeemed.inc(scenario=self.scenario.name)
         if s.ws_url:
             redemption = dataclasses.replace(redemption, connection_url=s.ws_url)
