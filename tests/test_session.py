@@ -272,6 +272,24 @@ def test_join_error_codes(sim_factory):
     expect_join_error(unknown, "DRILL_NOT_FOUND")
 
 
+def test_no_persona_available_is_service_unavailable_with_the_request_id(sim_factory):
+    sim = sim_factory(*FAST, "--unavailable-rate", "1")
+    api = AthosApi(sim.http_url, sim.api_key)
+    token = api.mint_token().token
+    with pytest.raises(ApiError) as info:
+        api.redeem(token, "ma-full-sale")
+    assert (info.value.code, info.value.status) == ("SERVICE_UNAVAILABLE", 503) and info.value.request_id
+    with pytest.raises(ApiError) as info:
+        api.redeem(token, "ma-full-sale")
+    assert info.value.code == "TOKEN_ALREADY_USED"  # the attempt spent the token: mint a new one
+    token = api.mint_token().token
+    session = RoleplaySession.create(
+        token=token, drill_key="ma-full-sale", url="", redeem=redeemer(api, token, "ma-full-sale")
+    )
+    expect_join_error(session, "SERVICE_UNAVAILABLE")
+    assert "(request req_" in session.last_error.message
+
+
 def test_injected_error_code(sim_factory):
     sim = sim_factory(*FAST, "--error-rate", "1", "--error-code", "internal_error")
     expect_join_error(new_session(sim), "internal_error")

@@ -171,6 +171,7 @@ class SimConfig:
     webhook_retries: int = 1  # Athos retries a failed delivery once, about 5 minutes later
     webhook_retry_delay: float = 300.0
     score_fail_rate: float = 0.0  # calls whose scoring fails: call.scored success false, SCORING_INCOMPLETE
+    unavailable_rate: float = 0.0  # redeems answered 503 SERVICE_UNAVAILABLE (no persona free; token spent)
     quota_calls: int = 0  # the tenant's allowance of session tokens (0: unlimited); then TENANT_QUOTA_EXCEEDED
     webhook_failure_rate: float = 0.0
     webhook_duplicate_rate: float = 0.0
@@ -548,6 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_probability,
         default=d.score_fail_rate,
         help="fraction of calls whose scoring fails: call.scored with success false, reason SCORING_INCOMPLETE",
+    )
+    g.add_argument(
+        "--unavailable-rate",
+        type=_probability,
+        default=d.unavailable_rate,
+        help="probability that a redeem finds no persona: 503 SERVICE_UNAVAILABLE (the session token is spent)",
     )
     g.add_argument(
         "--quota-calls",

@@ -203,6 +203,9 @@ class Platform:
         persona = self.config.persona_for(request.drill_key)
         if persona is None:
             return ApiErrorBody(ErrorCode.DRILL_NOT_FOUND, f"unknown drillKey {request.drill_key[:64]!r}")
+        if self.config.unavailable_rate and self.rng.random() < self.config.unavailable_rate:
+            self.truth.record("error", None, code=ErrorCode.SERVICE_UNAVAILABLE.value, token=_tag(session_token))
+            return ApiErrorBody(ErrorCode.SERVICE_UNAVAILABLE, "no persona is available for this drill right now")
         call_id = CALL_ID_PREFIX + secrets.token_hex(8)
         ticket = self.tokens.mint(request.drill_key, persona, None, agent=token.agent, call_id=call_id, prefix="tkt_")
         self.counters.redeemed += 1
