@@ -406,3 +406,24 @@ def test_hanging_up_during_a_drop_resumes_to_tell_the_platform(sim_factory):
             break
         time.sleep(0.2)
     assert ended and ended[0]["reason"] == "hangup"  # told, not left to the 30 s resume window
+
+
+def test_reps_are_registered_once_and_reused_by_another_process(sim_factory):
+    """Each process registers the pool's reps at first use; a second process (a worker, the next
+    run) meets 409 AGENT_ALREADY_EXISTS and reuses the rep it names."""
+    sim = sim_factory(*FAST)
+    first, second = AthosApi(sim.http_url, sim.api_key), AthosApi(sim.http_url, sim.api_key)
+    for _ in range(3):
+        first.mint_token()
+    assert sorted(a.platform_agent_id for a in first.reps.registered.values()) == [
+        "athos-load-rep-1", "athos-load-rep-2", "athos-load-rep-3"
+    ]  # fmt: skip
+    second.mint_token()
+    assert second.reps.registered[0].id == first.reps.registered[0].id  # the same agent, not a new one
+    deadline = time.monotonic() + 5  # the truth log is flushed every 0.5 s
+    while time.monotonic() < deadline and len([t for t in sim.truth() if t["event"] == "agent"]) < 3:
+        time.sleep(0.1)
+    time.sleep(0.6)  # and nothing more after it
+    assert [t["platformAgentId"] for t in sim.truth() if t["event"] == "agent"] == [
+        "athos-load-rep-1", "athos-load-rep-2", "athos-load-rep-3"
+    ]  # fmt: skip
