@@ -1,12 +1,14 @@
-"""Athos REST and the ``call.scored`` webhook, from the load generator's side.
+"""The Athos External API and the ``call.scored`` webhook, from the load generator's side.
 
-* :class:`AthosApi`: mint session tokens, read calls (``GET /v1/calls[/:id]``).
-* :class:`ScoreBoard`: where ``ended`` calls wait for their score, matched by callId, whichever way
-  the score arrives first.
+* :class:`AthosApi`: register reps, mint and redeem session tokens, read calls
+  (``GET /calls[/:callId]``), as the public contract documents them (docs/protocol.md).
+* :class:`RepPool`: the load test's reps, registered once per process and reused.
+* :class:`ScoreBoard`: where ``ended`` calls wait for their ``call.scored``, matched by callId,
+  whichever way it arrives first.
 * :class:`WebhookReceiver`: a gevent WSGI server inside the Locust process that verifies signature
-  and timestamp, rejects bad deliveries with 4xx, de-duplicates by event id (delivery is at least
-  once) and hands ``call.scored`` to the board.
-* :class:`ScorePoller`: the fallback when no webhook can reach the tool: polls ``GET /v1/calls``.
+  and timestamp, rejects bad deliveries with 4xx, de-duplicates by ``X-Athos-Webhook-Id`` (a failed
+  delivery is retried) and hands ``call.scored`` to the board.
+* :class:`ScorePoller`: the backstop when no webhook can reach the tool: re-scans ``GET /calls``.
 
 Message shapes come from :mod:`athos_load.wire`; this module only moves them.
 """
@@ -14,6 +16,7 @@ Message shapes come from :mod:`athos_load.wire`; this module only moves them.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import logging
 import socket
 import time
@@ -25,22 +28,31 @@ from typing import Any, TypeVar
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.pool
 import requests
 import urllib3
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from .wire import (
-    CURSOR_NOW,
+    PATH_AGENTS,
     PATH_CALLS,
-    PATH_SESSIONS,
+    PATH_REDEEM,
+    PATH_SESSION,
     PATH_WEBHOOK,
+    REQUEST_ID_HEADER,
+    RETRY_AFTER_HEADER,
     SIGNATURE_HEADER,
+    SOURCE_ROLEPLAY,
+    WEBHOOK_ID_HEADER,
+    Agent,
     CallRecord,
-    CallStatus,
     ErrorCode,
     MintRequest,
     MintResponse,
+    RedeemRequest,
+    Redemption,
+    RegisterAgentRequest,
     RemoteProtocolError,
     ScoredEvent,
     SignatureError,
@@ -50,32 +62,45 @@ from .wire import (
     parse_error_body,
     verify_webhook,
 )
+from .wire.fields import iso
 
 logger = logging.getLogger(__name__)
 MAX_WEBHOOK_BYTES = 1_000_000  # a call.scored is a few hundred bytes
-MAX_BODY_BYTES = 8 << 20  # a REST answer past this is broken or hostile (a page of 500 calls is ~0.5 MB)
+MAX_BODY_BYTES = 8 << 20  # a REST answer past this is broken or hostile (a page of 100 calls is ~50 kB)
+MAX_PAGE = 100  # GET /calls: the documented page size limit
+RATE_LIMIT_RETRIES = 3  # 429s honoured per request before it fails as rate_limited
+RATE_LIMIT_WAIT = 10.0  # seconds of Retry-After a request may wait in all
 _T = TypeVar("_T")
 
 
 class ApiError(Exception):
-    """A REST call failed; ``code`` is the platform's error code (or a client-side one)."""
+    """A REST call failed; ``code`` is the platform's error code (or a client-side one) and
+    ``request_id`` the platform's ``X-Athos-Request-Id`` for it (quoted in every report of it)."""
 
-    def __init__(self, code: ErrorCode | str, message: str, status: int | None = None) -> None:
-        super().__init__(f"{code}: {message}")
+    def __init__(
+        self, code: ErrorCode | str, message: str, status: int | None = None, request_id: str | None = None
+    ) -> None:
+        text = f"{code}: {message}" + (f" (request {request_id})" if request_id else "")
+        super().__init__(text)
         self.code = code
         self.message = message
         self.status = status
+        self.request_id = request_id
+        self.details: dict[str, Any] = {}
 
 
 class AthosApi:
-    """The platform's REST API. One per Locust user is fine; the HTTP connection is kept alive.
+    """The External API at ``base_url`` (the platform's origin; the paths carry ``/api/external/v1``).
+    One per Locust user is fine; the HTTP connection is kept alive.
 
     Every request has a total deadline, ``timeout``: connecting, sending and the whole answer.
     requests' own timeout bounds each socket read only, so a platform that trickles its answer a
     byte at a time would hold a user for the whole run; a gevent timeout around the request bounds
-    it whole. An answer is read up to ``max_body`` bytes, and a larger one is refused unread. Every
-    failure is an :class:`ApiError` with a code: the platform's, ``request_timeout``,
-    ``connect_failed`` or, for an answer that is not what the protocol says, ``remote_protocol``.
+    it whole. An answer is read up to ``max_body`` bytes, and a larger one is refused unread. A
+    ``429`` is retried after its ``Retry-After`` (at most ``RATE_LIMIT_RETRIES`` times and
+    ``RATE_LIMIT_WAIT`` seconds in all). Every failure is an :class:`ApiError` with a code (the
+    platform's, ``rate_limited``, ``request_timeout``, ``connect_failed`` or, for an answer that is
+    not what the contract says, ``remote_protocol``) and the platform's request id.
     """
 
     def __init__(
@@ -86,46 +111,99 @@ class AthosApi:
         timeout: float = 10.0,
         verify: bool | str = True,
         max_body: int = MAX_BODY_BYTES,
+        reps: RepPool | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_body = max_body
         self.verify = verify  # a CA bundle path for a private CA; per request, since REQUESTS_CA_BUNDLE
         # in the environment would override a session-wide setting
+        self.reps = reps or RepPool()
+        self.rate_limited = 0  # 429s this client waited out
         self._http = requests.Session()
-        self._http.headers["Authorization"] = f"Bearer {api_key}"
+        self._api_key = api_key
 
-    def mint_token(self, drill_key: str, webhook_url: str | None = None) -> MintResponse:
-        body = MintRequest(drill_key, webhook_url).serialize()
-        what = f"POST {PATH_SESSIONS}"
-        answer = self._request("POST", PATH_SESSIONS, data=body, headers={"Content-Type": "application/json"})
-        return _parsed(what, MintResponse.parse, answer)
+    # -- the roster and sessions -------------------------------------------------------------------
+
+    def register_agent(self, request: RegisterAgentRequest) -> Agent:
+        """``POST /agents``; a rep already registered (409 ``AGENT_ALREADY_EXISTS``) is reused."""
+        try:
+            answer = self._request("POST", PATH_AGENTS, json_body=request.serialize())
+        except ApiError as exc:
+            existing = exc.details.get("agentId")
+            if exc.code == ErrorCode.AGENT_ALREADY_EXISTS and isinstance(existing, str):
+                agency = exc.details.get("agencyId")
+                return Agent(existing, agency if isinstance(agency, str) else "", request.platform_agent_id)
+            raise
+        return _parsed(f"POST {PATH_AGENTS}", Agent.parse, answer)
+
+    def mint_token(self, platform_agent_id: str | None = None) -> MintResponse:
+        """``POST /session`` for a rep (default: the next of :attr:`reps`, registered on first use)."""
+        rep = platform_agent_id or self.reps.next(self)
+        answer = self._request("POST", PATH_SESSION, json_body=MintRequest(platform_agent_id=rep).serialize())
+        return _parsed(f"POST {PATH_SESSION}", MintResponse.parse, answer)
+
+    def redeem(self, token: str, drill_key: str) -> Redemption:
+        """``POST /roleplay/session`` with the session token: what the SDK's ``connect()`` does."""
+        body = RedeemRequest(drill_key).serialize()
+        answer = self._request("POST", PATH_REDEEM, json_body=body, bearer=token)
+        return _parsed(f"POST {PATH_REDEEM}", Redemption.parse, answer)
+
+    # -- calls -------------------------------------------------------------------------------------
 
     def get_call(self, call_id: str) -> CallRecord:
         return _parsed(f"GET {PATH_CALLS}/:id", parse_call, self._request("GET", f"{PATH_CALLS}/{call_id}"))
 
     def list_calls(
-        self, *, status: CallStatus | None = None, after: str | None = None, limit: int = 100
+        self, *, since: float, until: float | None = None, cursor: str | None = None, limit: int = MAX_PAGE
     ) -> tuple[list[CallRecord], str | None]:
-        params: dict[str, Any] = {"limit": limit}
-        if status is not None:
-            params["status"] = status.value
-        if after is not None:
-            params["after"] = after
+        """One page of the scored calls that ended in [``since``, ``until``] (unix seconds), newest
+        first, and the cursor of the next page (None on the last)."""
+        params: dict[str, Any] = {"source": SOURCE_ROLEPLAY, "from": iso(since), "limit": min(limit, MAX_PAGE)}
+        if until is not None:
+            params["to"] = iso(until)
+        if cursor is not None:
+            params["cursor"] = cursor
         return _parsed(f"GET {PATH_CALLS}", parse_call_list, self._request("GET", PATH_CALLS, params=params))
 
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> bytes:
-        """The answer's body, within the deadline and the size limit; an ApiError otherwise."""
+    # -- HTTP --------------------------------------------------------------------------------------
+
+    def _request(
+        self, method: str, path: str, *, json_body: str | None = None, bearer: str | None = None, **kwargs: Any
+    ) -> bytes:
+        """The answer's body; a 429 waited out (bounded); an ApiError otherwise."""
+        headers = {"Authorization": f"Bearer {bearer or self._api_key}"}
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            kwargs["data"] = json_body
+        waited = 0.0
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                return self._once(method, path, headers, **kwargs)
+            except ApiError as exc:
+                if exc.status != 429 or attempt == RATE_LIMIT_RETRIES:
+                    raise
+                wait = exc.details.get(RETRY_AFTER_HEADER)
+                if not isinstance(wait, float) or waited + wait > RATE_LIMIT_WAIT:
+                    raise
+                self.rate_limited += 1
+                waited += wait
+                gevent.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _once(self, method: str, path: str, headers: dict[str, str], **kwargs: Any) -> bytes:
+        """One request within the deadline and the size limit."""
         what = f"{method} {path}"
         deadline = gevent.Timeout(self.timeout)
         deadline.start()
         try:
             response = self._http.request(
-                method, self.base_url + path, timeout=self.timeout, verify=self.verify, stream=True, **kwargs
-            )
+                method, self.base_url + path, headers=headers, timeout=self.timeout, verify=self.verify,
+                stream=True, **kwargs,
+            )  # fmt: skip
             try:
                 body = response.raw.read(self.max_body + 1, decode_content=True)
             finally:
@@ -141,22 +219,69 @@ class AthosApi:
             raise ApiError(ErrorCode.CONNECT_FAILED, f"{what}: {exc}") from None
         finally:
             deadline.close()
+        status = response.status_code
+        request_id = response.headers.get(REQUEST_ID_HEADER)
         if len(body) > self.max_body:
             raise ApiError(
-                ErrorCode.REMOTE_PROTOCOL, f"{what}: an answer over {self.max_body} bytes", response.status_code
+                ErrorCode.REMOTE_PROTOCOL, f"{what}: an answer over {self.max_body} bytes", status, request_id
             )
-        if response.status_code >= 400:
+        if status >= 400:
             err = parse_error_body(body)
-            raise ApiError(err.code, f"{what}: {response.status_code}: {err.message}", response.status_code)
+            code = err.code
+            if status == 429 and code == ErrorCode.REMOTE_PROTOCOL:
+                code = ErrorCode.RATE_LIMITED  # Athos documents no code for a 429: ours
+            exc = ApiError(code, f"{what}: {status}: {err.message}", status, request_id or err.request_id)
+            exc.details = dict(err.details)
+            if status == 429:
+                exc.details[RETRY_AFTER_HEADER] = retry_after(response.headers.get(RETRY_AFTER_HEADER), time.time())
+            raise exc
         return body
 
 
+def retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit() and len(value) <= 9:
+        return float(value)
+    with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+    return None
+
+
 def _parsed(what: str, parse: Callable[[bytes], _T], body: bytes) -> _T:
-    """``parse(body)``; an answer the protocol does not allow is the platform's error, with a code."""
+    """``parse(body)``; an answer the contract does not allow is the platform's error, with a code."""
     try:
         return parse(body)
     except RemoteProtocolError as exc:
         raise ApiError(ErrorCode.REMOTE_PROTOCOL, f"{what}: {exc}") from None
+
+
+class RepPool:
+    """The load test's synthetic reps: ``size`` agents named ``athos-load rep N`` (platformAgentId
+    ``athos-load-rep-N``), each registered with ``POST /agents`` the first time it is needed (one
+    already registered, by an earlier run, is reused) and handed out in turn, so a run of any length
+    registers at most ``size`` agents."""
+
+    def __init__(self, size: int = 20, prefix: str = "athos-load-rep-") -> None:
+        self.size = max(1, size)
+        self.prefix = prefix
+        self.registered: dict[int, Agent] = {}
+        self._turn = 0
+        self._locks = [gevent.lock.Semaphore() for _ in range(self.size)]
+
+    def next(self, api: AthosApi) -> str:
+        """The next rep's platformAgentId, registered through ``api`` if this process has not yet."""
+        index = self._turn % self.size
+        self._turn += 1
+        if index not in self.registered:
+            with self._locks[index]:  # one registration per rep, however many users want it at once
+                if index not in self.registered:
+                    n = index + 1
+                    request = RegisterAgentRequest("athos-load", f"rep {n}", f"{self.prefix}{n}")
+                    self.registered[index] = api.register_agent(request)
+        return f"{self.prefix}{index + 1}"
 
 
 # -- scores ----------------------------------------------------------------------------------------
@@ -164,10 +289,14 @@ def _parsed(what: str, parse: Callable[[bytes], _T], body: bytes) -> _T:
 
 @dataclass(frozen=True, slots=True)
 class Score:
+    """A call reached its outcome: scored (fetch the score with ``GET /calls/:id``), or, with
+    ``failed`` (the webhook's ``reason``), never to be scored."""
+
     call_id: str
-    score: float
+    score: float | None  # the webhook and the list carry none: the call fetches it
     at: float  # time.monotonic() when the tool learned of it
     via: str  # "webhook" | "poll"
+    failed: str | None = None
 
 
 class ScoreBoard:
@@ -239,8 +368,8 @@ class WebhookReceiver:
     opens a connection and says nothing, is cut off), and at most ``max_connections`` are served at
     once (the rest wait in the listen backlog). Content-Length and chunked bodies are both read.
 
-    ``counts`` tallies every delivery by outcome: ``accepted``, ``duplicate`` (a replayed event id:
-    answered 200 so the sender stops retrying, handed on once), and the rejections ``missing``,
+    ``counts`` tallies every delivery by outcome: ``accepted``, ``duplicate`` (a webhook id seen
+    before, the retry of a delivery: answered 200, handed on once), and the rejections ``missing``,
     ``malformed``, ``bad_signature``, ``stale`` (401), ``bad_body`` (400: signed, but not a
     ``call.scored``), ``bad_request`` (400: truncated, or not HTTP), ``too_large`` (413) and
     ``timeout`` (cut off at ``request_timeout``).
@@ -267,7 +396,7 @@ class WebhookReceiver:
         self.tolerance = tolerance
         self.max_body = max_body
         self.counts: Counter[str] = Counter()
-        self._seen: OrderedDict[str, None] = OrderedDict()  # event ids, oldest first, bounded
+        self._seen: OrderedDict[str, None] = OrderedDict()  # webhook ids, oldest first, bounded
         self._max_seen = max_seen
         self._public_url = public_url
         self._connections = gevent.pool.Pool(max_connections)
@@ -296,8 +425,10 @@ class WebhookReceiver:
     def stop(self) -> None:
         self._server.stop(timeout=1)
 
-    def handle(self, body: bytes, signature: str | None, now: float) -> tuple[int, str]:
-        """Judge one delivery; returns the HTTP status and outcome. Public so tests can drive it."""
+    def handle(self, body: bytes, signature: str | None, now: float, webhook_id: str | None = None) -> tuple[int, str]:
+        """Judge one delivery; returns the HTTP status and outcome at once (the score is fetched by
+        the call that waits for it, never here: the answer must come within Athos' 10 s). Public
+        so tests can drive it. Without ``X-Athos-Webhook-Id``, the call id (one event per call) de-duplicates."""
         try:
             verify_webhook(self.secret, signature, body, now, self.tolerance)
         except SignatureError as exc:
@@ -308,14 +439,20 @@ class WebhookReceiver:
         except RemoteProtocolError:
             self.counts["bad_body"] += 1
             return 400, "bad_body"
-        if event.id in self._seen:
+        key = webhook_id or f"call:{event.call_id}"
+        if key in self._seen:
             self.counts["duplicate"] += 1
             return 200, "duplicate"
-        self._seen[event.id] = None
+        self._seen[key] = None
         while len(self._seen) > self._max_seen:
             self._seen.popitem(last=False)
         self.counts["accepted"] += 1
-        self.board.deliver(Score(event.call_id, event.score, time.monotonic(), "webhook"))
+        failed = None if event.success else event.reason
+        if failed:
+            self.counts["not_scored"] += 1
+            logger.debug("call %s not scored: %s %s (delivery %s)", event.call_id, failed, event.reason_message,
+                         event.request_id)  # fmt: skip
+        self.board.deliver(Score(event.call_id, None, time.monotonic(), "webhook", failed))
         return 200, "accepted"
 
     def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -328,8 +465,9 @@ class WebhookReceiver:
             self.counts[problem] += 1
             status = {"too_large": 413, "timeout": 408}.get(problem, 400)
             return _respond(start_response, status, problem, close=True)
-        signature = environ.get("HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_"))
-        status, outcome = self.handle(body, signature, time.time())
+        signature = environ.get(_wsgi_header(SIGNATURE_HEADER))
+        webhook_id = environ.get(_wsgi_header(WEBHOOK_ID_HEADER))
+        status, outcome = self.handle(body, signature, time.time(), webhook_id)
         return _respond(start_response, status, outcome)
 
     def _read_body(self, environ: dict[str, Any]) -> tuple[bytes, str | None]:
@@ -404,6 +542,10 @@ class _BoundedHandler(WSGIHandler):
         return result
 
 
+def _wsgi_header(name: str) -> str:
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
 def _respond(start_response: Callable[..., Any], status: int, outcome: str, close: bool = False) -> list[bytes]:
     """A small JSON answer; ``close``: end the connection after it (what is left of the request is unread)."""
     body = f'{{"outcome":"{outcome}"}}'.encode()
@@ -415,15 +557,17 @@ def _respond(start_response: Callable[..., Any], status: int, outcome: str, clos
 
 
 class ScorePoller:
-    """Polls ``GET /v1/calls?status=scored`` and delivers scores of calls the board waits for.
+    """The backstop when the platform cannot reach a webhook on the load generator: polls
+    ``GET /calls`` and delivers the calls the board waits for. One per process.
 
-    The fallback when the platform cannot reach a webhook on the load generator. One per process.
-    It starts from the platform's "now" (``after=now``), so it never reads the platform's history,
-    and each pass follows the cursor until a page comes back empty (at most ``max_pages``), so a
-    platform that caps its pages below ``page_limit`` cannot make it fall behind. Any failure, of
-    whatever kind, is counted (``errors``, and by code) and polling goes on: after ``interval``,
-    doubled at each failure in a row up to ``max_interval``, so a platform in trouble is not
-    hammered, and back to ``interval`` after the first pass that works.
+    The list filters on when a call *ended*, and a call shows only once it is scored, minutes
+    later: a poller that reads forward from a watermark misses every score that lands inside a
+    window it has read past. So each pass re-scans the last ``window`` seconds (at least the score
+    timeout: an older call is no longer waited for), never reaching back before the run started
+    (less ``skew``, the clocks' disagreement), follows ``nextCursor`` to the last page (at most
+    ``max_pages``) and de-duplicates on the call id. It uses only the documented parameters. Any
+    failure is counted (``errors``, and by code) and polling goes on: after ``interval``, doubled
+    at each failure in a row up to ``max_interval``, and back to ``interval`` after a pass that works.
     """
 
     def __init__(
@@ -433,17 +577,25 @@ class ScorePoller:
         *,
         interval: float = 1.0,
         max_interval: float = 30.0,
-        page_limit: int = 500,
+        window: float = 180.0,
+        skew: float = 60.0,
+        page_limit: int = MAX_PAGE,
         max_pages: int = 100,
+        max_seen: int = 100_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
         self.board = board
         self.interval = interval
         self.max_interval = max(interval, max_interval)
+        self.window = window
         self.page_limit = page_limit
         self.max_pages = max_pages
-        self.counts: Counter[str] = Counter()  # polls, pages, delivered, errors, and errors by code
-        self._cursor: str | None = None
+        self.counts: Counter[str] = Counter()  # polls, pages, delivered, duplicates, errors and errors by code
+        self._clock = clock
+        self._since = clock() - skew  # nothing that ended before the run is this run's
+        self._seen: OrderedDict[str, None] = OrderedDict()  # call ids delivered, oldest first, bounded
+        self._max_seen = max_seen
         self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> ScorePoller:
@@ -459,25 +611,24 @@ class ScorePoller:
         return self._greenlet is not None and not self._greenlet.dead
 
     def poll_once(self) -> int:
-        """One pass over every page of newly scored calls; returns how many were delivered."""
-        if self._cursor is None:
-            self.counts["pages"] += 1
-            _, self._cursor = self.api.list_calls(after=CURSOR_NOW, limit=1)
-            if self._cursor is None:
-                raise ApiError(ErrorCode.REMOTE_PROTOCOL, f"GET {PATH_CALLS}?after={CURSOR_NOW} returned no cursor")
+        """One pass over every page of the window; returns how many calls it delivered."""
+        since = max(self._since, self._clock() - self.window)
         self.counts["polls"] += 1
-        delivered = 0
+        delivered, cursor = 0, None
         for _ in range(self.max_pages):
-            calls, cursor = self.api.list_calls(status=CallStatus.SCORED, after=self._cursor, limit=self.page_limit)
+            calls, cursor = self.api.list_calls(since=since, cursor=cursor, limit=self.page_limit)
             self.counts["pages"] += 1
             now = time.monotonic()
             for call in calls:
-                if call.score is not None:
-                    self.board.deliver(Score(call.id, call.score, now, "poll"))
-                    delivered += 1
-            if cursor is not None:
-                self._cursor = cursor
-            if not calls:
+                if call.id in self._seen:
+                    self.counts["duplicates"] += 1  # read again in the overlap: delivered already
+                    continue
+                self._seen[call.id] = None
+                while len(self._seen) > self._max_seen:
+                    self._seen.popitem(last=False)
+                self.board.deliver(Score(call.id, call.score, now, "poll"))
+                delivered += 1
+            if cursor is None:
                 break
         else:
             logger.warning("polling %s: still more after %d pages; scores may arrive late", PATH_CALLS, self.max_pages)

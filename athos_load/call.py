@@ -10,11 +10,12 @@ event, injected by the user): one Locust entry per step, named from a fixed voca
 (:class:`~athos_load.conversation.Step`), never an id.
 
 Every started call is accounted for exactly once, as completed, failed or aborted (cut off by the
-end of the run); a completed call is then scored, score_missing or score_pending.
+end of the run); a completed call is then scored, score_missing, score_pending or score_failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -32,9 +33,9 @@ from .hearing import JITTER_BUFFER
 from .metrics import TIMINGS, Metrics, Outcome, ScoreOutcome
 from .pacer import AudioPacer
 from .scenario import Scenario
-from .session import RoleplaySession
+from .session import RoleplaySession, SessionError
 from .transport import Transport, TransportError, TransportFactory
-from .wire import AudioFormat, Event
+from .wire import AudioFormat, Event, Redemption
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class Call:
         self.clock = clock
         self.transport: Transport | None = None
         self.adopted = False  # handed to the drain at the end of the run
+        self.score: float | None = None  # its overallScore, fetched once it scored
         self._changed = gevent.event.Event()  # set on every event: the conversation may go on
         self.conversation = Conversation(
             scenario,
@@ -166,8 +168,9 @@ class Call:
         s, c = self.settings, self.conversation
         started = time.perf_counter()
         try:
-            token = s.api.mint_token(self.scenario.drill).token
+            token = s.api.mint_token().token
         except ApiError as exc:
+            _log_api_error("token_mint", exc)
             c.mint_failed(exc.code, self.clock.now())
             self._flush()
             return False
@@ -181,6 +184,7 @@ class Call:
             audio=s.audio,
             pacer=s.pacer,
             connect_timeout=s.connect_timeout,
+            redeem=lambda: self._redeem(token),
         )
         try:
             transport.connect()
@@ -191,6 +195,22 @@ class Call:
         c.connected(self.clock.now())
         self._flush()
         return True
+
+    def _redeem(self, token: str) -> Redemption:
+        """Inside connect(), as the SDK does: the token for the call's connection ticket and URL
+        (``--athos-ws-url``, when given, overrides the URL). Every redeemed call spends quota."""
+        s = self.settings
+        try:
+            redemption = s.api.redeem(token, self.scenario.drill)
+        except ApiError as exc:
+            _log_api_error("redeem", exc)
+            raise SessionError(
+                exc.code, exc.message + (f" (request {exc.request_id})" if exc.request_id else "")
+            ) from None
+        s.metrics.calls_redeemed.inc(scenario=self.scenario.name)
+        if s.ws_url:
+            redemption = dataclasses.replace(redemption, connection_url=s.ws_url)
+        return redemption
 
     def _converse(self) -> None:
         """Move time for the conversation: do what it asks, sleep until its deadline or an event."""
@@ -212,7 +232,7 @@ class Call:
         transport.hangup()
 
     def _settle(self) -> None:
-        """Account for the call; for a completed call, check its transcript and wait for its score."""
+        """Account for the call; for a completed call, wait for its score."""
         s, c, transport = self.settings, self.conversation, self.transport
         assert transport is not None
         reason = transport.end_reason
@@ -223,12 +243,11 @@ class Call:
             return
         if s.announce is not None and c.call_id is not None:
             s.announce(c.call_id)
-        if s.transcript_check and c.spoken and c.call_id is not None:
-            self._check_transcript()  # complete once the call has ended (docs/protocol.md §3.1)
         self.await_score(s.score_timeout)
 
     def await_score(self, timeout: float) -> None:
-        """Wait for this completed call's score; records end_to_score or a missing score."""
+        """Wait for this completed call's score: end_to_score, a missing or a failed score; once
+        scored, fetch the score itself (and the transcript to check) with GET /calls/:callId."""
         c = self.conversation
         if c.call_id is None or c.ended_at is None:
             return
@@ -240,21 +259,34 @@ class Call:
             c.score_pending()
             self._flush()
             return
-        c.scored(None if score is None else score.at)
+        if score is not None and score.failed:  # call.scored with success false: it will never be scored
+            c.score_failed(score.failed)
+        else:
+            c.scored(None if score is None else score.at)
         self._flush()
+        if score is not None and not score.failed and not self._ending:
+            self._fetch_score()
 
-    def _check_transcript(self) -> None:
-        """The ended call's transcript against what the rep said (athos_load/transcript.py)."""
+    def _fetch_score(self) -> None:
+        """``GET /calls/:callId``: the score the webhook does not carry, and the transcript, held
+        against what the rep said when the transcript check is on (athos_load/transcript.py)."""
         c = self.conversation
         assert c.call_id is not None
         started = time.perf_counter()
         try:
             record = self.settings.api.get_call(c.call_id)
         except ApiError as exc:
+            _log_api_error("transcript_fetch", exc)
             c.transcript_failed(exc.code)
         else:
-            c.transcript(record.transcript, time.perf_counter() - started)
+            self.score = record.score
+            check = self.settings.transcript_check and bool(c.spoken)
+            c.transcript(record.transcript if check else None, time.perf_counter() - started)
         self._flush()
+
+    @property
+    def _ending(self) -> bool:
+        return self.settings.stopping.is_set() or self.conversation.aborting
 
     def _abort(self) -> None:
         """The run is ending under this call: hang up cleanly (a call in a reconnect resumes just to
@@ -325,7 +357,7 @@ class Call:
                 m.unknown_messages.inc(emitted.unknown, scenario=scenario)
         elif step is Step.END_TO_SCORE:
             assert isinstance(outcome, ScoreOutcome)
-            m.score_settled(scenario, outcome)
+            m.score_settled(scenario, outcome, reason=error if outcome is ScoreOutcome.FAILED else None)
         elif step is Step.BARGE_IN and error is not None:
             m.barge_ins_ignored.inc(scenario=scenario)
         if step in REQUEST_TYPES and outcome not in (Outcome.ABORTED, ScoreOutcome.PENDING):
@@ -339,6 +371,18 @@ class Call:
                 exception=None if error is None else CallFailure(error),
                 context={"scenario": scenario},
             )
+
+
+_LOGGED: dict[tuple[str, str], float] = {}  # (step, code) -> when it was last logged
+LOG_EVERY = 10.0  # seconds between two log lines of the same failure: a failing platform fails every call
+
+
+def _log_api_error(step: str, exc: ApiError) -> None:
+    """A failed REST step, with the platform's request id (what Athos support asks for)."""
+    key, now = (step, str(exc.code)), time.monotonic()
+    if now - _LOGGED.get(key, -LOG_EVERY) >= LOG_EVERY:
+        _LOGGED[key] = now
+        logger.warning("call failed at %s: %s", step, exc)
 
 
 class ScoreDrain:

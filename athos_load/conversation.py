@@ -251,9 +251,12 @@ class Conversation:
         self._finish(Outcome.COMPLETED, None, now, unknown)
         return True
 
-    def transcript(self, segments: tuple[Segment, ...], seconds: float) -> None:
+    def transcript(self, segments: tuple[Segment, ...] | None, seconds: float) -> None:
+        """The call's record was fetched (its score, and its transcript: held against what the rep
+        said unless ``segments`` is None, the check being off)."""
         self._record(Step.TRANSCRIPT_FETCH, seconds)
-        self._records.append(TranscriptChecked(check(self.spoken, segments)))
+        if segments is not None:
+            self._records.append(TranscriptChecked(check(self.spoken, segments)))
 
     def transcript_failed(self, code: str) -> None:
         self._record(Step.TRANSCRIPT_FETCH, error=code)
@@ -267,6 +270,11 @@ class Conversation:
         else:
             self._now = at
             self._record(Step.END_TO_SCORE, max(0.0, at - self.ended_at), outcome=ScoreOutcome.SCORED)
+
+    def score_failed(self, reason: str) -> None:
+        """call.scored said ``success: false``: the call will never be scored, for ``reason``."""
+        self.score_settled = True
+        self._record(Step.END_TO_SCORE, error=reason, outcome=ScoreOutcome.FAILED)
 
     def score_pending(self) -> None:
         """The run's drain is over before this call's score timeout: the score could still come, so
@@ -538,6 +546,10 @@ class Conversation:
             counted = True
             self._last_error = code
         self._records.append(Record(step, seconds, code, outcome, counted, connected, unknown, self._now))
+
+    @property
+    def aborting(self) -> bool:
+        return self._aborting
 
     @property
     def _ending(self) -> bool:

@@ -35,14 +35,27 @@ import gevent.event
 
 from .audio import Clip
 from .transport import CallListener, TransportError
-from .wire import AudioFormat, Connecting, Ended, Error, Event, Ready, Reconnected, Reconnecting, Speaker, Speaking
+from .wire import (
+    AudioFormat,
+    Connecting,
+    Ended,
+    Error,
+    ErrorCode,
+    Event,
+    Ready,
+    Reconnected,
+    Reconnecting,
+    Redemption,
+    Speaker,
+    Speaking,
+)
 from .wire.pacing import Schedule
 
 logger = logging.getLogger(__name__)
 
 RECONNECT_TIMEOUT = 30.0  # the SDK's bound on an automatic recovery before NETWORK_LOST
-NETWORK_LOST = "NETWORK_LOST"  # the SDK's code for a drop it could not recover
-CONNECT_FAILED = "connect_failed"
+NETWORK_LOST = ErrorCode.NETWORK_LOST.value  # the SDK's code for a drop it could not recover
+CONNECT_FAILED = ErrorCode.CONNECT_FAILED.value
 # How a room's disconnect reads as the call's end (livekit's DisconnectReason names): the rep's own
 # leaving is a hang-up; the platform closing the room is its ceiling, a completed call; the rest
 # (a server shut down, a failed join or media, a lost signal) fail the call.
@@ -240,16 +253,6 @@ def room_loop() -> RoomLoop:
     return RoomLoop()
 
 
-@dataclass(frozen=True, slots=True)
-class Room:
-    """Where the call's room is and who the call is: the redeem answer's fields."""
-
-    url: str
-    ticket: str
-    call_id: str = ""
-    persona_name: str = ""
-
-
 class Microphone:
     """The rep's microphone as a LiveKit audio source, on the loop: a frame every period on an
     absolute schedule (wire.pacing), the clip's while one plays and silence between, as the
@@ -290,8 +293,9 @@ class Spoken:
 class LiveKitTransport:
     """A call in a LiveKit room, the way the Athos SDK makes one (see the module's docstring).
 
-    ``room`` (a :class:`Room`, or a function of the session token that redeems it) says where the
-    call is; without it, ``url`` and ``token`` are the room's URL and ticket as they are.
+    ``redeem`` (the call's: ``POST /roleplay/session`` with its token, inside ``connect`` as the SDK
+    does) says where the call's room is; without it, ``url`` and ``token`` are the room's URL and
+    ticket as they are.
     """
 
     def __init__(
@@ -305,7 +309,7 @@ class LiveKitTransport:
         pacer: Any = None,
         connect_timeout: float = 15.0,
         hangup_timeout: float = 10.0,
-        room: Room | Callable[[str], Room] | None = None,
+        redeem: Callable[[], Redemption] | None = None,
         loop: RoomLoop | None = None,
         **_: Any,
     ) -> None:
@@ -316,7 +320,7 @@ class LiveKitTransport:
         self.connect_timeout = connect_timeout
         self.hangup_timeout = hangup_timeout
         self.unknown_messages = 0  # a room has no message this transport would not know
-        self._room_source = room
+        self._redeem = redeem
         self._loop = loop
         self._call: RoomCall | None = None
         self._room: Any = None  # the livekit Room, on the loop
@@ -341,13 +345,11 @@ class LiveKitTransport:
     def connect(self) -> None:
         started = time.monotonic()
         self.listener.event(Connecting(), started)
-        source = self._room_source
         try:
-            room = source(self.token) if callable(source) else source or Room(self.url, self.token)
-        except Exception as exc:  # the redeem failed: its own code, counted like a refused join
-            code = str(getattr(exc, "code", CONNECT_FAILED))
-            self.listener.event(Error(code, str(exc)), time.monotonic())
-            raise TransportError(code, str(exc)) from None
+            room = self._redeem() if self._redeem is not None else Redemption(self.url, self.token, "", "")
+        except TransportError as exc:  # the redeem failed: its own code, counted like a refused join
+            self.listener.event(Error(exc.code, exc.message), time.monotonic())
+            raise
         self._call = RoomCall(room.call_id, room.persona_name or "persona")
         self._loop = self._loop or room_loop()
         self._loop.run(self._join(room))
@@ -392,7 +394,7 @@ class LiveKitTransport:
 
     # -- on the loop ---------------------------------------------------------------------------------
 
-    async def _join(self, where: Room) -> None:
+    async def _join(self, where: Redemption) -> None:
         from livekit import rtc  # its native library loads with it: only in a process that joins a room
 
         loop = self._loop
@@ -417,7 +419,8 @@ class LiveKitTransport:
         room.on("reconnected", lambda: signal(RoomReconnected()))
         room.on("disconnected", lambda reason: signal(RoomDisconnected(rtc.DisconnectReason.Name(reason))))
         try:
-            await room.connect(where.url, where.ticket, rtc.RoomOptions(connect_timeout=self.connect_timeout))
+            options = rtc.RoomOptions(connect_timeout=self.connect_timeout)
+            await room.connect(where.connection_url, where.connection_ticket, options)
             signal(Joined())
             fmt = self.audio
             source = rtc.AudioSource(fmt.sample_rate, fmt.channels, queue_size_ms=fmt.frame_ms * 2)

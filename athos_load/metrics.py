@@ -38,7 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .histogram import LogHistogram
 from .timeline import RecentWindows, Timeline
-from .wire import ErrorCode
+from .wire import SCORE_FAILURE_REASONS, ErrorCode, reason_label
 
 if TYPE_CHECKING:
     from .hearing import PersonaStream
@@ -78,6 +78,7 @@ class ScoreOutcome(enum.StrEnum):
     SCORED = "scored"  # it arrived
     MISSING = "score_missing"  # the score timeout passed without it: the platform lost it
     PENDING = "score_pending"  # the run ended first (drain timeout): it could still arrive
+    FAILED = "score_failed"  # call.scored said success false (with a reason): it will never be scored
 
 
 SUB_SECOND = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -111,7 +112,9 @@ TIMINGS: dict[Timing, TimingSpec] = {
     Timing.PERSONA_RESPONSE: TimingSpec(
         "the rep stops speaking -> the persona starts speaking (turn latency)", request_type="WS"
     ),
-    Timing.TOKEN_MINT: TimingSpec("POST /v1/sessions round trip", ROUND_TRIP, "POST"),
+    Timing.TOKEN_MINT: TimingSpec(
+        "POST /api/external/v1/session round trip (a rep's first also registers it: POST /agents)", ROUND_TRIP, "POST"
+    ),
     Timing.TIME_TO_FIRST_WORD: TimingSpec(
         "connecting -> the first persona audio frame with sound (a persona that greets)", request_type="AUDIO"
     ),
@@ -142,7 +145,7 @@ TIMINGS: dict[Timing, TimingSpec] = {
         (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
     ),
     Timing.TRANSCRIPT_FETCH: TimingSpec(
-        "GET /v1/calls/:id round trip, for the transcript check once the call ended", ROUND_TRIP, "GET"
+        "GET /api/external/v1/calls/:callId round trip: the score and transcript, once scored", ROUND_TRIP, "GET"
     ),
 }
 # The generator's own timings: no scenario, no Locust entry.
@@ -466,6 +469,18 @@ class Metrics:
             "completed calls still unscored when the run ended, before their score timeout",
             "scenario",
         )
+        self.scores_failed = counter(
+            "athos_scores_failed",
+            "completed calls the platform could not score (call.scored with success false), by reason",
+            "scenario",
+            "reason",
+            allowed={"reason": (*sorted(SCORE_FAILURE_REASONS), OTHER_CODE)},
+        )
+        self.calls_redeemed = counter(
+            "athos_calls_redeemed",
+            "session tokens redeemed: calls the platform started, each one spending tenant quota",
+            "scenario",
+        )
         self.barge_ins_ignored = counter(
             "athos_barge_ins_ignored",
             "barge-ins the persona did not yield to within the barge-in timeout (it talked on over the rep)",
@@ -533,6 +548,7 @@ class Metrics:
             ScoreOutcome.SCORED: self.scores,
             ScoreOutcome.MISSING: self.scores_missing,
             ScoreOutcome.PENDING: self.scores_pending,
+            ScoreOutcome.FAILED: self.scores_failed,
         }
         for code in (*KNOWN_CODES, OTHER_CODE):
             self.errors.touch(code=code)  # known codes exist at zero from the start
@@ -601,6 +617,8 @@ class Metrics:
                     counter.touch(scenario=scenario)
             for outcome in Outcome:
                 self.sessions.touch(scenario=scenario, outcome=outcome)
+            for reason in (*SCORE_FAILURE_REASONS, OTHER_CODE):
+                self.scores_failed.touch(scenario=scenario, reason=reason)
             self.active[self.source][scenario] += 0
 
     def end_warmup(self) -> None:
@@ -635,8 +653,11 @@ class Metrics:
             for timeline in self._timelines:
                 timeline.spread(self.session_seconds.name, key, end - connected_seconds, end)
 
-    def score_settled(self, scenario: str, outcome: ScoreOutcome) -> None:
-        self.score_counters[outcome].inc(scenario=scenario)
+    def score_settled(self, scenario: str, outcome: ScoreOutcome, reason: str | None = None) -> None:
+        if outcome is ScoreOutcome.FAILED:
+            self.scores_failed.inc(scenario=scenario, reason=reason_label(reason))
+        else:
+            self.score_counters[outcome].inc(scenario=scenario)
 
     def error(self, code: object) -> None:
         self.errors.inc(code=code_label(code))
@@ -767,6 +788,11 @@ class Metrics:
             "persona_audio": self._persona_audio_summary(),
             "transcript": self._transcript_summary(),
             "unknown_messages": self.unknown_messages.total(),
+            "score_failed_reasons": {
+                reason: self.scores_failed.total(reason=reason)
+                for reason in sorted({key[1] for key, n in self.scores_failed.values.items() if n})
+            },
+            "quota": {"calls": self.calls_redeemed.total(), "tokens": self.timing(Timing.TOKEN_MINT).count},
             "errors": accounting["errors"],
             "audio_send_lag": self.timing("audio_send_lag").summary(),
             "warmup_until": self.warmup_until,

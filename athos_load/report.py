@@ -24,6 +24,7 @@ def format_table(summary: dict[str, Any]) -> str:
     calls = summary["calls"]
     shown = {k: v for k, v in calls.items() if v or k != "lost"}  # lost: only when a worker was
     lines.append("calls: " + ", ".join(f"{k} {count_text(v)}" for k, v in shown.items()))
+    lines += _score_failed_and_quota(summary)
     for worker in summary.get("lost_workers") or []:
         lines.append(f"worker {worker['worker']} lost at {worker['at']} ({worker['why']})")
     if summary.get("errors"):
@@ -169,6 +170,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {timing.value} | {stats['count']} | {cells} |")
     calls = summary["calls"]
     lines += ["", "calls: " + ", ".join(f"{k} {count_text(v)}" for k, v in calls.items())]
+    lines += _score_failed_and_quota(summary)
     rate = summary.get("reconnects_per_session_minute")
     lines.append(f"reconnects per session-minute: {'-' if rate is None else f'{rate:.3g}'}")
     if summary.get("errors"):
@@ -177,3 +179,18 @@ def markdown(summary: dict[str, Any]) -> str:
     if heard:
         lines.append(heard)
     return "\n".join(lines) + "\n"
+
+
+def _score_failed_and_quota(summary: dict[str, Any]) -> list[str]:
+    """Why scores failed (when some did), and what the run spent of the tenant's quota."""
+    lines = []
+    reasons = summary.get("score_failed_reasons") or {}
+    if reasons:
+        lines.append("score_failed: " + ", ".join(f"{k} {count_text(v)}" for k, v in reasons.items()))
+    quota = summary.get("quota")
+    if quota:
+        lines.append(
+            f"quota: {count_text(quota['calls'])} calls redeemed (each spends tenant quota), "
+            f"{count_text(quota['tokens'])} session tokens minted"
+        )
+    return lines

@@ -545,7 +545,8 @@ def _calls(summary: dict[str, Any]) -> str:
     legend = (
         '<p class="note">started = completed + failed + aborted (cut off by the end of the run) '
         "+ lost (unfinished on a worker that disappeared); "
-        "completed = scored + score_missing (the platform lost it) + score_pending (the run ended first).</p>"
+        "completed = scored + score_missing (the platform lost it) + score_pending (the run ended first) "
+        "+ score_failed (the platform said it could not score it).</p>"
     )
     return _section("Calls", f'<div class="tiles">{tiles}</div>{legend}<ul class="facts">{text}</ul>')
 

@@ -48,6 +48,7 @@ from .wire import (
     ErrorCode,
     Event,
     MaskedFrames,
+    Redemption,
     mask_frames,
     masked,
 )
@@ -125,8 +126,12 @@ class RoleplaySession:
         hangup_timeout: float = 10.0,
         reconnect: ReconnectPolicy | None = None,
         listener: CallListener | None = None,
+        redeem: Callable[[], Redemption] | None = None,
     ) -> None:
         self.url = url
+        # the SDK redeems its token inside connect(): called after connecting, it answers where to
+        # join (connectionUrl) and with what (connectionTicket), or raises SessionError
+        self.redeem = redeem
         self.audio = audio
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -218,6 +223,14 @@ class RoleplaySession:
         deadline = time.monotonic() + (self.connect_timeout if timeout is None else timeout)
         self._connection.connect(time.monotonic())
         self._flush_events()
+        if self.redeem is not None:
+            try:
+                redemption = self.redeem()
+            except SessionError as exc:
+                self._fail(exc.code, exc.message)  # type: ignore[arg-type]
+                raise
+            self.url = redemption.connection_url
+            self._protocol.redeemed(redemption.connection_ticket)
         try:
             self._ws = self._open(deadline)
         except (OSError, websocket.WebSocketException) as exc:

@@ -86,7 +86,8 @@ def generator(kind: str, n: int, seconds: float, url: str) -> dict:
         if in_window(time.monotonic()):
             lags.extend(batch)
 
-    tokens = [api.mint_token("ma-full-sale").token for _ in range(n)]
+    # connection tickets: a session token minted and redeemed for each (what connect() does)
+    tokens = [api.redeem(api.mint_token().token, "ma-full-sale").connection_ticket for _ in range(n)]
     received = [0]
     sent = [0]
     start_at = time.monotonic() + 3.0 + n / 400  # everyone connected by then, phases spread over 2 s

@@ -36,7 +36,16 @@ import aiohttp
 import numpy as np
 
 from athos_load.sim.pacer import Pacer
-from athos_load.wire import OPCODE_BINARY, OPCODE_TEXT, FrameReader, authority, client_frame
+from athos_load.wire import (
+    OPCODE_BINARY,
+    OPCODE_TEXT,
+    PATH_AGENTS,
+    PATH_REDEEM,
+    PATH_SESSION,
+    FrameReader,
+    authority,
+    client_frame,
+)
 from athos_load.wire.pacing import Schedule
 
 FRAME_S = 0.020
@@ -191,9 +200,16 @@ async def run(args: argparse.Namespace, sim_pid: int, url: str) -> list[dict[str
             async with http.get(url + "/healthz") as r:
                 return await r.json()
 
+        rep = {"firstName": "bench", "lastName": "rep", "platformAgentId": "bench-rep"}
+        async with http.post(url + PATH_AGENTS, json=rep) as r:
+            assert r.status in (201, 409), r.status
+
         async def add_one() -> None:
-            async with http.post(url + "/v1/sessions", json={"drillKey": DRILL}) as r:
-                token = (await r.json())["token"]
+            async with http.post(url + PATH_SESSION, json={"platformAgentId": "bench-rep"}) as r:
+                session_token = (await r.json())["token"]
+            redeem = {"Authorization": f"Bearer {session_token}"}
+            async with http.post(url + PATH_REDEEM, json={"drillKey": DRILL}, headers=redeem) as r:
+                token = (await r.json())["connectionTicket"]
             stream = await open_stream(host, int(port), token, lateness, stats)
             streams.append(stream)
             start_streaming(pacer, stream, len(streams) - 1, grid)

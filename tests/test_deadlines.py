@@ -43,7 +43,7 @@ def test_a_rest_answer_trickled_a_byte_at_a_time_fails_at_the_deadline(hostile):
     api = AthosApi(peer.http_url, "key", timeout=DEADLINE)
     started = time.monotonic()
     with pytest.raises(ApiError) as raised:
-        api.mint_token("drill")
+        api.mint_token("rep-1")
     took = elapsed_since(started)
     assert raised.value.code == ErrorCode.REQUEST_TIMEOUT, raised.value
     assert DEADLINE * 0.9 <= took < DEADLINE + SLACK, took
@@ -56,7 +56,7 @@ def test_an_oversized_rest_answer_is_refused_without_reading_it(hostile):
     api = AthosApi(peer.http_url, "key", timeout=10.0)
     rss = PeakRss()
     with pytest.raises(ApiError) as raised:
-        api.mint_token("drill")
+        api.mint_token("rep-1")
     assert raised.value.code == ErrorCode.REMOTE_PROTOCOL and "over" in raised.value.message
     assert rss.growth() < RSS_BOUND, f"peak RSS grew by {rss.growth() >> 20} MiB"
     api.close()
@@ -66,7 +66,7 @@ def test_an_oversized_rest_answer_is_refused_without_reading_it(hostile):
 def test_an_html_page_where_json_belongs_is_a_remote_protocol_error(hostile, script, status):
     peer = hostile(script)
     api = AthosApi(peer.http_url, "key", timeout=5.0)
-    for request in (lambda: api.mint_token("drill"), lambda: api.list_calls(after="now", limit=1)):
+    for request in (lambda: api.mint_token("rep-1"), lambda: api.list_calls(since=0.0, limit=1)):
         with pytest.raises(ApiError) as raised:
             request()
         assert raised.value.code == ErrorCode.REMOTE_PROTOCOL, raised.value

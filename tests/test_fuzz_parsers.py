@@ -2,6 +2,8 @@
 error with a message), never another exception: fuzzed with hypothesis. CI runs a bounded number
 of examples; ``benchmarks/fuzz_parsers.py`` runs the long version."""
 
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -18,7 +20,9 @@ KEYS = [
     "type", "persona", "name", "callId", "resumeToken", "speaking", "durationSec", "reason", "code", "message",
     "token", "drillKey", "audio", "encoding", "sampleRate", "channels", "frameMs", "webhookUrl", "expiresAt",
     "error", "calls", "cursor", "id", "status", "score", "endedAt", "scoredAt", "transcript", "speaker",
-    "start", "end", "text", "data", "createdAt",
+    "start", "end", "text", "data", "createdAt", "agent", "agency", "agentId", "agencyId", "platformAgentId",
+    "firstName", "lastName", "connectionUrl", "connectionTicket", "sessionId", "nextCursor", "role", "content",
+    "startTime", "endTime", "overallScore", "event", "success", "occurredAt", "requestId", "reason", "details",
 ]  # fmt: skip
 
 scalars = (
@@ -63,6 +67,11 @@ PARSERS = [
     p.parse_call,
     p.parse_call_list,
     p.ScoredEvent.parse,
+    p.RegisterAgentRequest.parse,
+    p.Agent.parse,
+    p.RedeemRequest.parse,
+    p.Redemption.parse,
+    p.parse_error_body,
 ]
 EXAMPLES = int(os.environ.get("ATHOS_FUZZ_EXAMPLES", "300"))  # benchmarks/fuzz_parsers.py sets more
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -101,8 +110,36 @@ def test_a_webhook_signature_header_is_checked_or_refused(header, body):
         assert exc.reason in ("missing", "malformed", "bad_signature", "stale")
 
 
+@FUZZ
+@given(st.integers(min_value=-(10**400), max_value=10**400) | st.text(max_size=40), st.binary(max_size=64))
+def test_a_signed_webhook_with_any_t_is_accepted_or_refused_never_raised(t, body):
+    """Signed correctly whatever ``t=`` says (a 400-digit integer included): refused as stale or
+    malformed, never an OverflowError (a ``,`` in it cuts the header: then the MAC cannot match)."""
+    stamp = str(t)
+    mac = hmac.new(b"secret", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    now = 1_800_000_000.0
+    try:
+        assert p.verify_webhook("secret", f"t={stamp},v1={mac}", body, now=now) == int(stamp)
+        assert abs(now - int(stamp)) <= 300
+    except p.SignatureError as exc:
+        assert exc.reason in ("malformed", "stale") or ("," in stamp and exc.reason == "bad_signature")
+
+
+def test_a_huge_timestamp_is_refused():
+    body = b'{"event":"call.scored"}'
+    for t in (10**400, 10**399 + 7, 1_800_000_000 * 10**12):
+        header = p.sign_webhook("secret", t, body)
+        try:
+            p.verify_webhook("secret", header, body, now=1_800_000_000.0)
+        except p.SignatureError as exc:
+            assert exc.reason in ("malformed", "stale")
+        else:
+            raise AssertionError(f"t={t} accepted")
+
+
 def test_an_error_body_is_always_an_error():
     for text in ("", "[]", '{"error": []}', '{"error": {"code": 5}}', "x" * 10_000, "[" * 100_000):
         error = p.parse_error_body(text)
-        assert isinstance(error, p.Error) and error.code
-    assert p.parse_error_body('{"error": {"code": "unauthorized", "message": "no"}}').code == ErrorCode.UNAUTHORIZED
+        assert isinstance(error, p.ApiErrorBody) and error.code
+    error = p.parse_error_body('{"error": {"code": "INVALID_API_KEY", "message": "no", "requestId": "req_1"}}')
+    assert error.code == ErrorCode.INVALID_API_KEY and error.request_id == "req_1"

@@ -89,6 +89,8 @@ CONTRACT: dict[str, Family] = {
     "athos_reconnects_total": _family("counter", "scenario"),
     "athos_scores_missing_total": _family("counter", "scenario"),
     "athos_scores_total": _family("counter", "scenario"),
+    "athos_scores_failed_total": _family("counter", "scenario", "reason"),
+    "athos_calls_redeemed_total": _family("counter", "scenario"),
     "athos_loadgen_users": _family("gauge"),
     "athos_loadgen_cpu_seconds_total": _family("counter", "worker"),
     "athos_loadgen_memory_bytes": _family("gauge", "worker"),

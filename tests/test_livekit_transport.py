@@ -6,18 +6,17 @@ LiveKit server runs on these machines; the room's signals are tested in tests/un
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import socket
 import time
 
 import gevent
 import pytest
-from support.fakes import FMT, make_scenario
+from support.fakes import FMT, FakeApi, make_scenario
 
 pytest.importorskip("livekit.rtc")
 
-from athos_load.api import AthosApi, ScoreBoard  # noqa: E402
+from athos_load.api import ScoreBoard  # noqa: E402
 from athos_load.call import Call, CallSettings, ScoreDrain  # noqa: E402
 from athos_load.livekit import LiveKitTransport, Microphone, room_loop  # noqa: E402
 from athos_load.metrics import Metrics, Outcome  # noqa: E402
@@ -62,22 +61,20 @@ def test_a_refused_join_is_connect_failed_in_bounded_time_and_gevent_runs_on_mea
     assert transport.wait_ended(0)
 
 
-def test_a_call_over_livekit_that_cannot_join_is_one_failed_call_with_one_error():
-    def failed_redeem(token: str) -> None:
-        raise TransportError("TENANT_QUOTA_EXCEEDED", "the tenant's quota is spent")
-
+def test_a_call_over_livekit_whose_redeem_is_refused_is_one_failed_call_with_one_error():
+    api = FakeApi()
+    api.refuse_redeem = "TENANT_QUOTA_EXCEEDED"
     metrics = Metrics()
     settings = CallSettings(
-        api=AthosApi("http://127.0.0.1:9", "key"), ws_url="", board=ScoreBoard(), metrics=metrics, pacer=None,  # type: ignore[arg-type]
-        audio=FMT, drain=ScoreDrain(), transport=functools.partial(LiveKitTransport, room=failed_redeem),
+        api=api, ws_url="", board=ScoreBoard(), metrics=metrics, pacer=None, audio=FMT, drain=ScoreDrain(),  # type: ignore[arg-type]
+        transport=LiveKitTransport,
     )  # fmt: skip
-    settings.api.mint_token = lambda drill: type("Minted", (), {"token": "tok"})()  # type: ignore[method-assign]
     reports: list[dict] = []
     call = Call(settings, make_scenario(), lambda **kw: reports.append(kw), random.Random(1))
     with gevent.Timeout(10):
         call.run()
     assert call.outcome is Outcome.FAILED
-    assert metrics.summary()["errors"] == {"other": 1}  # a code the tool does not know yet: counted under other
+    assert metrics.summary()["errors"] == {"TENANT_QUOTA_EXCEEDED": 1}
     assert [(r["name"], str(r["exception"])) for r in reports if r["exception"]] == [
         ("connect_ready", "TENANT_QUOTA_EXCEEDED"), ("call", "TENANT_QUOTA_EXCEEDED"),
     ]  # fmt: skip

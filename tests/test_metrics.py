@@ -184,6 +184,7 @@ def test_summary_accounts_for_every_call():
         "scored": 1,
         "score_missing": 0,
         "score_pending": 0,
+        "score_failed": 0,
     }
     # one reconnect in two minutes of connected calls
     assert summary["reconnects_per_session_minute"] == 0.5 and summary["session_minutes"] == 2.0

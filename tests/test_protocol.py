@@ -6,6 +6,7 @@ import pytest
 
 from athos_load.wire import (
     TRANSITIONS,
+    ApiErrorBody,
     AudioFormat,
     CallRecord,
     CallState,
@@ -22,6 +23,8 @@ from athos_load.wire import (
     MintResponse,
     Ready,
     Reconnected,
+    RedeemRequest,
+    Redemption,
     RemoteProtocolError,
     Resume,
     Role,
@@ -132,7 +135,14 @@ def test_audio_format_checks_each_field():
 
 
 def test_rest_bodies_round_trip():
-    assert MintRequest.parse(MintRequest("d", "http://x/h").serialize()) == MintRequest("d", "http://x/h")
+    assert MintRequest.parse(MintRequest("rep-1").serialize()) == MintRequest("rep-1")
+    assert MintRequest.parse(MintRequest(agent_id="athos_agent_1").serialize()) == MintRequest(agent_id="athos_agent_1")
+    for bad in ("{}", '{"agentId": "a", "platformAgentId": "b"}', '{"platformAgentId": ""}'):
+        with pytest.raises(RemoteProtocolError):
+            MintRequest.parse(bad)
+    redemption = Redemption("ws://h/v1/realtime", "tkt_1", "athos_call_1", "Dana", "ext_1")
+    assert Redemption.parse(redemption.serialize()) == redemption
+    assert RedeemRequest.parse(RedeemRequest("ma-full-sale").serialize()) == RedeemRequest("ma-full-sale")
     mint = MintResponse("tok", 1_800_000_000.123)
     assert MintResponse.parse(mint.serialize()) == mint
     record = CallRecord(
@@ -146,8 +156,8 @@ def test_rest_bodies_round_trip():
         (Segment("rep", 0.5, 1.5, "hi"), Segment("persona", 2.0, 3.0, "hello")),
     )
     assert parse_call(json.dumps(record.to_wire())) == record
-    err = parse_error_body(error_body(ErrorCode.RATE_LIMITED, "slow down"))
-    assert err == Error(ErrorCode.RATE_LIMITED, "slow down")
+    err = parse_error_body(error_body(ErrorCode.CALL_NOT_FOUND, "gone", "req_1"))
+    assert err == ApiErrorBody(ErrorCode.CALL_NOT_FOUND, "gone", "req_1")
     assert parse_error_body(b"<html>").code == ErrorCode.REMOTE_PROTOCOL
 
 
@@ -301,7 +311,7 @@ def test_the_server_steps_the_same_table():
 
 
 def test_webhook_signature_verifies_and_rejects():
-    body = ScoredEvent("evt_1", "athos_call_1", 81.0, 1_800_000_000.0).serialize().encode()
+    body = ScoredEvent("athos_call_1", True, 1_800_000_000.0).serialize().encode()
     header = sign_webhook("whsec", 1_800_000_000, body)
     assert verify_webhook("whsec", header, body, now=1_800_000_010) == 1_800_000_000
     cases = [

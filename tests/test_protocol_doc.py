@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from athos_load import audio, session, wire
-from athos_load.api import WebhookReceiver
+from athos_load import api, audio, session, wire
+from athos_load.api import RepPool, WebhookReceiver
 from athos_load.sim import platform, scoring, server, vad
 from athos_load.sim.config import SimConfig
 from athos_load.wire import (
+    API_ERROR_CODES,
     RESUMABLE_CLOSE_CODES,
+    SDK_ERROR_CODES,
     SDK_EVENTS,
     SERVER_ERROR_CODES,
     AudioFormat,
@@ -52,7 +54,7 @@ def paragraph(needle: str) -> str:
 
 
 def table_codes(text: str) -> list[str]:
-    return re.findall(r"^\| `([a-z_]+)` \|", text, re.M)
+    return re.findall(r"^\| `([A-Za-z_]+)` \|", text, re.M)
 
 
 def num(value: float) -> str:
@@ -64,12 +66,18 @@ def num(value: float) -> str:
 
 def test_error_code_tables_match_the_enum():
     errors = section(6)
-    server_part, sep, client_part = errors.partition("Raised by the client itself")
-    assert sep, "section 6 has no table of client-side codes"
-    server_codes, client_codes = table_codes(server_part), table_codes(client_part)
-    assert len(server_codes) == len(set(server_codes)) and len(client_codes) == len(set(client_codes))
-    assert set(server_codes) == {str(c) for c in SERVER_ERROR_CODES}
-    assert set(client_codes) == {str(c) for c in ErrorCode} - {str(c) for c in SERVER_ERROR_CODES}
+    parts = re.split(
+        r"^(?=The SDK's own|Sent by the simulator's realtime leg|Raised by the client itself)", errors, flags=re.M
+    )
+    assert len(parts) == 4, "section 6 needs the API, SDK, realtime and client tables, in that order"
+    api, sdk, realtime, client = (table_codes(part) for part in parts)
+    for codes in (api, sdk, realtime, client):
+        assert len(codes) == len(set(codes))
+    assert set(api) == {str(c) for c in API_ERROR_CODES}
+    assert set(sdk) == {str(c) for c in SDK_ERROR_CODES}
+    assert set(realtime) == {str(c) for c in SERVER_ERROR_CODES}
+    others = API_ERROR_CODES | SDK_ERROR_CODES | SERVER_ERROR_CODES
+    assert set(client) == {str(c) for c in ErrorCode} - {str(c) for c in others}
 
 
 def test_rest_error_statuses_match():
@@ -81,16 +89,19 @@ def test_rest_error_statuses_match():
 def test_sdk_events_states_statuses_and_reasons_are_named():
     for name in SDK_EVENTS:
         assert f"`{name}`" in TEXT, name
-    for status in CallStatus:
-        assert f"`{status.value}`" in section(3), status
+    assert f"`{CallStatus.SCORED.value}`" in section(3)  # the only status a reader sees
     reasons = paragraph("`reason` is one of")
     for reason in ("hangup", "persona", "max_duration", "dropped", "error"):
         assert f"`{reason}`" in reasons, reason
-    record = CallRecord("athos_call_x", CallStatus.IN_PROGRESS, "drill").to_wire()
-    for key, value in record.items():
+    detail = CallRecord("athos_call_x", CallStatus.SCORED, "drill").to_wire()
+    slim = CallRecord("athos_call_x", CallStatus.SCORED, "drill").to_wire(detail=False)
+    for key in detail:
         assert f"`{key}`" in section(3), key
-        if key not in ("id", "status", "drillKey", "transcript"):
-            assert value is None, key  # the doc says these are null while in progress
+    row = paragraph("A slim row has")
+    for key in slim:
+        assert f"`{key}`" in row, key
+    for key in ("role", "content", "startTime", "endTime", "overallScore", "summary", "feedback"):
+        assert f'"{key}"' in section(3), key
 
 
 def test_client_state_table_is_the_transition_table():
@@ -140,7 +151,10 @@ def test_call_list_limits():
     row = paragraph("| `limit` |")
     assert f"default {server.DEFAULT_LIST_LIMIT}" in row
     assert f"at most {server.MAX_LIST_LIMIT}" in row
-    assert f"`after={wire.CURSOR_NOW}`" in paragraph("| `after` |")
+    query = paragraph("Query: `source=roleplay`")
+    for name in server.LIST_PARAMS:
+        assert f"`{name}" in query, name
+    assert "`after=now`" in paragraph("It sends only the parameters above")  # refused: not the contract's
 
 
 @pytest.mark.parametrize(
@@ -156,9 +170,12 @@ def test_call_list_limits():
         ("`--vad-hangover-ms`", f"{num(SIM.vad_hangover_ms)} ms"),
         ("`--call-retention`", f"{num(SIM.call_retention)} s"),
         ("`--max-retained-calls`", f"{SIM.max_retained_calls}"),
-        ("`--webhook-retries`", f"{SIM.webhook_retries} retries"),
-        ("`--webhook-retries`", f"{num(scoring.FIRST_BACKOFF)} s apart, doubling"),
+        ("`--webhook-retries`", f"default {SIM.webhook_retries}"),
+        ("`--webhook-retry-delay`", f"{num(SIM.webhook_retry_delay)} s later"),
         ("`--webhook-retries`", f"{num(scoring.DELIVERY_TIMEOUT)} s per attempt"),
+        ("`--mint-rate`", "`Retry-After`"),
+        ("`--quota-calls N`", "`TENANT_QUOTA_EXCEEDED`"),
+        ("`--score-fail-rate`", "(default 0)"),
     ],
 )
 def test_simulator_defaults(flag, expected):
@@ -240,3 +257,15 @@ def test_worked_signature_example_verifies():
         verify_webhook(ex["secret"], header, body, now=t + 301)
     event = ScoredEvent.parse(body)
     assert event.serialize() == ex["body"]  # the body is exactly what a sender serializes
+
+
+def test_the_rest_paths_and_headers_are_the_codes():
+    assert f"`{wire.API_BASE}`" in section(1)
+    for method, path in (("POST", wire.PATH_AGENTS), ("POST", wire.PATH_SESSION), ("POST", wire.PATH_REDEEM)):
+        assert f"`{method} {path.removeprefix(wire.API_BASE)}`" in section(1), path
+    assert f"`GET {wire.PATH_CALLS.removeprefix(wire.API_BASE)}/:callId`" in section(3)
+    assert f"`{wire.REQUEST_ID_HEADER}`" in section(1) and f"`{wire.RETRY_AFTER_HEADER}`" in section(1)
+    assert f"{wire.SIGNATURE_HEADER}: t=" in section(4) and f"{wire.WEBHOOK_ID_HEADER}: wh_" in section(4)
+    assert f"pool of {inspect.signature(RepPool).parameters['size'].default} reps" in FLAT
+    limits = paragraph("**Rate limits.**")
+    assert f"at most {api.RATE_LIMIT_RETRIES} times and {num(api.RATE_LIMIT_WAIT)} s in all" in limits

@@ -61,7 +61,7 @@ def test_the_built_in_simulator_signs_with_a_secret_of_the_run_nobody_else_knows
         assert b"--webhook-secret" not in cmdline and secret.encode() not in b" ".join(cmdline)
         assert secret != SIM_WEBHOOK_SECRET and len(secret) >= 32
         # a score forged with the simulator's published default secret
-        body = ScoredEvent("evt_forged", "athos_call_forged", 100.0, time.time()).serialize().encode()
+        body = ScoredEvent("athos_call_forged", True, time.time()).serialize().encode()
         headers = {SIGNATURE_HEADER: sign_webhook(SIM_WEBHOOK_SECRET, int(time.time()), body)}
         while True:
             try:

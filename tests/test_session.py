@@ -8,6 +8,7 @@ import pytest
 
 from athos_load.api import ApiError, AthosApi, ScoreBoard, WebhookReceiver
 from athos_load.session import ReconnectPolicy, RoleplaySession, SessionError, shared_ssl_context
+from athos_load.sim.config import SIM_WEBHOOK_SECRET
 from athos_load.wire import CALL_ID_PREFIX, SDK_EVENTS, AudioFormat, CallStatus, ErrorCode
 
 FMT = AudioFormat()
@@ -90,10 +91,29 @@ def assert_seed_payload(event):
         assert set(payload) == {"code", "message"} and all(isinstance(v, str) for v in payload.values())
 
 
+def redeemer(api, token, drill):
+    """The redeem step of connect(), as the tool's call wires it: REST failures become the session's."""
+
+    def redeem():
+        try:
+            return api.redeem(token, drill)
+        except ApiError as exc:
+            raise SessionError(exc.code, str(exc)) from None
+
+    return redeem
+
+
 def new_session(sim, api=None, drill="ma-full-sale", **options):
+    """A session whose connect() redeems a fresh session token (the SDK's way)."""
     api = api or AthosApi(sim.http_url, sim.api_key)
-    token = api.mint_token(drill).token
-    return RoleplaySession.create(token=token, drill_key=drill, url=sim.ws_url, **options)
+    token = api.mint_token().token
+    return RoleplaySession.create(token=token, drill_key=drill, url="", redeem=redeemer(api, token, drill), **options)
+
+
+def ticket(api, drill="ma-full-sale"):
+    """A connection ticket and the URL to join with it: a session token minted and redeemed."""
+    redemption = api.redeem(api.mint_token().token, drill)
+    return redemption.connection_ticket, redemption.connection_url
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +122,12 @@ def fast_sim(sim_factory):
 
 
 def test_full_call_events_transcript_and_webhook(sim_factory):
-    sim = sim_factory(*FAST, "--score-delay", "fixed:0.3", "--drop-after", "1.5")
     board = ScoreBoard()
-    receiver = WebhookReceiver(board, sim.webhook_secret).start()
+    receiver = WebhookReceiver(board, SIM_WEBHOOK_SECRET).start()
     try:
+        sim = sim_factory(*FAST, "--score-delay", "fixed:0.3", "--drop-after", "1.5", "--webhook-url", receiver.url)
         api = AthosApi(sim.http_url, sim.api_key)
-        token = api.mint_token("ma-full-sale", webhook_url=receiver.url).token
-        session = RoleplaySession.create(token=token, drill_key="ma-full-sale", url=sim.ws_url)
+        session = new_session(sim, api)
         rec = Recorder(session)
         session.connect()
         script = (("silence", 0.3), ("speech", 1.0), ("silence", 1.4), ("speech", 0.7), ("silence", 1.2))
@@ -131,7 +150,7 @@ def test_full_call_events_transcript_and_webhook(sim_factory):
         assert receiver.counts["accepted"] == 1
 
         record = api.get_call(ended["callId"])
-        assert record.status is CallStatus.SCORED and record.score == score.score
+        assert record.status is CallStatus.SCORED and 0 <= record.score <= 100 and score.score is None
         rep = [s for s in record.transcript if s.speaker == "rep"]
         # the utterances we sent, relative to the stream's start; the drop at 1.5 s lost some frames
         # of the first silence, never of speech, so both utterances are heard whole
@@ -216,18 +235,18 @@ def test_join_error_codes(sim_factory):
     sim = sim_factory(*FAST, "--token-ttl", "0.5", "--max-calls", "1")
     api = AthosApi(sim.http_url, sim.api_key)
     url = sim.ws_url
-
+    # the realtime leg's refusals of a connection ticket (the simulator's own protocol)
     expect_join_error(RoleplaySession.create(token="forged", drill_key="ma-full-sale", url=url), "token_invalid")
 
-    token = api.mint_token("ma-full-sale").token
+    token, url = ticket(api)
     expect_join_error(RoleplaySession.create(token=token, drill_key="cold-call-discovery", url=url), "unknown_drill")
 
-    token = api.mint_token("ma-full-sale").token
+    token, url = ticket(api)
     odd = AudioFormat(sample_rate=11025)
     session = RoleplaySession.create(token=token, drill_key="ma-full-sale", url=url, audio=odd)
     expect_join_error(session, "bad_audio_format")
 
-    token = api.mint_token("ma-full-sale").token
+    token, url = ticket(api)
     first = RoleplaySession.create(token=token, drill_key="ma-full-sale", url=url)
     first.connect()
     expect_join_error(RoleplaySession.create(token=token, drill_key="ma-full-sale", url=url), "token_redeemed")
@@ -235,9 +254,40 @@ def test_join_error_codes(sim_factory):
     expect_join_error(second, "concurrency_limit")
     first.hangup()
 
-    token = api.mint_token("ma-full-sale").token
+    token, url = ticket(api)
     time.sleep(0.8)
     expect_join_error(RoleplaySession.create(token=token, drill_key="ma-full-sale", url=url), "token_expired")
+
+    # the redeem's refusals of a session token, inside connect() (after connecting, as in the SDK)
+    token = api.mint_token().token
+    time.sleep(0.8)
+    expired = RoleplaySession.create(token=token, drill_key="ma-full-sale", url="", redeem=redeemer(api, token, "x"))
+    expect_join_error(expired, "TOKEN_EXPIRED")
+    token = api.mint_token().token
+    api.redeem(token, "ma-full-sale")
+    used = RoleplaySession.create(token=token, drill_key="ma-full-sale", url="", redeem=redeemer(api, token, "x"))
+    expect_join_error(used, "TOKEN_ALREADY_USED")
+    token = api.mint_token().token
+    unknown = RoleplaySession.create(token=token, drill_key="nope", url="", redeem=redeemer(api, token, "nope"))
+    expect_join_error(unknown, "DRILL_NOT_FOUND")
+
+
+def test_no_persona_available_is_service_unavailable_with_the_request_id(sim_factory):
+    sim = sim_factory(*FAST, "--unavailable-rate", "1")
+    api = AthosApi(sim.http_url, sim.api_key)
+    token = api.mint_token().token
+    with pytest.raises(ApiError) as info:
+        api.redeem(token, "ma-full-sale")
+    assert (info.value.code, info.value.status) == ("SERVICE_UNAVAILABLE", 503) and info.value.request_id
+    with pytest.raises(ApiError) as info:
+        api.redeem(token, "ma-full-sale")
+    assert info.value.code == "TOKEN_ALREADY_USED"  # the attempt spent the token: mint a new one
+    token = api.mint_token().token
+    session = RoleplaySession.create(
+        token=token, drill_key="ma-full-sale", url="", redeem=redeemer(api, token, "ma-full-sale")
+    )
+    expect_join_error(session, "SERVICE_UNAVAILABLE")
+    assert "(request req_" in session.last_error.message
 
 
 def test_injected_error_code(sim_factory):
@@ -245,22 +295,37 @@ def test_injected_error_code(sim_factory):
     expect_join_error(new_session(sim), "internal_error")
 
 
-def test_rest_error_codes(sim_factory):
-    sim = sim_factory(*FAST, "--mint-rate", "1")
+def test_rest_error_codes_carry_the_request_id(sim_factory):
+    sim = sim_factory(*FAST)
     with pytest.raises(ApiError) as info:
-        AthosApi(sim.http_url, "wrong-key").mint_token("ma-full-sale")
-    assert (info.value.code, info.value.status) == ("unauthorized", 401)
+        AthosApi(sim.http_url, "wrong-key").mint_token()
+    assert (info.value.code, info.value.status) == ("INVALID_API_KEY", 401)
     api = AthosApi(sim.http_url, sim.api_key)
     with pytest.raises(ApiError) as info:
-        api.mint_token("no-such-drill")
-    assert info.value.code == "unknown_drill"
-    with pytest.raises(ApiError) as info:
-        for _ in range(10):
-            api.mint_token("ma-full-sale")
-    assert (info.value.code, info.value.status) == ("rate_limited", 429)
+        api.mint_token("never-registered")
+    assert (info.value.code, info.value.status) == ("AGENT_NOT_FOUND", 404)
     with pytest.raises(ApiError) as info:
         api.get_call("athos_call_nope")
-    assert info.value.code == "unknown_call"
+    error = info.value
+    assert error.code == "CALL_NOT_FOUND" and error.request_id.startswith("req_")
+    assert f"(request {error.request_id})" in str(error)  # what the tool logs and reports names it
+
+
+def test_429_retry_after_is_honoured_and_bounded(sim_factory):
+    sim = sim_factory(*FAST, "--mint-rate", "1")  # one token a second: Retry-After 1
+    api = AthosApi(sim.http_url, sim.api_key)
+    started = time.monotonic()
+    for _ in range(3):
+        api.mint_token()
+    assert api.rate_limited >= 1 and 1.0 <= time.monotonic() - started < 8  # it waited instead of failing
+    slow = sim_factory(*FAST, "--mint-rate", "0.02")  # Retry-After 50 s: past what a request may wait
+    api = AthosApi(slow.http_url, slow.api_key)
+    api.mint_token()
+    started = time.monotonic()
+    with pytest.raises(ApiError) as info:
+        api.mint_token()
+    assert (info.value.code, info.value.status) == ("rate_limited", 429) and info.value.request_id
+    assert time.monotonic() - started < 2
 
 
 def test_connect_to_nothing_is_connect_failed():
@@ -315,7 +380,7 @@ def test_scores_by_polling_when_no_webhook_reaches_the_tool(fast_sim):
         for event in ended:
             score = board.wait(event.payload["callId"], timeout=15)
             assert score is not None and score.via == "poll"
-            assert api.get_call(event.payload["callId"]).score == score.score
+            assert 0 <= api.get_call(event.payload["callId"]).score <= 100
         assert poller.counts["errors"] == 0 and poller.counts["pages"] >= poller.counts["polls"] > 0
     finally:
         poller.stop()
@@ -341,3 +406,24 @@ def test_hanging_up_during_a_drop_resumes_to_tell_the_platform(sim_factory):
             break
         time.sleep(0.2)
     assert ended and ended[0]["reason"] == "hangup"  # told, not left to the 30 s resume window
+
+
+def test_reps_are_registered_once_and_reused_by_another_process(sim_factory):
+    """Each process registers the pool's reps at first use; a second process (a worker, the next
+    run) meets 409 AGENT_ALREADY_EXISTS and reuses the rep it names."""
+    sim = sim_factory(*FAST)
+    first, second = AthosApi(sim.http_url, sim.api_key), AthosApi(sim.http_url, sim.api_key)
+    for _ in range(3):
+        first.mint_token()
+    assert sorted(a.platform_agent_id for a in first.reps.registered.values()) == [
+        "athos-load-rep-1", "athos-load-rep-2", "athos-load-rep-3"
+    ]  # fmt: skip
+    second.mint_token()
+    assert second.reps.registered[0].id == first.reps.registered[0].id  # the same agent, not a new one
+    deadline = time.monotonic() + 5  # the truth log is flushed every 0.5 s
+    while time.monotonic() < deadline and len([t for t in sim.truth() if t["event"] == "agent"]) < 3:
+        time.sleep(0.1)
+    time.sleep(0.6)  # and nothing more after it
+    assert [t["platformAgentId"] for t in sim.truth() if t["event"] == "agent"] == [
+        "athos-load-rep-1", "athos-load-rep-2", "athos-load-rep-3"
+    ]  # fmt: skip

@@ -22,12 +22,19 @@ from athos_load.sim.connection import Connection
 from athos_load.sim.counters import Counters
 from athos_load.wire import (
     CALL_ID_PREFIX,
-    EVENT_ID_HEADER,
+    PATH_AGENTS,
+    PATH_CALLS,
+    PATH_REDEEM,
+    PATH_SESSION,
+    REQUEST_ID_HEADER,
     SIGNATURE_HEADER,
+    WEBHOOK_ID_HEADER,
     AudioFormat,
     FrameReader,
     MintRequest,
     MintResponse,
+    Redemption,
+    RegisterAgentRequest,
     ScoredEvent,
     parse_call,
     parse_call_list,
@@ -46,15 +53,27 @@ SILENCE = bytes(FMT.frame_bytes)
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def mint(sim, drill="ma-full-sale", webhook_url=None):
-    r = requests.post(
-        sim.http_url + "/v1/sessions",
-        data=MintRequest(drill, webhook_url).serialize(),
-        headers=sim.headers,
-        timeout=5,
-    )
+def session_token(sim):
+    """Register a new rep and mint a session token for it (``POST /agents``, ``POST /session``)."""
+    rep = f"rep-{random.getrandbits(48):x}"
+    r = requests.post(sim.http_url + PATH_AGENTS, data=RegisterAgentRequest("Test", "Rep", rep).serialize(),
+                      headers=sim.headers, timeout=5)  # fmt: skip
     assert r.status_code == 201, r.text
+    r = requests.post(sim.http_url + PATH_SESSION, data=MintRequest(rep).serialize(), headers=sim.headers, timeout=5)
+    assert r.status_code == 200, r.text
     return MintResponse.parse(r.content).token
+
+
+def redeem(sim, token, drill="ma-full-sale"):
+    return requests.post(sim.http_url + PATH_REDEEM, json={"drillKey": drill}, timeout=5,
+                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
+
+def mint(sim, drill="ma-full-sale"):
+    """A connection ticket for ``drill``: a session token minted and redeemed, as the SDK's connect() does."""
+    r = redeem(sim, session_token(sim), drill)
+    assert r.status_code == 200, r.text
+    return Redemption.parse(r.content).connection_ticket
 
 
 def rest_error(response):
@@ -166,9 +185,13 @@ def truth_events(sim, event, timeout=5.0, **fields):
 
 
 def get_call(sim, call_id):
-    r = requests.get(f"{sim.http_url}/v1/calls/{call_id}", headers=sim.headers, timeout=5)
-    assert r.status_code == 200, r.text
-    return parse_call(r.content)
+    """The call's detail, once it is scored (before that it is not readable)."""
+
+    def scored():
+        r = requests.get(f"{sim.http_url}{PATH_CALLS}/{call_id}", headers=sim.headers, timeout=5)
+        return r.status_code == 200 and parse_call(r.content)
+
+    return poll(scored, timeout=10)
 
 
 class WebhookReceiver:
@@ -366,7 +389,8 @@ def test_call_vad_persona_transcript_scoring(sim_factory, reader):
     assert ready["persona"] == {"name": "Marcus Lee"}
     call_id = ready["callId"]
     assert call_id.startswith(CALL_ID_PREFIX) and ready["resumeToken"]
-    assert get_call(sim, call_id).status == "in_progress"
+    r = requests.get(f"{sim.http_url}{PATH_CALLS}/{call_id}", headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (404, "CALL_NOT_FOUND")  # only a scored call is readable
 
     # 1 s of loud tone then silence: the platform hears one utterance, the persona answers it
     peer.stream(TONE_FRAMES + [SILENCE] * 40)
@@ -381,8 +405,8 @@ def test_call_vad_persona_transcript_scoring(sim_factory, reader):
     assert 1.5 < ended["durationSec"] < 10
     assert peer.wait_closed() == 1000
 
-    record = poll(lambda: (c := get_call(sim, call_id)).status == "scored" and c, timeout=10)
-    assert record.duration_sec == ended["durationSec"] and 0 <= record.score <= 100
+    record = get_call(sim, call_id)
+    assert record.status == "scored" and record.duration_sec == round(ended["durationSec"]) and 0 <= record.score <= 100
     assert record.ended_at >= before and record.scored_at >= record.ended_at
     rep = [s for s in record.transcript if s.speaker == "rep"]
     persona = [s for s in record.transcript if s.speaker == "persona"]
@@ -390,12 +414,14 @@ def test_call_vad_persona_transcript_scoring(sim_factory, reader):
     assert len(persona) == 1 and persona[0].end - persona[0].start == pytest.approx(0.5, abs=0.05)
     assert rep[0].end < persona[0].start
 
-    # polling: the call shows up once, as scored, and the cursor then stands still
-    r = requests.get(sim.http_url + "/v1/calls", params={"status": "scored"}, headers=sim.headers, timeout=5)
+    # the list: the call, once, as a slim row; a window that ends before it has none
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(before - 1))
+    query = {"source": "roleplay", "from": since}
+    r = requests.get(sim.http_url + PATH_CALLS, params=query, headers=sim.headers, timeout=5)
     calls, cursor = parse_call_list(r.content)
-    assert [c.id for c in calls] == [call_id] and calls[0].transcript == ()
-    r = requests.get(sim.http_url + "/v1/calls", params={"after": cursor}, headers=sim.headers, timeout=5)
-    assert parse_call_list(r.content) == ([], cursor)
+    assert [c.id for c in calls] == [call_id] and calls[0].transcript == () and cursor is None
+    r = requests.get(sim.http_url + PATH_CALLS, params={**query, "to": since}, headers=sim.headers, timeout=5)
+    assert parse_call_list(r.content) == ([], None)
     health = requests.get(sim.http_url + "/healthz", timeout=5).json()
     assert health["totalCalls"] == 1 and health["activeCalls"] == 0 and health["framesIn"] == 90
     assert health["fastReaderConnections"] == (1 if reader == "tap" else 0)  # the fast path is the one in use
@@ -404,7 +430,7 @@ def test_call_vad_persona_transcript_scoring(sim_factory, reader):
     truth = {}
     for line in sim.truth():
         truth.setdefault(line["event"], line)
-    assert {"minted", "join", "ready", "user_speaking", "persona_speaking", "ended", "scored"} <= set(truth)
+    assert {"minted", "redeemed", "join", "ready", "user_speaking", "persona_speaking", "ended", "scored"} <= set(truth)
     assert truth["ready"]["latency"] >= 0.05
     answer = truth_events(sim, "persona_speaking", callId=call_id, speaking=True)[0]
     assert answer["latency"] == pytest.approx(0.2, abs=0.1)  # --response-latency fixed:0.2
@@ -466,18 +492,41 @@ def test_join_refusals_and_rest_errors(sim):
     assert first.wait_for("ended")["reason"] == "hangup"
 
     url = sim.http_url
-    r = requests.post(url + "/v1/sessions", json={"drillKey": "no-such-drill"}, headers=sim.headers, timeout=5)
-    assert (r.status_code, rest_error(r)) == (404, "unknown_drill")
-    r = requests.post(url + "/v1/sessions", data=b"{not json", headers=sim.headers, timeout=5)
-    assert (r.status_code, rest_error(r)) == (400, "protocol_error")
-    for method, path in (("post", "/v1/sessions"), ("get", "/v1/calls"), ("get", "/v1/calls/" + ready["callId"])):
-        r = requests.request(method, url + path, json={"drillKey": "ma-full-sale"}, timeout=5,
+    r = requests.post(url + PATH_SESSION, json={"platformAgentId": "nobody"}, headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (404, "AGENT_NOT_FOUND")
+    r = requests.post(url + PATH_SESSION, data=b"{not json", headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (400, "INVALID_REQUEST")
+    for method, path in (("post", PATH_SESSION), ("post", PATH_AGENTS), ("get", PATH_CALLS),
+                         ("get", f"{PATH_CALLS}/{ready['callId']}")):  # fmt: skip
+        r = requests.request(method, url + path, json={"platformAgentId": "x"}, timeout=5,
                              headers={"Authorization": "Bearer wrong"})  # fmt: skip
-        assert (r.status_code, rest_error(r)) == (401, "unauthorized")
-    r = requests.get(url + "/v1/calls/athos_call_nope", headers=sim.headers, timeout=5)
-    assert (r.status_code, rest_error(r)) == (404, "unknown_call")
-    r = requests.get(url + "/v1/calls", params={"status": "lost"}, headers=sim.headers, timeout=5)
-    assert (r.status_code, rest_error(r)) == (400, "protocol_error")
+        assert (r.status_code, rest_error(r)) == (401, "INVALID_API_KEY")
+        # every answer names its request, the error body and the header alike
+        assert r.json()["error"]["requestId"] == r.headers[REQUEST_ID_HEADER] and r.headers[REQUEST_ID_HEADER]
+    r = requests.get(url + PATH_CALLS + "/athos_call_nope", headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (404, "CALL_NOT_FOUND")
+    since = {"source": "roleplay", "from": "2026-01-01T00:00:00Z"}
+    bad_queries = [
+        {"source": "roleplay"}, {"from": since["from"]}, {**since, "limit": "101"}, {**since, "limit": "0"},
+        {**since, "cursor": "not-a-cursor"}, {**since, "after": "now"}, {**since, "status": "scored"},
+    ]  # fmt: skip
+    for bad in bad_queries:
+        r = requests.get(url + PATH_CALLS, params=bad, headers=sim.headers, timeout=5)
+        assert (r.status_code, rest_error(r)) == (400, "INVALID_REQUEST"), bad
+    # redeem: the session token's codes; a blank drill leaves the token unspent, an unknown one spends it
+    assert rest_error(redeem(sim, "sess_never_minted")) == "INVALID_TOKEN"
+    token = session_token(sim)
+    assert (redeem(sim, token, " ").status_code, rest_error(redeem(sim, token, ""))) == (400, "INVALID_REQUEST")
+    assert (redeem(sim, token, "no-such-drill").status_code, rest_error(redeem(sim, token))) == (
+        400, "TOKEN_ALREADY_USED"
+    )  # fmt: skip
+    r = requests.post(url + PATH_AGENTS, data=RegisterAgentRequest("A", "B", "dup-rep").serialize(),
+                      headers=sim.headers, timeout=5)  # fmt: skip
+    agent = r.json()["agent"]
+    r = requests.post(url + PATH_AGENTS, data=RegisterAgentRequest("A", "B", "dup-rep").serialize(),
+                      headers=sim.headers, timeout=5)  # fmt: skip
+    assert (r.status_code, rest_error(r)) == (409, "AGENT_ALREADY_EXISTS")
+    assert r.json()["error"]["details"]["agentId"] == agent["id"]
     codes = {e["code"] for e in truth_events(sim, "error")}
     assert {"token_invalid", "unknown_drill", "bad_audio_format", "token_redeemed", "unknown_call"} <= codes
 
@@ -494,11 +543,22 @@ def test_token_expired_and_concurrency_limit(sim_factory):
 
 
 def test_mint_rate_limit_and_injected_error(sim_factory):
-    sim = sim_factory("--mint-rate", "1", "--error-rate", "1", "--error-code", "internal_error")
+    sim = sim_factory("--mint-rate", "1", "--error-rate", "1", "--error-code", "internal_error", "--quota-calls", "3")
     token = mint(sim)
-    r = requests.post(sim.http_url + "/v1/sessions", json={"drillKey": "ma-full-sale"}, headers=sim.headers, timeout=5)
-    assert (r.status_code, rest_error(r)) == (429, "rate_limited")
+    r = requests.post(sim.http_url + PATH_AGENTS, data=RegisterAgentRequest("A", "B", "r").serialize(),
+                      headers=sim.headers, timeout=5)  # fmt: skip
+    r = requests.post(sim.http_url + PATH_SESSION, json={"platformAgentId": "r"}, headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (429, "rate_limited") and r.headers["Retry-After"] == "1"
     expect_refusal(join(sim, token), "internal_error")
+    time.sleep(1.05)
+    r = requests.post(sim.http_url + PATH_SESSION, json={"platformAgentId": "r"}, headers=sim.headers, timeout=5)
+    assert r.status_code == 200
+    time.sleep(1.05)
+    r = requests.post(sim.http_url + PATH_SESSION, json={"platformAgentId": "r"}, headers=sim.headers, timeout=5)
+    assert r.status_code == 200
+    time.sleep(1.05)  # the tenant's quota of 3 is spent
+    r = requests.post(sim.http_url + PATH_SESSION, json={"platformAgentId": "r"}, headers=sim.headers, timeout=5)
+    assert (r.status_code, rest_error(r)) == (403, "TENANT_QUOTA_EXCEEDED")
 
 
 # -- drops and resume ------------------------------------------------------------------------------
@@ -570,23 +630,26 @@ def test_resume_failure_loses_the_call(sim_factory):
 def test_webhook_signed_retried_and_duplicated(sim_factory):
     receiver = WebhookReceiver(fail_first=1)
     try:
-        # the global --webhook-url goes nowhere; the mint request's webhookUrl wins for this call
-        sim = sim_factory("--webhook-duplicate-rate", "1", "--webhook-url", "http://127.0.0.1:9/nowhere")
-        peer = join(sim, mint(sim, webhook_url=receiver.url))
+        sim = sim_factory(
+            "--webhook-duplicate-rate", "1", "--webhook-url", receiver.url, "--webhook-retry-delay", "0.3"
+        )
+        peer = join(sim, mint(sim))
         call_id = peer.wait_for("ready")["callId"]
         peer.send({"type": "hangup"})
         peer.wait_for("ended")
         poll(lambda: len(receiver.received) >= 3, timeout=10)  # 500, retry 200, duplicate 200
         time.sleep(0.3)
         assert [status for status, _, _ in receiver.received] == [500, 200, 200]
-        ids = set()
+        ids, bodies = set(), set()
         for _, headers, body in receiver.received:
             verify_webhook(sim.webhook_secret, headers[SIGNATURE_HEADER], body, time.time())
             event = ScoredEvent.parse(body)
-            assert event.call_id == call_id and event.id.startswith("evt_")
-            assert headers[EVENT_ID_HEADER] == event.id and headers["Content-Type"] == "application/json"
-            ids.add(event.id)
-        assert len(ids) == 1  # at least once: the same event id every time
+            assert event.call_id == call_id and event.success and event.agent_id.startswith("athos_agent_")
+            assert b"score" not in body.replace(b"call.scored", b"")  # thin: never the score
+            assert headers[WEBHOOK_ID_HEADER].startswith("wh_") and headers["Content-Type"] == "application/json"
+            ids.add(headers[WEBHOOK_ID_HEADER])
+            bodies.add(body)
+        assert len(ids) == 1 and len(bodies) == 1  # the retry: the same id and the same body
         poll(lambda: len(truth_events(sim, "webhook_attempt", callId=call_id)) == 3)
         attempts = truth_events(sim, "webhook_attempt", callId=call_id)
         assert [(a["attempt"], a["ok"], a["status"], a["duplicate"]) for a in attempts] == [

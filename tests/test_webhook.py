@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from athos_load.api import Score, ScoreBoard, WebhookReceiver
-from athos_load.wire import EVENT_ID_HEADER, SIGNATURE_HEADER, ScoredEvent, sign_webhook
+from athos_load.wire import SIGNATURE_HEADER, WEBHOOK_ID_HEADER, ScoredEvent, sign_webhook
 
 SECRET = "whsec_test"
 
@@ -22,10 +22,10 @@ def receiver():
     rx.stop()
 
 
-def deliver(rx, event_id="evt_1", call_id="athos_call_1", *, secret=SECRET, ts=None, body=None, header=None):
-    body = body if body is not None else ScoredEvent(event_id, call_id, 80.0, time.time()).serialize().encode()
+def deliver(rx, event_id="wh_1", call_id="athos_call_1", *, secret=SECRET, ts=None, body=None, header=None):
+    body = body if body is not None else ScoredEvent(call_id, True, time.time()).serialize().encode()
     ts = int(time.time()) if ts is None else ts
-    headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id}
+    headers = {"Content-Type": "application/json", WEBHOOK_ID_HEADER: event_id}
     sig = header if header is not None else sign_webhook(secret, ts, body)
     if sig:
         headers[SIGNATURE_HEADER] = sig
@@ -37,7 +37,7 @@ def test_valid_delivery_reaches_the_waiter(receiver):
     response = deliver(receiver)
     assert response.status_code == 200
     score = waiter.get(timeout=5)
-    assert score.call_id == "athos_call_1" and score.score == 80.0 and score.via == "webhook"
+    assert score.call_id == "athos_call_1" and score.score is None and score.via == "webhook" and not score.failed
     assert receiver.counts["accepted"] == 1
 
 
@@ -139,7 +139,7 @@ def post_head(rx, headers: dict[str, str]) -> bytes:
 
 
 def test_a_non_ascii_signature_is_a_401_not_a_500(receiver):
-    body = ScoredEvent("evt_u", "athos_call_1", 80.0, time.time()).serialize().encode()
+    body = ScoredEvent("athos_call_1", True, time.time()).serialize().encode()
     head = post_head(receiver, {"Content-Length": str(len(body))})
     head = head.replace(b"\r\n\r\n", f"\r\n{SIGNATURE_HEADER}: t=1,v1=".encode() + "é".encode() + b"\r\n\r\n", 1)
     answer = raw(receiver, head + body)
@@ -149,12 +149,12 @@ def test_a_non_ascii_signature_is_a_401_not_a_500(receiver):
 
 def test_a_signed_chunked_delivery_is_accepted(receiver):
     waiter = receiver.board.expect("athos_call_c")
-    body = ScoredEvent("evt_c", "athos_call_c", 64.0, time.time()).serialize().encode()
-    headers = {SIGNATURE_HEADER: sign_webhook(SECRET, int(time.time()), body), EVENT_ID_HEADER: "evt_c"}
+    body = ScoredEvent("athos_call_c", True, time.time()).serialize().encode()
+    headers = {SIGNATURE_HEADER: sign_webhook(SECRET, int(time.time()), body), WEBHOOK_ID_HEADER: "wh_c"}
     chunks = (body[i : i + 7] for i in range(0, len(body), 7))  # a generator: requests sends it chunked
     response = requests.post(receiver.url, data=chunks, headers=headers, timeout=5)
     assert response.status_code == 200, response.text
-    assert waiter.get(timeout=5).score == 64.0 and receiver.counts["accepted"] == 1
+    assert waiter.get(timeout=5).call_id == "athos_call_c" and receiver.counts["accepted"] == 1
 
 
 def test_a_chunked_body_past_the_limit_is_refused():
@@ -168,7 +168,7 @@ def test_a_chunked_body_past_the_limit_is_refused():
 
 
 def test_a_truncated_delivery_is_a_bad_request_not_a_missing_signature(receiver):
-    body = ScoredEvent("evt_t", "athos_call_1", 80.0, time.time()).serialize().encode()
+    body = ScoredEvent("athos_call_1", True, time.time()).serialize().encode()
     head = post_head(receiver, {"Content-Length": str(len(body)), SIGNATURE_HEADER: sign_webhook(SECRET, 1, body)})
     answer = raw(receiver, head + body[:20], close_write=True)
     assert answer.startswith(b"HTTP/1.1 400") or answer == b"", answer[:200]
@@ -179,7 +179,7 @@ def test_a_truncated_delivery_is_a_bad_request_not_a_missing_signature(receiver)
 def test_a_slow_sender_is_cut_off_at_the_request_timeout(slow):
     rx = WebhookReceiver(ScoreBoard(), SECRET, request_timeout=0.5).start()
     try:
-        body = ScoredEvent("evt_s", "athos_call_1", 80.0, time.time()).serialize().encode()
+        body = ScoredEvent("athos_call_1", True, time.time()).serialize().encode()
         head = post_head(rx, {"Content-Length": str(len(body)), SIGNATURE_HEADER: sign_webhook(SECRET, 1, body)})
         sent = {"headers": head[:30], "body": head + body[:10], "silence": b""}[slow]
         started = time.monotonic()
@@ -203,7 +203,7 @@ def test_many_idle_connections_are_capped_and_a_delivery_still_gets_through():
         assert 0 < peak <= 4
         waiter = rx.board.expect("athos_call_1")
         response = deliver(rx)  # waits behind the idle ones, which are cut off 0.5 s at a time
-        assert response.status_code == 200 and waiter.get(timeout=5).score == 80.0
+        assert response.status_code == 200 and waiter.get(timeout=5).call_id == "athos_call_1"
         assert rx.counts["timeout"] >= 16  # every idle connection served was counted
     finally:
         for sock in idle:

@@ -69,8 +69,8 @@ class WorkerLink:
         data[REPORT_KEY] = self.metrics.take_delta()
 
     def _on_scored(self, msg: Any, **_: Any) -> None:
-        call_id, score, via = msg.data
-        self.board.deliver(Score(call_id, score, time.monotonic(), via))
+        call_id, score, via, *failed = msg.data  # failed: a call.scored with success false (its reason)
+        self.board.deliver(Score(call_id, score, time.monotonic(), via, failed[0] if failed else None))
 
 
 class MasterHub:
@@ -208,7 +208,9 @@ class MasterHub:
             if self._owners.pop(call_id, None) is None:
                 return  # its worker was lost meanwhile
             self.board.forget(call_id)
-            self.runner.send_message(MSG_SCORED, [score.call_id, score.score, score.via], client_id=worker)
+            self.runner.send_message(
+                MSG_SCORED, [score.call_id, score.score, score.via, score.failed], client_id=worker
+            )
 
         result.rawlink(forward)
 

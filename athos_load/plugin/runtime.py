@@ -38,7 +38,7 @@ from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRu
 from locust.stats import CSV_STATS_INTERVAL_SEC
 from prometheus_client import start_http_server, write_to_textfile
 
-from ..api import ApiError, AthosApi, ScoreBoard, ScorePoller, WebhookReceiver
+from ..api import ApiError, AthosApi, RepPool, ScoreBoard, ScorePoller, WebhookReceiver
 from ..baseline import Baseline, BaselineError
 from ..call import CallSettings, ScoreDrain
 from ..gates import Gate, GateResult, GatesError, Regression, default_regressions, load_gates
@@ -54,7 +54,7 @@ from ..simproc import SimulatorProcess, redact
 from ..trends import changes, drifts
 from ..userfiles import shown
 from ..verdict import ExitCode, verdict
-from ..wire import CURSOR_NOW, AudioFormat, ErrorCode, authority, realtime_url
+from ..wire import AudioFormat, ErrorCode, authority
 from .bookkeeping import TRIM_EVERY, footprint, trim
 from .distributed import MasterHub, WorkerLink
 from .webui import OverTime, extended_stats, install_tab
@@ -65,7 +65,12 @@ PREFLIGHT_TIMEOUT = 5.0  # seconds the start-up check of --host may take
 SETUP_FAILURES = 5  # this many failed calls and none ready yet: the target is wrong, stop the run
 SETUP_CODES = frozenset(
     {
-        ErrorCode.UNAUTHORIZED,
+        ErrorCode.INVALID_API_KEY,
+        ErrorCode.API_KEY_REVOKED,
+        ErrorCode.IP_NOT_ALLOWED,
+        ErrorCode.TENANT_INACTIVE,
+        ErrorCode.TENANT_QUOTA_EXCEEDED,
+        ErrorCode.DRILL_NOT_FOUND,
         ErrorCode.CONNECT_FAILED,
         ErrorCode.CONNECT_TIMEOUT,
         ErrorCode.REQUEST_TIMEOUT,
@@ -102,6 +107,7 @@ class Runtime:
             self.metrics, users=lambda: runner.user_count if runner else 0, running=self._running
         ).start()
         self.board = ScoreBoard()
+        self.reps = RepPool()  # the run's load-test reps, registered once and shared by every user
         self.drain = ScoreDrain()
         self.pacer = AudioPacer(on_lags=self.metrics.audio_send_lags)
         self.plan: RunPlan | None = None
@@ -228,9 +234,9 @@ class Runtime:
             raise OptionError(f"--host {host}: set the platform's API key in ${self.options.api_key_env}")
         api = AthosApi(host, self.api_key, timeout=PREFLIGHT_TIMEOUT)
         try:
-            api.list_calls(after=CURSOR_NOW, limit=1)
+            api.list_calls(since=time.time() - 60.0, limit=1)
         except ApiError as exc:
-            if exc.code == ErrorCode.UNAUTHORIZED:
+            if exc.code in (ErrorCode.INVALID_API_KEY, ErrorCode.API_KEY_REVOKED):
                 raise OptionError(
                     f"--host {host}: the platform refused the API key in ${self.options.api_key_env} "
                     f"({exc.status} {exc.code})"
@@ -299,7 +305,8 @@ class Runtime:
             print(f"athos-load: no --host given, started the built-in simulator at {self.simulator.url}", flush=True)
         if opts.poll_interval > 0 or self.receiver is None:
             api = AthosApi(self.environment.host, self.api_key)
-            self.poller = ScorePoller(api, self.board, interval=opts.poll_interval or 1.0).start()
+            window = max(180.0, opts.score_timeout + 60.0)  # re-scanned each pass: a score lands minutes late
+            self.poller = ScorePoller(api, self.board, interval=opts.poll_interval or 1.0, window=window).start()
 
     def _serve_metrics(self) -> None:
         opts = self.options
@@ -342,11 +349,9 @@ class Runtime:
             self._gates_watch = gevent.spawn(self._watch_gates, gates)
 
     def _settings(self, options: AthosOptions) -> CallSettings:
-        host = self.environment.host
-        ws_url = options.ws_url or realtime_url(host)
         return CallSettings(
             api=self.api(),
-            ws_url=ws_url,
+            ws_url=options.ws_url,  # empty: where the redeem answer's connectionUrl says
             board=self.board,
             metrics=self.metrics,
             pacer=self.pacer,
@@ -367,7 +372,7 @@ class Runtime:
 
     def api(self) -> AthosApi:
         """A REST client for one user (each keeps its own keep-alive connection)."""
-        return AthosApi(self.environment.host, self.api_key)
+        return AthosApi(self.environment.host, self.api_key, reps=self.reps)
 
     def _refuse(self, message: str) -> None:
         """This test cannot run with the options it was given: say so and stop it (a worker quits)."""

@@ -185,7 +185,8 @@ def run_rows(
     """Calls by outcome, scores, errors, reconnects, the generator's health, then each gate now."""
     calls = summary["calls"]
     # live: completed calls whose score has not come yet; after the drain, exactly score_pending
-    pending = calls[Outcome.COMPLETED.value] - calls[ScoreOutcome.SCORED.value] - calls[ScoreOutcome.MISSING.value]
+    settled = (ScoreOutcome.SCORED, ScoreOutcome.MISSING, ScoreOutcome.FAILED)
+    pending = calls[Outcome.COMPLETED.value] - sum(calls[o.value] for o in settled)
     rows = [
         _row("calls started", count_text(calls["started"])),
         _row("calls in progress", str(metrics.active_calls())),
@@ -196,6 +197,11 @@ def run_rows(
             "scores missing",
             count_text(calls[ScoreOutcome.MISSING.value]),
             "lost by the platform" if calls[ScoreOutcome.MISSING.value] else "",
+        ),
+        _row(
+            "scores failed",
+            count_text(calls[ScoreOutcome.FAILED.value]),
+            ", ".join(f"{k} {count_text(n)}" for k, n in (summary.get("score_failed_reasons") or {}).items()),
         ),
         _row("errors", ", ".join(f"{code} {count_text(n)}" for code, n in summary["errors"].items()) or "none"),
     ]

@@ -9,7 +9,6 @@ which every call points back.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import dataclasses
 import enum
 import time
@@ -22,6 +21,7 @@ from athos_load.wire.pacing import Schedule
 
 from .connection import Link, persona_wire_frames
 from .pacer import Pacer
+from .tokens import SimAgent
 from .truth import TruthLog
 from .vad import EnergyVad
 
@@ -93,7 +93,7 @@ class Call:
         "ready_at", "ready_wall", "state", "link", "vad", "turn", "status", "seq", "transcript",
         "rep_talk", "persona_talk", "persona_turns", "rep_stopped_at", "dropped_at", "dropped_once",
         "end_reason", "ended_at", "ended_wall", "duration_sec", "score", "scored_wall", "timers",
-        "told_user", "told_persona", "pacer_slot", "answer_owed", "barged_at",
+        "told_user", "told_persona", "pacer_slot", "answer_owed", "barged_at", "agent", "failure",
         "_frames", "_frame_s", "_sp", "_sp_total", "_sp_line", "_sp_greeting", "_sp_began", "_sp_imp",
     )  # fmt: skip
 
@@ -144,6 +144,8 @@ class Call:
         self.duration_sec: float | None = None
         self.score: float | None = None
         self.scored_wall: float | None = None
+        self.agent: SimAgent | None = None  # the registered rep the session token was minted for
+        self.failure: str | None = None  # why scoring failed (call.scored success false)
         # named one-shot timers (loop.call_later handles): response, max_duration, drop, resume_window
         self.timers: dict[str, asyncio.TimerHandle] = {}
         # what the client last heard: every speaking=true it got is followed by a false, even when
@@ -309,6 +311,7 @@ class Call:
 
     def record(self, with_transcript: bool = True) -> CallRecord:
         transcript = tuple(sorted(self.transcript, key=lambda s: s.start)) if with_transcript else ()
+        agent = self.agent
         return CallRecord(
             id=self.id,
             status=self.status,
@@ -318,24 +321,28 @@ class Call:
             ended_at=self.ended_wall,
             scored_at=self.scored_wall,
             transcript=transcript,
+            started_at=self.ready_wall,
+            agent_id=agent.id if agent else "",
+            agency_id=agent.agency_id if agent else "",
+            platform_agent_id=agent.platform_agent_id if agent else None,
+            summary="The rep's share of the talk time, against the ideal share." if self.score is not None else "",
         )
 
 
 class CallBook:
-    """Every call the REST API can see, with an update sequence for ``GET /v1/calls?after=``.
+    """Every call the REST API can see: ``GET /calls/:id`` reads one, ``GET /calls`` pages through
+    the scored ones. Scored calls are kept for ``retention`` seconds and at most ``max_retained``.
 
-    Each change of a call's record takes the next sequence number and appends ``(seq, id)`` to a
-    log; a call's older log entries are superseded (skipped) and compacted away now and then.
-    Scored calls are kept for ``retention`` seconds and at most ``max_retained`` of them.
+    The list pages as the contract says: newest ``endedAt`` first, filtered on ``endedAt`` (not on
+    when the call was scored), an opaque cursor naming the last row of the page (keyset paging:
+    the next page starts after it). So a call scored after a poller paged past its ``endedAt``
+    is not on the pages it reads next: only a re-scan of the window finds it.
     """
 
     def __init__(self, retention: float, max_retained: int) -> None:
         self._retention = retention
         self._max_retained = max_retained
         self._calls: dict[str, Call] = {}
-        self._seq = 0
-        self._log_seqs: list[int] = []
-        self._log_ids: list[str] = []
         self._scored: OrderedDict[str, float] = OrderedDict()  # id -> monotonic time it was scored
         self.active = 0  # calls not ended (connected or awaiting resume)
         self.total = 0
@@ -350,51 +357,40 @@ class CallBook:
         self._calls[call.id] = call
         self.active += 1
         self.total += 1
-        self.touch(call)
-
-    def touch(self, call: Call) -> None:
-        """The call's record changed: give it the next sequence number."""
-        self._seq += 1
-        call.seq = self._seq
-        self._log_seqs.append(self._seq)
-        self._log_ids.append(call.id)
 
     def ended(self, call: Call) -> None:
         self.active -= 1
-        self.touch(call)
 
     def scored(self, call: Call, now: float) -> None:
-        self.touch(call)
+        """The call reached its outcome (scored, or scoring failed: kept, never listed)."""
         self._scored[call.id] = now
         while len(self._scored) > self._max_retained:
             self._forget(self._scored.popitem(last=False)[0])
 
-    @property
-    def head(self) -> int:
-        """The cursor of the newest change: listing after it shows only later changes."""
-        return self._seq
-
-    def changes(self, after: int, status: CallStatus | None, limit: int) -> tuple[list[CallRecord], int]:
-        """Records changed after sequence ``after``, oldest change first, and the next cursor.
-
-        The cursor moves past superseded and filtered-out entries too: any later change of those
-        calls takes a new sequence number, so a poller cannot miss it.
-        """
-        out: list[CallRecord] = []
-        cursor = after
-        seqs, ids, calls = self._log_seqs, self._log_ids, self._calls
-        for i in range(bisect.bisect_right(seqs, after), len(seqs)):
-            if len(out) >= limit:
-                break
-            cursor = seqs[i]
-            call = calls.get(ids[i])
-            if call is None or call.seq != seqs[i] or (status is not None and call.status is not status):
+    def page(
+        self, since: float, until: float | None, after: tuple[float, str] | None, limit: int,
+        agent: Callable[[Call], bool] | None = None,
+    ) -> tuple[list[CallRecord], tuple[float, str] | None]:  # fmt: skip
+        """Scored calls that ended in [since, until], newest first, after the key ``after``; and
+        the key of the page's last row when more follow (None: the last page)."""
+        rows = []
+        for call_id in self._scored:
+            call = self._calls.get(call_id)
+            if call is None or call.status is not CallStatus.SCORED or call.ended_wall is None:
                 continue
-            out.append(call.record(with_transcript=False))
-        return out, cursor
+            if call.ended_wall < since or (until is not None and call.ended_wall > until):
+                continue
+            key = (call.ended_wall, call.id)
+            if (after is not None and key >= after) or (agent is not None and not agent(call)):
+                continue
+            rows.append((key, call))
+        rows.sort(key=lambda row: row[0], reverse=True)
+        page = rows[:limit]
+        more = len(rows) > limit
+        return [call.record(with_transcript=False) for _, call in page], (page[-1][0] if more else None)
 
     def evict(self, now: float) -> None:
-        """Forget scored calls older than the retention; compact the log when mostly superseded."""
+        """Forget scored calls older than the retention."""
         scored = self._scored
         while scored:
             call_id, at = next(iter(scored.items()))
@@ -402,14 +398,6 @@ class CallBook:
                 break
             del scored[call_id]
             self._forget(call_id)
-        if len(self._log_seqs) > 1024 and len(self._log_seqs) > 2 * len(self._calls):
-            live = [(s, i) for s, i in zip(self._log_seqs, self._log_ids, strict=True) if self._is_current(s, i)]
-            self._log_seqs = [s for s, _ in live]
-            self._log_ids = [i for _, i in live]
-
-    def _is_current(self, seq: int, call_id: str) -> bool:
-        call = self._calls.get(call_id)
-        return call is not None and call.seq == seq
 
     def _forget(self, call_id: str) -> None:
         self._calls.pop(call_id, None)

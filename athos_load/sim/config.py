@@ -168,7 +168,11 @@ class SimConfig:
     scorers: int = 16  # ~8 calls/s at the default 2 s median: a 200-rep run does not build a backlog
     webhook_url: str | None = None
     webhook_secret: str = SIM_WEBHOOK_SECRET
-    webhook_retries: int = 5
+    webhook_retries: int = 1  # Athos retries a failed delivery once, about 5 minutes later
+    webhook_retry_delay: float = 300.0
+    score_fail_rate: float = 0.0  # calls whose scoring fails: call.scored success false, SCORING_INCOMPLETE
+    unavailable_rate: float = 0.0  # redeems answered 503 SERVICE_UNAVAILABLE (no persona free; token spent)
+    quota_calls: int = 0  # the tenant's allowance of session tokens (0: unlimited); then TENANT_QUOTA_EXCEEDED
     webhook_failure_rate: float = 0.0
     webhook_duplicate_rate: float = 0.0
     call_retention: float = 3600.0
@@ -521,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("scoring and webhooks")
     g.add_argument("--scorers", type=_count, default=d.scorers, help="scoring workers draining the queue")
     g.add_argument(
-        "--webhook-url", default=None, help="where call.scored is POSTed when the mint request names no webhookUrl"
+        "--webhook-url", default=None, help="where call.scored is POSTed (none: no webhooks, poll GET /calls)"
     )
     g.add_argument(
         "--webhook-secret",
@@ -532,7 +536,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhook-retries",
         type=_count,
         default=d.webhook_retries,
-        help="retries after a failed delivery (backoff 0.5 s, doubling)",
+        help="retries after a failed delivery, each --webhook-retry-delay later (Athos: one, ~5 minutes later)",
+    )
+    g.add_argument(
+        "--webhook-retry-delay",
+        type=_non_negative,
+        default=d.webhook_retry_delay,
+        help="seconds between a failed delivery and its retry (make it short for tests)",
+    )
+    g.add_argument(
+        "--score-fail-rate",
+        type=_probability,
+        default=d.score_fail_rate,
+        help="fraction of calls whose scoring fails: call.scored with success false, reason SCORING_INCOMPLETE",
+    )
+    g.add_argument(
+        "--unavailable-rate",
+        type=_probability,
+        default=d.unavailable_rate,
+        help="probability that a redeem finds no persona: 503 SERVICE_UNAVAILABLE (the session token is spent)",
+    )
+    g.add_argument(
+        "--quota-calls",
+        type=_count,
+        default=d.quota_calls,
+        help="session tokens the tenant may mint (0: unlimited); then 403 TENANT_QUOTA_EXCEEDED",
     )
     g.add_argument(
         "--webhook-failure-rate",
@@ -544,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--webhook-duplicate-rate",
         type=_probability,
         default=d.webhook_duplicate_rate,
-        help="probability that a delivered event is delivered once more (same event id)",
+        help="probability that a delivered event is delivered once more (same X-Athos-Webhook-Id)",
     )
     g.add_argument(
         "--call-retention", type=_non_negative, default=d.call_retention, help="seconds a scored call stays queryable"

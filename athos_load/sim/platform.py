@@ -18,7 +18,11 @@ import time
 import numpy as np
 
 from athos_load.wire import (
+    AGENCY_ID_PREFIX,
+    AGENT_ID_PREFIX,
     CALL_ID_PREFIX,
+    Agent,
+    ApiErrorBody,
     AudioFormat,
     CallState,
     CallStatus,
@@ -31,6 +35,9 @@ from athos_load.wire import (
     MintResponse,
     Ready,
     Reconnected,
+    RedeemRequest,
+    Redemption,
+    RegisterAgentRequest,
     RemoteProtocolError,
     Resume,
     parse_client_message,
@@ -42,7 +49,7 @@ from .connection import Link, persona_wire_frames
 from .counters import Counters
 from .pacer import Pacer
 from .scoring import Scorer
-from .tokens import TokenBucket, TokenStore
+from .tokens import SimAgent, TokenBucket, TokenStore
 from .truth import TruthLog
 from .vad import STARTED, EnergyVad
 
@@ -64,7 +71,9 @@ class Platform:
         self.rng = random.Random(config.seed)
         self.truth = TruthLog(config.truth_log)
         self.counters = Counters()
-        self.tokens = TokenStore(config.token_ttl)
+        self.sessions = TokenStore(config.token_ttl)  # session tokens, spent by a redeem
+        self.tokens = TokenStore(config.token_ttl)  # connection tickets, spent by a realtime join
+        self.agents: dict[str, SimAgent] = {}  # the roster, by Athos id and by platformAgentId
         self.book = CallBook(config.call_retention, config.max_retained_calls)
         self.pacer = Pacer()
         self.scorer = Scorer(config, self.book, self.truth, self.counters, self.rng)
@@ -141,15 +150,68 @@ class Platform:
 
     # -- REST --------------------------------------------------------------------------------------
 
-    def mint(self, request: MintRequest) -> MintResponse | Error:
+    def register(self, request: RegisterAgentRequest) -> tuple[Agent, str] | ApiErrorBody:
+        """``POST /agents``: a new rep in a new agency named after them (the agent and the agency's name)."""
+        known = self.agents.get(request.platform_agent_id)
+        if known is not None:
+            details = {"agentId": known.id, "agencyId": known.agency_id, "matchedOn": "platformAgentId"}
+            return ApiErrorBody(ErrorCode.AGENT_ALREADY_EXISTS, "an agent with that platformAgentId is registered",
+                                details=details)  # fmt: skip
+        name = f"{request.first_name} {request.last_name}"
+        agent = SimAgent(AGENT_ID_PREFIX + secrets.token_hex(8), AGENCY_ID_PREFIX + secrets.token_hex(8),
+                         request.platform_agent_id, name)  # fmt: skip
+        self.agents[agent.platform_agent_id] = self.agents[agent.id] = agent
+        self.truth.record("agent", None, agentId=agent.id, platformAgentId=agent.platform_agent_id)
+        wire = Agent(agent.id, agent.agency_id, agent.platform_agent_id, request.first_name, request.last_name,
+                     time.time())  # fmt: skip
+        return wire, name
+
+    def mint(self, request: MintRequest) -> MintResponse | ApiErrorBody:
         if not self._mint_bucket.take(time.monotonic()):
-            return Error(ErrorCode.RATE_LIMITED, f"mint rate limit of {self.config.mint_rate:g}/s exceeded")
+            self.counters.rate_limited += 1
+            return ApiErrorBody(ErrorCode.RATE_LIMITED, f"mint rate limit of {self.config.mint_rate:g}/s exceeded",
+                                details={"retryAfter": self._mint_bucket.retry_after()})  # fmt: skip
+        agent = self.agents.get(request.agent_id or request.platform_agent_id or "")
+        if agent is None or (request.agent_id and agent.id != request.agent_id):
+            return ApiErrorBody(ErrorCode.AGENT_NOT_FOUND, "no agent is registered under that id")
+        quota = self.config.quota_calls
+        if quota and self.counters.minted >= quota:
+            return ApiErrorBody(ErrorCode.TENANT_QUOTA_EXCEEDED, f"the tenant's allowance of {quota} calls is spent")
+        self.counters.minted += 1
+        token = self.sessions.mint("", "", None, agent=agent, prefix="sess_")
+        self.truth.record("minted", None, token=_tag(token.value), agentId=agent.id)
+        return MintResponse(token.value, token.expires_wall)
+
+    def redeem(
+        self, session_token: str, request: RedeemRequest | None, connection_url: str
+    ) -> Redemption | ApiErrorBody:
+        """``POST /roleplay/session``: spend the session token, start the call, hand out its ticket.
+
+        A blank ``drillKey`` (``request`` None) leaves the token unspent; an unknown drill spends it.
+        """
+        token = self.sessions.check_session(session_token, time.monotonic())
+        if isinstance(token, ErrorCode):
+            messages = {
+                ErrorCode.INVALID_TOKEN: "unknown session token",
+                ErrorCode.API_TOKEN_EXPIRED: "session token expired",
+                ErrorCode.TOKEN_ALREADY_USED: "session token already used",
+            }
+            return ApiErrorBody(token, messages[token])
+        if request is None:
+            return ApiErrorBody(ErrorCode.INVALID_REQUEST, "drillKey is required")
+        token.redeemed = True
         persona = self.config.persona_for(request.drill_key)
         if persona is None:
-            return Error(ErrorCode.UNKNOWN_DRILL, f"no drill {request.drill_key!r}")
-        token = self.tokens.mint(request.drill_key, persona, request.webhook_url)
-        self.truth.record("minted", None, token=_tag(token.value), drillKey=request.drill_key)
-        return MintResponse(token.value, token.expires_wall)
+            return ApiErrorBody(ErrorCode.DRILL_NOT_FOUND, f"unknown drillKey {request.drill_key[:64]!r}")
+        if self.config.unavailable_rate and self.rng.random() < self.config.unavailable_rate:
+            self.truth.record("error", None, code=ErrorCode.SERVICE_UNAVAILABLE.value, token=_tag(session_token))
+            return ApiErrorBody(ErrorCode.SERVICE_UNAVAILABLE, "no persona is available for this drill right now")
+        call_id = CALL_ID_PREFIX + secrets.token_hex(8)
+        ticket = self.tokens.mint(request.drill_key, persona, None, agent=token.agent, call_id=call_id, prefix="tkt_")
+        self.counters.redeemed += 1
+        self.truth.record("redeemed", call_id, token=_tag(session_token), ticket=_tag(ticket.value),
+                          drillKey=request.drill_key)  # fmt: skip
+        return Redemption(connection_url, ticket.value, call_id, persona, "ext_" + secrets.token_hex(8))
 
     # -- joining and resuming ----------------------------------------------------------------------
 
@@ -187,7 +249,7 @@ class Platform:
             return None
         call = Call(
             self,
-            call_id=CALL_ID_PREFIX + secrets.token_hex(8),
+            call_id=token.call_id or CALL_ID_PREFIX + secrets.token_hex(8),
             resume_token=secrets.token_urlsafe(24),
             drill_key=token.drill_key,
             persona_name=token.persona_name,
@@ -197,6 +259,7 @@ class Platform:
             vad=EnergyVad(join.audio, self.config.vad_threshold_db, self.config.vad_hangover_ms / 1000.0),
             link=link,
         )
+        call.agent = token.agent
         self.book.add(call)
         self.live.add(call)
         self.counters.joins += 1
@@ -497,4 +560,5 @@ class Platform:
             if now - last_evict >= EVICT_INTERVAL:
                 last_evict = now
                 self.tokens.evict(now)
+                self.sessions.evict(now)
                 self.book.evict(now)

@@ -1,9 +1,11 @@
 """Scoring after a call ends: a queue drained by a few workers, then the ``call.scored`` webhook.
 
 Like the platform, scoring is a bottleneck with a queue: ``--scorers`` workers each spend a drawn
-``--score-delay`` per call, so under load the queue and the end-to-score time grow. Delivery runs
-in its own task per event (retries with backoff must not hold a scorer), at least once: it can be
-made to fail (``--webhook-failure-rate``) or to arrive twice with the same event id.
+``--score-delay`` per call, so under load the queue and the end-to-score time grow; a share of the
+calls (``--score-fail-rate``) fails to score. Delivery runs in its own task per event (a retry must
+not hold a scorer), as Athos documents it: a failed attempt is retried once about 5 minutes later
+(``--webhook-retries``, ``--webhook-retry-delay``) with the same body and ``X-Athos-Webhook-Id``,
+re-signed; it can be made to fail (``--webhook-failure-rate``) or to arrive twice (``--webhook-duplicate-rate``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import time
 import aiohttp
 
 from athos_load.wire import (
-    EVENT_ID_HEADER,
+    REQUEST_ID_PREFIX,
     SIGNATURE_HEADER,
+    WEBHOOK_ID_HEADER,
     CallStatus,
     ScoredEvent,
     sign_webhook,
@@ -31,8 +34,8 @@ from .truth import TruthLog
 
 log = logging.getLogger(__name__)
 
-FIRST_BACKOFF = 0.5  # seconds before the first retry; doubles on each further retry
-DELIVERY_TIMEOUT = 10.0
+DELIVERY_TIMEOUT = 10.0  # Athos counts no answer within 10 s as a failed delivery
+SCORE_FAILURE = ("SCORING_INCOMPLETE", "Athos did not finish processing this call.")
 IDEAL_REP_SHARE = 0.45  # share of talk time a rep scores best at (listen more than you talk)
 
 
@@ -94,27 +97,39 @@ class Scorer:
             work = self._config.score_delay.sample(self._rng)
             await asyncio.sleep(work)
             now = time.monotonic()
-            call.score = score_call(call)
-            call.status = CallStatus.SCORED
+            delay = now - call.ended_at if call.ended_at is not None else None
+            failed = self._rng.random() < self._config.score_fail_rate
+            if failed:
+                call.status, call.failure = CallStatus.NOT_SCORED, SCORE_FAILURE[0]
+                self._counters.scores_failed += 1
+                self._truth.record("score_failed", call.id, reason=call.failure, delay=_r(delay), work=_r(work))
+            else:
+                call.score = score_call(call)
+                call.status = CallStatus.SCORED
+                self._truth.record("scored", call.id, score=call.score, delay=_r(delay), work=_r(work))
             call.scored_wall = time.time()
             self._book.scored(call, now)
-            delay = now - call.ended_at if call.ended_at is not None else None
-            self._truth.record("scored", call.id, score=call.score, delay=_r(delay), work=_r(work))
             url = call.webhook_url or self._config.webhook_url
             if url:
-                event = ScoredEvent("evt_" + secrets.token_hex(12), call.id, call.score, call.scored_wall)
-                self._spawn(self._deliver(url, event))
+                agent = call.agent
+                event = ScoredEvent(
+                    call.id, not failed, call.scored_wall, agent_id=agent.id if agent else "",
+                    agency_id=agent.agency_id if agent else "",
+                    platform_agent_id=agent.platform_agent_id if agent else None,
+                    request_id=REQUEST_ID_PREFIX + secrets.token_hex(12),
+                    reason=SCORE_FAILURE[0] if failed else None, reason_message=SCORE_FAILURE[1] if failed else None,
+                )  # fmt: skip
+                self._spawn(self._deliver(url, event, "wh_" + secrets.token_hex(12)))
 
-    async def _deliver(self, url: str, event: ScoredEvent) -> None:
-        ok = await self._attempts(url, event, duplicate=False)
+    async def _deliver(self, url: str, event: ScoredEvent, webhook_id: str) -> None:
+        ok = await self._attempts(url, event, webhook_id, duplicate=False)
         if ok and self._rng.random() < self._config.webhook_duplicate_rate:
-            await self._attempts(url, event, duplicate=True)
+            await self._attempts(url, event, webhook_id, duplicate=True)
 
-    async def _attempts(self, url: str, event: ScoredEvent, duplicate: bool) -> bool:
-        """One delivery with retries; True once a 2xx came back."""
+    async def _attempts(self, url: str, event: ScoredEvent, webhook_id: str, duplicate: bool) -> bool:
+        """One delivery with its retries; True once a 2xx came back."""
         assert self._session is not None
         body = event.serialize().encode()
-        backoff = FIRST_BACKOFF
         for attempt in range(1, self._config.webhook_retries + 2):
             status: int | None = None
             error: str | None = None
@@ -123,7 +138,7 @@ class Scorer:
             else:
                 headers = {
                     SIGNATURE_HEADER: sign_webhook(self._config.webhook_secret, int(time.time()), body),
-                    EVENT_ID_HEADER: event.id,
+                    WEBHOOK_ID_HEADER: webhook_id,
                     "Content-Type": "application/json",
                 }
                 try:
@@ -134,18 +149,17 @@ class Scorer:
                     error = type(exc).__name__
             ok = status is not None and 200 <= status < 300
             self._truth.record(
-                "webhook_attempt", event.call_id, eventId=event.id, attempt=attempt, ok=ok, status=status,
+                "webhook_attempt", event.call_id, webhookId=webhook_id, attempt=attempt, ok=ok, status=status,
                 duplicate=duplicate, error=error,
             )  # fmt: skip
             if ok:
                 self._counters.webhooks_delivered += 1
                 return True
-            log.info("webhook %s attempt %d for %s failed: %s", event.id, attempt, event.call_id, error or status)
+            log.info("webhook %s attempt %d for %s failed: %s", webhook_id, attempt, event.call_id, error or status)
             if attempt <= self._config.webhook_retries:
-                await asyncio.sleep(backoff)
-                backoff *= 2
+                await asyncio.sleep(self._config.webhook_retry_delay)
         self._counters.webhooks_failed += 1
-        log.warning("webhook %s for %s given up after %d attempts", event.id, event.call_id, attempt)
+        log.warning("webhook %s for %s given up after %d attempts", webhook_id, event.call_id, attempt)
         return False
 
 

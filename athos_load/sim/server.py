@@ -9,30 +9,41 @@ VAD, and nothing else.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import json
 import logging
 import signal
 import ssl
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import WSMessage, WSMsgType, web
 
 from athos_load.wire import (
-    CURSOR_NOW,
     HTTP_STATUS,
     OPCODE_BINARY,
     OPCODE_TEXT,
+    PATH_AGENTS,
     PATH_CALLS,
     PATH_REALTIME,
-    PATH_SESSIONS,
+    PATH_REDEEM,
+    PATH_SESSION,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_PREFIX,
+    RETRY_AFTER_HEADER,
+    SOURCE_ROLEPLAY,
+    ApiErrorBody,
     CallStatus,
     CloseCode,
     Error,
     ErrorCode,
     Join,
     MintRequest,
+    RedeemRequest,
+    RegisterAgentRequest,
     RemoteProtocolError,
     Resume,
     accept_key,
@@ -42,6 +53,7 @@ from athos_load.wire import (
     parse_client_message,
     server_frame,
 )
+from athos_load.wire.fields import from_iso
 
 from .calls import Call
 from .config import SimConfig
@@ -51,19 +63,47 @@ from .platform import Platform
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIST_LIMIT = 100
-MAX_LIST_LIMIT = 1000
+DEFAULT_LIST_LIMIT = 50  # GET /calls page size: the documented default and maximum
+MAX_LIST_LIMIT = 100
 MAX_MESSAGE_BYTES = 1 << 20
 SHUTDOWN_TIMEOUT = 3.0  # seconds handlers get to finish when the simulator stops
 LISTEN_BACKLOG = 4096  # a load test opens hundreds of connections at once
 
 
-def _json(status: int, body: str) -> web.Response:
-    return web.Response(status=status, text=body, content_type="application/json")
+def _json(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
-def _error(code: ErrorCode | str, message: str) -> web.Response:
-    return _json(HTTP_STATUS.get(code, 400), error_body(code, message))  # type: ignore[call-overload]
+def _error(request: web.Request, error: ApiErrorBody | ErrorCode, message: str = "") -> web.Response:
+    """The error envelope, with the request's id; a 429 says when to retry."""
+    if isinstance(error, ErrorCode | str):
+        error = ApiErrorBody(error, message)
+    details = dict(error.details)
+    headers = {}
+    retry = details.pop("retryAfter", None)
+    if retry is not None:
+        headers[RETRY_AFTER_HEADER] = str(retry)
+    body = error_body(error.code, error.message, request[REQUEST_ID_KEY], details)
+    return _json(HTTP_STATUS.get(error.code, 400), body, headers)  # type: ignore[call-overload]
+
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+# GET /calls: the documented query parameters; any other (an extension such as after=now) is refused
+LIST_PARAMS = frozenset(
+    {"from", "to", "source", "agentId", "agencyId", "platformAgentId", "platformAgencyId", "limit", "cursor"}
+)
+
+
+@web.middleware
+async def _request_id(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every answer carries ``X-Athos-Request-Id`` (and every error body its ``requestId``)."""
+    request_id = request[REQUEST_ID_KEY] = REQUEST_ID_PREFIX + str(uuid.uuid4())
+    response = await handler(request)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
 
 
 class Server:
@@ -74,8 +114,10 @@ class Server:
         self._api_key = platform.config.api_key.encode()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
-        app.router.add_post(PATH_SESSIONS, self.mint)
+        app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[_request_id])
+        app.router.add_post(PATH_AGENTS, self.register)
+        app.router.add_post(PATH_SESSION, self.mint)
+        app.router.add_post(PATH_REDEEM, self.redeem)
         app.router.add_get(PATH_CALLS, self.list_calls)
         app.router.add_get(PATH_CALLS + "/{call_id}", self.get_call)
         app.router.add_get(PATH_REALTIME, self.realtime)
@@ -85,48 +127,80 @@ class Server:
 
     # -- REST --------------------------------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _bearer(self, request: web.Request) -> str:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self._api_key)
+        return key.strip() if scheme.lower() == "bearer" else ""
+
+    def _authorized(self, request: web.Request) -> bool:
+        return hmac.compare_digest(self._bearer(request).encode(), self._api_key)
+
+    async def register(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _error(request, ErrorCode.INVALID_API_KEY, "missing or invalid API key")
+        try:
+            body = RegisterAgentRequest.parse(await request.read())
+        except RemoteProtocolError as exc:
+            return _error(request, ErrorCode.INVALID_REQUEST, f"bad agent: {exc}")
+        result = self.platform.register(body)
+        if isinstance(result, ApiErrorBody):
+            return _error(request, result)
+        agent, agency_name = result
+        return _json(201, agent.serialize(agency_name, body.platform_agency_id))
 
     async def mint(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return _error(ErrorCode.UNAUTHORIZED, "missing or wrong Bearer API key")
+            return _error(request, ErrorCode.INVALID_API_KEY, "missing or invalid API key")
         try:
             body = MintRequest.parse(await request.read())
         except RemoteProtocolError as exc:
-            return _error(ErrorCode.PROTOCOL_ERROR, f"bad mint request: {exc}")
+            return _error(request, ErrorCode.INVALID_REQUEST, f"bad session request: {exc}")
         result = self.platform.mint(body)
-        if isinstance(result, Error):
-            return _error(result.code, result.message)
-        return _json(201, result.serialize())
+        if isinstance(result, ApiErrorBody):
+            return _error(request, result)
+        return _json(200, result.serialize())
+
+    async def redeem(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        body: RedeemRequest | None
+        try:
+            body = RedeemRequest.parse(raw)
+        except RemoteProtocolError:
+            body = None  # refused after the token is checked, and without spending it
+        scheme = "wss" if request.secure else "ws"
+        result = self.platform.redeem(self._bearer(request), body, f"{scheme}://{request.host}{PATH_REALTIME}")
+        if isinstance(result, ApiErrorBody):
+            return _error(request, result)
+        return _json(200, result.serialize())
 
     async def get_call(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return _error(ErrorCode.UNAUTHORIZED, "missing or wrong Bearer API key")
+            return _error(request, ErrorCode.INVALID_API_KEY, "missing or invalid API key")
         call = self.platform.book.get(request.match_info["call_id"])
-        if call is None:
-            return _error(ErrorCode.UNKNOWN_CALL, "no such call (or it was evicted)")
+        if call is None or call.status is not CallStatus.SCORED:  # only a scored call is readable
+            return _error(request, ErrorCode.CALL_NOT_FOUND, "Call not found")
         return _json(200, json.dumps(call.record().to_wire(), separators=(",", ":")))
 
     async def list_calls(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
-            return _error(ErrorCode.UNAUTHORIZED, "missing or wrong Bearer API key")
+            return _error(request, ErrorCode.INVALID_API_KEY, "missing or invalid API key")
         query = request.query
         try:
-            status = CallStatus(query["status"]) if query.get("status") else None
-            # after=now: an empty page whose cursor is the end of the change log (a poller's start)
-            now = query.get("after") == CURSOR_NOW
-            after = 0 if now else int(query.get("after") or 0)
-            limit = int(query.get("limit") or DEFAULT_LIST_LIMIT)
-            if after < 0 or limit < 1:
-                raise ValueError("after must be >= 0 and limit >= 1")
-        except ValueError as exc:
-            return _error(ErrorCode.PROTOCOL_ERROR, f"bad query: {exc}")
-        if now:
-            return _json(200, call_list_body([], str(self.platform.book.head)))
-        records, cursor = self.platform.book.changes(after, status, min(limit, MAX_LIST_LIMIT))
-        return _json(200, call_list_body(records, str(cursor)))
+            unknown = sorted(set(query) - LIST_PARAMS)
+            if unknown:
+                raise ValueError(f"unknown parameter {unknown[0][:40]!r}")
+            if query.get("source") != SOURCE_ROLEPLAY:
+                raise ValueError("source must be roleplay")
+            since = from_iso(query.get("from", ""))
+            until = from_iso(query["to"]) if "to" in query else None
+            limit = int(query.get("limit", DEFAULT_LIST_LIMIT))
+            if not 1 <= limit <= MAX_LIST_LIMIT:
+                raise ValueError(f"limit must be 1-{MAX_LIST_LIMIT}")
+            after = _cursor_key(query["cursor"]) if "cursor" in query else None
+        except (ValueError, RemoteProtocolError) as exc:
+            return _error(request, ErrorCode.INVALID_REQUEST, f"bad query: {exc}")
+        agent = _agent_filter(query)
+        records, last = self.platform.book.page(since, until, after, limit, agent)
+        return _json(200, call_list_body(records, None if last is None else _cursor(last)))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return _json(200, json.dumps(self.platform.health(), separators=(",", ":")))
@@ -139,7 +213,7 @@ class Server:
         ready = web.WebSocketResponse().can_prepare(request)  # aiohttp checks the upgrade request
         transport = request.transport
         if not ready.ok or transport is None:
-            return _json(400, error_body(ErrorCode.PROTOCOL_ERROR, "not a WebSocket upgrade"))
+            return _error(request, ErrorCode.PROTOCOL_ERROR, "not a WebSocket upgrade")
         response = web.StreamResponse(
             status=101,
             headers={
@@ -314,6 +388,38 @@ class AiohttpLink:
 
     def abort(self) -> None:
         self._transport.abort()  # type: ignore[attr-defined]
+
+
+def _cursor(key: tuple[float, str]) -> str:
+    """An opaque cursor: the last row's (endedAt, id), which the next page starts after."""
+    return base64.urlsafe_b64encode(json.dumps([key[0], key[1]]).encode()).decode()
+
+
+def _cursor_key(cursor: str) -> tuple[float, str]:
+    try:
+        ended, call_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(ended), str(call_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise ValueError("bad cursor") from None
+
+
+def _agent_filter(query: Mapping[str, str]) -> Callable[[Call], bool] | None:
+    """The documented rep and agency filters (Athos and platform ids), combined by AND."""
+    wanted = {k: query[k] for k in ("agentId", "agencyId", "platformAgentId", "platformAgencyId") if k in query}
+    if not wanted:
+        return None
+
+    def match(call: Call) -> bool:
+        agent = call.agent
+        have = {
+            "agentId": agent.id if agent else None,
+            "agencyId": agent.agency_id if agent else None,
+            "platformAgentId": agent.platform_agent_id if agent else None,
+            "platformAgencyId": None,
+        }
+        return all(have[k] == v for k, v in wanted.items())
+
+    return match
 
 
 def _url(host: str, port: int, scheme: str = "http") -> str:

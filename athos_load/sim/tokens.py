@@ -1,7 +1,9 @@
-"""Session tokens: minted by ``POST /v1/sessions``, redeemed once by a join."""
+"""Session tokens (minted by ``POST /session``, redeemed once by ``POST /roleplay/session``) and the
+connection tickets a redeem hands out (used once by a realtime join): one store of each kind."""
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -12,15 +14,27 @@ from athos_load.wire import ErrorCode
 EXPIRED_GRACE = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class SimAgent:
+    """A registered rep, as the simulator's roster keeps it."""
+
+    id: str
+    agency_id: str
+    platform_agent_id: str
+    name: str
+
+
 @dataclass(slots=True)
 class Token:
     value: str
-    drill_key: str
+    drill_key: str  # a ticket's drill; "" for a session token (the drill comes with the redeem)
     persona_name: str
     webhook_url: str | None
     expires_mono: float
     expires_wall: float
     redeemed: bool = False
+    agent: SimAgent | None = None
+    call_id: str = ""  # a ticket's: the call the redeem started
 
 
 class TokenStore:
@@ -31,8 +45,11 @@ class TokenStore:
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def mint(self, drill_key: str, persona_name: str, webhook_url: str | None) -> Token:
-        value = "tok_" + secrets.token_urlsafe(24)
+    def mint(
+        self, drill_key: str, persona_name: str, webhook_url: str | None, *, agent: SimAgent | None = None,
+        call_id: str = "", prefix: str = "tok_",
+    ) -> Token:  # fmt: skip
+        value = prefix + secrets.token_urlsafe(24)
         token = Token(
             value,
             drill_key,
@@ -40,6 +57,8 @@ class TokenStore:
             webhook_url,
             expires_mono=time.monotonic() + self._ttl,
             expires_wall=time.time() + self._ttl,
+            agent=agent,
+            call_id=call_id,
         )
         self._tokens[value] = token
         return token
@@ -61,6 +80,17 @@ class TokenStore:
             return ErrorCode.UNKNOWN_DRILL
         return token
 
+    def check_session(self, value: str, now: float) -> Token | ErrorCode:
+        """A session token a redeem may spend, else the External API's code that refuses it."""
+        token = self._tokens.get(value)
+        if token is None:
+            return ErrorCode.INVALID_TOKEN
+        if now >= token.expires_mono:
+            return ErrorCode.API_TOKEN_EXPIRED
+        if token.redeemed:
+            return ErrorCode.TOKEN_ALREADY_USED
+        return token
+
     def evict(self, now: float) -> None:
         """Drop tokens expired more than ``EXPIRED_GRACE`` ago (oldest first, stop at the first live one)."""
         tokens = self._tokens
@@ -72,7 +102,8 @@ class TokenStore:
 
 
 class TokenBucket:
-    """Rate limit for the mint endpoint; ``rate`` 0 means unlimited. Holds at most one second's worth."""
+    """Rate limit for the mint endpoint; ``rate`` 0 means unlimited. Holds at most one second's worth.
+    A refused take is answered ``429`` with ``Retry-After`` (:meth:`retry_after`)."""
 
     def __init__(self, rate: float) -> None:
         self._rate = rate
@@ -89,3 +120,7 @@ class TokenBucket:
             self._level -= 1.0
             return True
         return False
+
+    def retry_after(self) -> int:
+        """Whole seconds until a token is back in the bucket (at least 1: Retry-After has no fractions)."""
+        return max(1, math.ceil((1.0 - self._level) / self._rate)) if self._rate > 0 else 1

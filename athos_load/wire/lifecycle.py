@@ -176,6 +176,14 @@ class ClientProtocol:
         self._events.append(Connecting())
         self._outgoing.append(Join(self.token, self.drill_key, self.audio).serialize())
 
+    def redeemed(self, ticket: str) -> None:
+        """connect() redeemed the session token (``POST /roleplay/session``): the join, not sent
+        yet, carries the connection ticket instead."""
+        if self.state is not CallState.CONNECTING:
+            raise LocalProtocolError(f"a ticket arrived in state {self.state.value}")
+        self.token = ticket
+        self._outgoing = [Join(ticket, self.drill_key, self.audio).serialize()]
+
     def resume(self, now: float) -> None:
         """A new socket is open after a drop: ask the server to resume the call."""
         self._advance(Resume)

@@ -11,14 +11,23 @@ from .fields import typed
 
 # -- paths -----------------------------------------------------------------------------------------
 
-PATH_SESSIONS = "/v1/sessions"
-PATH_REALTIME = "/v1/realtime"
-PATH_CALLS = "/v1/calls"
-CURSOR_NOW = "now"  # GET /v1/calls?after=now: no calls, and the cursor of the newest change
+# The External API (the public contract): every path below sits under API_BASE on the platform's host.
+API_BASE = "/api/external/v1"
+PATH_AGENTS = API_BASE + "/agents"  # POST: register a rep
+PATH_SESSION = API_BASE + "/session"  # POST (API key): mint a session token
+PATH_REDEEM = API_BASE + "/roleplay/session"  # POST (session token): redeem it, the call starts
+PATH_CALLS = API_BASE + "/calls"  # GET: scored calls; GET /calls/:callId: one call's detail
+PATH_REALTIME = "/v1/realtime"  # the built-in simulator's realtime WebSocket (the tool's own protocol)
 PATH_WEBHOOK = "/webhooks/athos"  # where athos-load's receiver takes call.scored
-SIGNATURE_HEADER = "Athos-Signature"
-EVENT_ID_HEADER = "Athos-Event-Id"
+REQUEST_ID_HEADER = "X-Athos-Request-Id"
+SIGNATURE_HEADER = "X-Athos-Signature"
+WEBHOOK_ID_HEADER = "X-Athos-Webhook-Id"
+RETRY_AFTER_HEADER = "Retry-After"
 CALL_ID_PREFIX = "athos_call_"
+AGENT_ID_PREFIX = "athos_agent_"
+AGENCY_ID_PREFIX = "athos_agency_"
+REQUEST_ID_PREFIX = "req_"
+SOURCE_ROLEPLAY = "roleplay"
 
 
 def authority(host: str, port: int) -> str:
@@ -49,9 +58,29 @@ SDK_EVENTS = (
 
 
 class ErrorCode(enum.StrEnum):
-    """Codes carried by ``error`` events. Branch on these, never on the message."""
+    """The tool's one error vocabulary: what ``error`` events, REST answers and the client itself
+    report. Branch on these, never on the message."""
 
-    # sent by the platform (documented in docs/protocol.md)
+    # the External API's codes (its error envelope) and the SDK's, as the public contract spells them
+    INVALID_REQUEST = "INVALID_REQUEST"
+    DRILL_NOT_FOUND = "DRILL_NOT_FOUND"
+    INVALID_API_KEY = "INVALID_API_KEY"
+    API_KEY_REVOKED = "API_KEY_REVOKED"
+    INVALID_TOKEN = "INVALID_TOKEN"
+    API_TOKEN_EXPIRED = "TOKEN_EXPIRED"  # the session token, at redeem (TOKEN_EXPIRED is the realtime ticket's)
+    TOKEN_ALREADY_USED = "TOKEN_ALREADY_USED"
+    IP_NOT_ALLOWED = "IP_NOT_ALLOWED"
+    TENANT_INACTIVE = "TENANT_INACTIVE"
+    TENANT_QUOTA_EXCEEDED = "TENANT_QUOTA_EXCEEDED"
+    CALL_NOT_FOUND = "CALL_NOT_FOUND"
+    AGENT_NOT_FOUND = "AGENT_NOT_FOUND"
+    AGENT_ALREADY_EXISTS = "AGENT_ALREADY_EXISTS"
+    AGENCY_NOT_FOUND = "AGENCY_NOT_FOUND"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"  # no persona available for the drill: a capacity signal
+    API_INTERNAL_ERROR = "INTERNAL_ERROR"
+    NETWORK_LOST = "NETWORK_LOST"  # the SDK's: a drop not recovered in time ended the session
+    # the simulator's realtime leg (the tool's own protocol, docs/protocol.md), and a 429
+    # (Athos documents no code for it)
     TOKEN_INVALID = "token_invalid"
     TOKEN_EXPIRED = "token_expired"
     TOKEN_REDEEMED = "token_redeemed"
@@ -60,7 +89,6 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_CALL = "unknown_call"
     RATE_LIMITED = "rate_limited"
     CONCURRENCY_LIMIT = "concurrency_limit"
-    UNAUTHORIZED = "unauthorized"
     INTERNAL_ERROR = "internal_error"
     PROTOCOL_ERROR = "protocol_error"
     # raised by the client itself
@@ -73,6 +101,27 @@ class ErrorCode(enum.StrEnum):
     NO_REPLY = "no_reply"
 
 
+# Codes a REST answer of the External API carries (documented by Athos), and their HTTP status.
+API_ERROR_STATUS = {
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.DRILL_NOT_FOUND: 400,
+    ErrorCode.INVALID_API_KEY: 401,
+    ErrorCode.API_KEY_REVOKED: 401,
+    ErrorCode.INVALID_TOKEN: 401,
+    ErrorCode.API_TOKEN_EXPIRED: 401,
+    ErrorCode.TOKEN_ALREADY_USED: 401,
+    ErrorCode.IP_NOT_ALLOWED: 403,
+    ErrorCode.TENANT_INACTIVE: 403,
+    ErrorCode.TENANT_QUOTA_EXCEEDED: 403,
+    ErrorCode.CALL_NOT_FOUND: 404,
+    ErrorCode.AGENT_NOT_FOUND: 404,
+    ErrorCode.AGENCY_NOT_FOUND: 404,
+    ErrorCode.AGENT_ALREADY_EXISTS: 409,
+    ErrorCode.API_INTERNAL_ERROR: 500,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
+}
+API_ERROR_CODES = frozenset(API_ERROR_STATUS)
+SDK_ERROR_CODES = frozenset({ErrorCode.NETWORK_LOST})  # documented by the SDK; its reference twin: reconnect_failed
 SERVER_ERROR_CODES = frozenset(
     {
         ErrorCode.TOKEN_INVALID,
@@ -83,20 +132,12 @@ SERVER_ERROR_CODES = frozenset(
         ErrorCode.UNKNOWN_CALL,
         ErrorCode.RATE_LIMITED,
         ErrorCode.CONCURRENCY_LIMIT,
-        ErrorCode.UNAUTHORIZED,
         ErrorCode.INTERNAL_ERROR,
         ErrorCode.PROTOCOL_ERROR,
     }
 )
-# HTTP status for each error code a REST endpoint can answer with.
-HTTP_STATUS = {
-    ErrorCode.UNAUTHORIZED: 401,
-    ErrorCode.UNKNOWN_DRILL: 404,
-    ErrorCode.UNKNOWN_CALL: 404,
-    ErrorCode.RATE_LIMITED: 429,
-    ErrorCode.PROTOCOL_ERROR: 400,
-    ErrorCode.INTERNAL_ERROR: 500,
-}
+# HTTP status for each error code a REST endpoint can answer with (429: a code of the tool's own).
+HTTP_STATUS = {**API_ERROR_STATUS, ErrorCode.RATE_LIMITED: 429}
 
 
 def error_code(value: str) -> ErrorCode | str:

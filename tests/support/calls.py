@@ -9,7 +9,7 @@ from typing import Any
 import gevent
 import gevent.pool
 
-from athos_load.api import AthosApi, ScoreBoard
+from athos_load.api import AthosApi, ScoreBoard, ScorePoller
 from athos_load.call import Call, CallSettings, ScoreDrain
 from athos_load.metrics import Metrics
 from athos_load.pacer import AudioPacer
@@ -24,15 +24,19 @@ def run_calls(
 ) -> tuple[list[Call], Metrics, list[dict]]:
     """Run one call per scenario in ``plan``, all at once (started ``stagger`` apart), to the end,
     recording into ``metrics`` (a new one by default); ``options`` are more of :class:`CallSettings`' fields."""
+    api, board = AthosApi(sim.http_url, sim.api_key), ScoreBoard()
+    # no webhook here; a transcript is readable once the call is scored, so a check polls for scores
+    checking = bool(options.get("transcript_check"))
+    poller = ScorePoller(api, board, interval=0.2).start() if checking else None
     settings = CallSettings(
-        api=AthosApi(sim.http_url, sim.api_key),
+        api=api,
         ws_url=sim.ws_url,
-        board=ScoreBoard(),
+        board=board,
         metrics=metrics if metrics is not None else Metrics(),
         pacer=AudioPacer(),
         audio=FMT,
         drain=ScoreDrain(),
-        score_timeout=0.0,  # no webhook here: scores are not this test's business
+        score_timeout=20.0 if checking else 0.0,
         **options,
     )
     reports: list[dict] = []
@@ -40,5 +44,9 @@ def run_calls(
     group = gevent.pool.Group()
     for i, call in enumerate(calls):
         group.add(gevent.spawn_later(i * stagger, call.run))
-    group.join(timeout=60, raise_error=True)
+    try:
+        group.join(timeout=60, raise_error=True)
+    finally:
+        if poller is not None:
+            poller.stop()
     return calls, settings.metrics, reports

@@ -35,6 +35,7 @@ from athos_load.wire import (
     Error,
     Event,
     Ready,
+    Redemption,
     Segment,
     Speaker,
     Speaking,
@@ -145,6 +146,9 @@ class FakeTransport:
     # -- the Transport protocol
 
     def connect(self) -> None:
+        redeem = self.options.get("redeem")
+        if redeem is not None:  # as the reference transport does, right after connecting (here: before the script)
+            self.redemption = redeem()
         self.platform.connect(self)
 
     def say(self, clip: Clip) -> FakeSpoken:
@@ -218,17 +222,27 @@ class FakeTransport:
 class FakeApi:
     def __init__(self, refuse: str | None = None) -> None:
         self.refuse = refuse
-        self.transcript: Callable[[], tuple[Segment, ...]] | None = None  # what GET /v1/calls/:id returns
+        self.refuse_redeem: str | None = None
+        self.refuse_fetch: str | None = None
+        self.transcript: Callable[[], tuple[Segment, ...]] | None = None  # what GET /calls/:id returns
+        self.redeemed: list[tuple[str, str]] = []
 
-    def mint_token(self, drill_key: str, webhook_url: str | None = None) -> Any:
+    def mint_token(self, platform_agent_id: str | None = None) -> Any:
         if self.refuse is not None:
-            raise ApiError(self.refuse, "refused", 429)
+            raise ApiError(self.refuse, "refused", 429, "req_mint")
         return SimpleNamespace(token="token-1")
 
+    def redeem(self, token: str, drill_key: str) -> Redemption:
+        if self.refuse_redeem is not None:
+            raise ApiError(self.refuse_redeem, "refused", 503, "req_redeem")
+        self.redeemed.append((token, drill_key))
+        return Redemption("ws://redeemed/v1/realtime", "ticket-1", CALL_ID, "Fake")
+
     def get_call(self, call_id: str) -> CallRecord:
-        if self.transcript is None:
-            raise ApiError("unknown_call", "no such call", 404)
-        return CallRecord(call_id, CallStatus.SCORED, "fake-drill", transcript=self.transcript())
+        if self.refuse_fetch is not None:
+            raise ApiError(self.refuse_fetch, "no such call", 404, "req_get")
+        transcript = self.transcript() if self.transcript is not None else ()
+        return CallRecord(call_id, CallStatus.SCORED, "fake-drill", score=80.0, transcript=transcript)
 
 
 class Harness:

@@ -218,9 +218,9 @@ class Connection:
         if script in HTTP_SCRIPTS:
             HTTP_SCRIPTS[script](self, request)
             return
-        if request[1].get("upgrade", "").lower() != "websocket":  # REST behaves: mint a token
+        if request[1].get("upgrade", "").lower() != "websocket":  # REST behaves: register, mint, redeem
             self.read_body(request[1])
-            self.send(http_answer("200 OK", MINTED))
+            self.send(http_answer("200 OK", rest_answer(request)))
             return
         if not self.handshake(request, trickle=script == "trickle-handshake"):
             return
@@ -457,6 +457,21 @@ def http_answer(status: str, body: bytes, content_type: str = "application/json"
 
 
 MINTED = json.dumps({"token": "tok_hostile", "expiresAt": "2099-01-01T00:00:00Z"}).encode()
+AGENT = json.dumps({"agent": {"id": "athos_agent_h", "agencyId": "athos_agency_h", "platformAgentId": "r"}}).encode()
+
+
+def rest_answer(request: tuple[str, dict[str, str]]) -> bytes:
+    """What a well-behaved External API answers: an agent, a session token, or a redeem whose
+    connectionUrl is this peer's realtime endpoint (where the misbehaviour waits)."""
+    path = request[0].split(" ")[1]
+    if path.endswith("/agents"):
+        return AGENT
+    if path.endswith("/roleplay/session"):
+        url = f"ws://{request[1].get('host', LOOPBACK)}/v1/realtime"
+        redeemed = {"connectionUrl": url, "connectionTicket": "tkt_hostile", "callId": READY["callId"],
+                    "sessionId": "ext_h", "persona": {"name": "Hostile"}}  # fmt: skip
+        return json.dumps(redeemed).encode()
+    return MINTED
 
 
 def trickle_http(c: Connection, request: tuple[str, dict[str, str]]) -> None:

@@ -70,4 +70,6 @@ def check_accounting(summary: dict) -> None:
     """Every started call is accounted for once, and every completed call's score too."""
     calls = summary["calls"]
     assert calls["started"] == calls["completed"] + calls["failed"] + calls["aborted"] + calls.get("lost", 0)
-    assert calls["completed"] == calls["scored"] + calls["score_missing"] + calls["score_pending"]
+    assert (
+        calls["completed"] == calls["scored"] + calls["score_missing"] + calls["score_pending"] + calls["score_failed"]
+    )

@@ -272,10 +272,11 @@ def test_a_transcript_segment_off_the_speech_is_misaligned_and_a_failed_fetch_is
     h.settings.api.transcript = shifted
     h.run()
     assert h.metrics.summary()["transcript"]["misaligned"] == 2
-    h = Harness(transcript_check=True)  # no transcript: the fetch fails with the platform's code
+    h = Harness(transcript_check=True)  # the call is not readable: the fetch fails with the platform's code
+    h.settings.api.refuse_fetch = "CALL_NOT_FOUND"
     h.run()
     (entry,) = h.entries("transcript_fetch")
-    assert entry["exception"].code == "unknown_call" and h.errors() == {"unknown_call": 1}
+    assert entry["exception"].code == "CALL_NOT_FOUND" and h.errors() == {"CALL_NOT_FOUND": 1}
 
 
 # -- what reaches Locust ---------------------------------------------------------------------------
@@ -291,6 +292,7 @@ def test_a_scored_call_is_one_locust_entry_per_step():
         ("WS", "persona_response"),
         ("CALL", "call"),
         ("SCORE", "end_to_score"),
+        ("GET", "transcript_fetch"),  # the score itself: GET /calls/:callId once call.scored came
     ]
     assert all(e["exception"] is None and e["response_time"] >= 0 for e in h.reports)
     assert all(e["context"] == {"scenario": "fake"} and e["response_length"] == 0 for e in h.reports)
@@ -299,6 +301,9 @@ def test_a_scored_call_is_one_locust_entry_per_step():
     assert h.entries("call")[0]["response_time"] == pytest.approx(1000 * (0.4 + 2 * (0.26 + 0.3 + 1.0)), abs=EXACT)
     assert call.outcome is Outcome.COMPLETED and call.call_id == CALL_ID and h.announced == [CALL_ID]
     assert h.sessions[0].options["token"] == "token-1" and h.sessions[0].options["drill_key"] == "fake-drill"
+    assert h.settings.api.redeemed == [("token-1", "fake-drill")] and call.score == 80.0
+    assert h.sessions[0].redemption.connection_ticket == "ticket-1"
+    assert h.metrics.summary()["quota"] == {"calls": 1, "tokens": 1}
     assert h.sessions[0].closed
 
 
