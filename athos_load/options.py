@@ -196,8 +196,15 @@ class AthosOptions:
     )
     ws_url: str = option(
         "",
-        "Realtime WebSocket URL (default: the host with ws(s):// and /v1/realtime)",
+        "Realtime URL to join instead of the redeem answer's connectionUrl (default: the answer's)",
         _url("ws", "wss"),
+    )
+    transport: str = option(
+        "auto",
+        "The realtime leg: 'livekit' (the real Athos platform's; not yet verified against a LiveKit server, "
+        "see the README), 'reference' (the tool's own WebSocket protocol, which athos-sim speaks); "
+        "'auto': reference against the built-in simulator, livekit with --host",
+        choices=("auto", "livekit", "reference"),
     )
     webhook_listen: str = option(
         "127.0.0.1:0",

@@ -82,7 +82,9 @@ def main() -> int:
     env.update(ATHOS_API_KEY=sim.api_key, ATHOS_WEBHOOK_SECRET=sim.webhook_secret)
     seconds = round(args.minutes * 60)
     cmd = [
-        sys.executable, "-m", "locust", "-f", str(ROOT / "locustfile.py"), "--host", proxy.url, "--headless",
+        sys.executable, "-m", "locust", "-f", str(ROOT / "locustfile.py"), "--host", proxy.url,
+        "--athos-transport", "reference",
+        "--headless",
         "-u", str(args.users), "-r", str(args.rate), "-t", f"{seconds}s", "--athos-scenario", "scenarios/smoke",
         "--athos-webhook-listen", f"127.0.0.1:{listen}", "--athos-summary", str(out / "summary.json"),
         "--athos-drain-timeout", "10", "--only-summary",

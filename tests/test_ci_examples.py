@@ -42,7 +42,10 @@ def test_the_documented_ci_job_runs_and_writes_what_it_uploads(sim_factory, tmp_
         command.append(arg)
     assert command[0] == "locust"
     command += ["--athos-scenario", str(silent_scenario(tmp_path, 1.0))]  # calls that end in seconds
-    env = locust_env(ATHOS_API_KEY=sim.api_key, ATHOS_WEBHOOK_SECRET=sim.webhook_secret)
+    # the simulator standing in for staging speaks the reference protocol, not LiveKit
+    env = locust_env(
+        ATHOS_API_KEY=sim.api_key, ATHOS_WEBHOOK_SECRET=sim.webhook_secret, LOCUST_ATHOS_TRANSPORT="reference"
+    )
     locust = str(ROOT / ".venv" / "bin" / "locust") if (ROOT / ".venv" / "bin" / "locust").exists() else "locust"
     result = subprocess.run([locust, *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in result.stderr, result.stderr[-3000:]

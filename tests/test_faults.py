@@ -209,7 +209,8 @@ def test_a_run_through_faults_ends_on_time_with_every_call_accounted_for(sim_fac
     env = locust_env(ATHOS_API_KEY=sim.api_key, ATHOS_WEBHOOK_SECRET=sim.webhook_secret)
     scenario = silent_scenario(tmp_path, 2.0)
     args = [
-        "--host", proxy.url, "--headless", "-u", "8", "-r", "8", "-t", "12s", "--athos-scenario", str(scenario),
+        "--host", proxy.url, "--athos-transport", "reference",
+        "--headless", "-u", "8", "-r", "8", "-t", "12s", "--athos-scenario", str(scenario),
         "--athos-webhook-listen", f"127.0.0.1:{listen}", "--athos-summary", str(tmp_path / "s.json"),
         "--athos-drain-timeout", "5", "--stop-timeout", "0",
     ]  # fmt: skip

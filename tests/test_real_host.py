@@ -11,7 +11,8 @@ from support.locust_run import locust_env, run_locust
 def test_a_wrong_api_key_stops_before_any_user(sim_factory, tmp_path):
     sim = sim_factory()
     result = run_locust(
-        "--host", sim.http_url, "--headless", "-u", "2", "-t", "60s", "--athos-scenario", "scenarios/smoke",
+        "--host", sim.http_url, "--athos-transport", "reference",
+        "--headless", "-u", "2", "-t", "60s", "--athos-scenario", "scenarios/smoke",
         env=locust_env(ATHOS_API_KEY="not-the-key"), timeout=60,
     )  # fmt: skip
     assert result.returncode == 2
@@ -23,7 +24,8 @@ def test_a_wrong_realtime_url_stops_the_run_after_the_first_failed_calls(sim_fac
     sim = sim_factory()
     started = time.monotonic()
     result = run_locust(
-        "--host", sim.http_url, "--headless", "-u", "3", "-r", "3", "-t", "120s",
+        "--host", sim.http_url, "--athos-transport", "reference",
+        "--headless", "-u", "3", "-r", "3", "-t", "120s",
         "--athos-scenario", "scenarios/smoke", "--athos-summary", str(tmp_path / "s.json"),
         "--athos-ws-url", sim.ws_url.replace("/v1/realtime", "/v1/nowhere"),
         env=locust_env(ATHOS_API_KEY=sim.api_key, ATHOS_WEBHOOK_SECRET=sim.webhook_secret), timeout=110,
@@ -38,7 +40,8 @@ def test_a_wrong_realtime_url_stops_the_run_after_the_first_failed_calls(sim_fac
 def test_with_a_host_the_tool_says_the_platform_must_reach_its_receiver(sim_factory, tmp_path):
     sim = sim_factory()
     result = run_locust(
-        "--host", sim.http_url, "--headless", "-u", "1", "-t", "3s", "--athos-scenario", "scenarios/smoke",
+        "--host", sim.http_url, "--athos-transport", "reference",
+        "--headless", "-u", "1", "-t", "3s", "--athos-scenario", "scenarios/smoke",
         "--athos-drain-timeout", "0", timeout=60,
         env=locust_env(ATHOS_API_KEY=sim.api_key, ATHOS_WEBHOOK_SECRET=sim.webhook_secret),
     )  # fmt: skip

@@ -87,7 +87,8 @@ def test_the_built_in_simulator_signs_with_a_secret_of_the_run_nobody_else_knows
 def test_with_a_host_and_no_webhook_secret_the_run_refuses_to_start(sim_factory):
     sim = sim_factory()
     result = run_locust(
-        "--host", sim.http_url, "--headless", "-u", "1", "-t", "5s", "--athos-scenario", "scenarios/smoke",
+        "--host", sim.http_url, "--athos-transport", "reference",
+        "--headless", "-u", "1", "-t", "5s", "--athos-scenario", "scenarios/smoke",
         env=locust_env(ATHOS_API_KEY=sim.api_key), timeout=60,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]

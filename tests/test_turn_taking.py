@@ -3,7 +3,7 @@ unless the turn says ``barge_in``, and each turn waits for the reply to the one 
 
 Here: many real calls against the simulator with a greeting, judged by its truth log (what the
 platform heard, on its own clock). The turn logic alone, on a virtual clock, is in
-tests/unit/test_turn_taking.py.
+tests/unit/test_turn_logic.py.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def test_the_rep_waits_for_the_greeting_and_each_reply(sim_factory, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-# -- the scenario's side (the turn logic alone: tests/unit/test_turn_taking.py) -------------------
+# -- the scenario's side (the turn logic alone: tests/unit/test_turn_logic.py) -------------------
 
 
 def test_persona_greets_is_off_unless_declared():

@@ -43,12 +43,14 @@ from ..baseline import Baseline, BaselineError
 from ..call import CallSettings, ScoreDrain
 from ..gates import Gate, GateResult, GatesError, Regression, default_regressions, load_gates
 from ..health import HealthMonitor
+from ..livekit import LiveKitTransport
 from ..metrics import Metrics, Outcome, TallyCollector, Timing
 from ..options import AthosOptions, OptionError
 from ..pacer import AudioPacer
 from ..report import format_table, junit_xml, markdown
 from ..report_html import html_report
 from ..scenario import Scenario, ScenarioError, load_scenarios
+from ..session import RoleplaySession
 from ..sim.config import SIM_API_KEY
 from ..simproc import SimulatorProcess, redact
 from ..trends import changes, drifts
@@ -302,6 +304,10 @@ class Runtime:
             except RuntimeError as exc:
                 raise OptionError(f"--athos-sim-args: {exc}") from None
             self.environment.host = self.simulator.url
+            if self.environment.parsed_options.athos_transport == "auto":
+                # the built-in simulator speaks the reference protocol; its workers are told so
+                # with the rest of the master's options (they see only a --host)
+                self.environment.parsed_options.athos_transport = "reference"
             print(f"athos-load: no --host given, started the built-in simulator at {self.simulator.url}", flush=True)
         if opts.poll_interval > 0 or self.receiver is None:
             api = AthosApi(self.environment.host, self.api_key)
@@ -361,7 +367,17 @@ class Runtime:
             jitter_buffer=options.jitter_buffer_ms / 1000.0,
             transcript_check=options.transcript_check == "on",
             announce=self.link.announce if self.link is not None else None,
+            transport=LiveKitTransport if self.transport_name == "livekit" else RoleplaySession,
         )
+
+    @property
+    def transport_name(self) -> str:
+        """The realtime leg the run's calls ride: ``--athos-transport``, or by whether the tool
+        started the simulator (the reference protocol) or was given a real ``--host`` (LiveKit)."""
+        chosen = self.options.transport
+        if chosen != "auto":
+            return chosen
+        return "reference" if self.simulator is not None else "livekit"
 
     def user_settings(self) -> tuple[CallSettings, list[Scenario]]:
         """A user's own copy of the call settings (its own REST connection) and the scenarios."""
