@@ -225,7 +225,9 @@ def test_a_stall_of_the_generators_own_loop_is_not_a_gap_in_the_platforms_audio(
         blocker.kill()
     assert [c.outcome for c in calls] == [Outcome.COMPLETED] * 2
     audio = metrics.summary()["persona_audio"]
-    assert audio["generator_gaps"] == 2  # one in each call's greeting
+    # one in each call's greeting; a loaded machine's own stalls may add more, and they are the
+    # generator's too (a CI run saw a third): what matters is that none is counted as the platform's
+    assert audio["generator_gaps"] >= 2
     assert metrics.timing(Timing.PERSONA_AUDIO_GAP).count == 0
     assert (audio["underruns"], audio["dead_air_seconds"]) == (0, 0.0)
 
